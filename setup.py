@@ -1,0 +1,37 @@
+"""Build the compiled hot path (src/dicom_fastsend/_pdu.pyx) with Cython.
+
+Metadata lives in pyproject.toml; this file only declares the extension.
+FASTSEND_CYTHON_TRACE=1 builds with line tracing so the hot path can be
+profiled and measured by coverage.
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+trace = os.environ.get("FASTSEND_CYTHON_TRACE") == "1"
+macros = [("CYTHON_TRACE_NOGIL", "1")] if trace else []
+
+extensions = [
+    Extension(
+        "dicom_fastsend._pdu",
+        ["src/dicom_fastsend/_pdu.pyx"],
+        define_macros=macros,
+        extra_compile_args=["-O3"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        annotate=trace,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "linetrace": trace,
+        },
+    )
+)

@@ -1,0 +1,204 @@
+"""Convert a data set between Implicit and Explicit VR Little Endian on the fly.
+
+Used when a peer accepted a file's SOP class only in the other uncompressed
+little-endian syntax (PS3.5 A.1 Implicit VR LE, A.2 Explicit VR LE).
+
+Both syntaxes store every value with the same bytes in the same (little
+endian) order; only the element headers differ (PS3.5 7.1.2 vs 7.1.3). So
+values are copied byte for byte and never decoded: decoding and re-encoding
+text would risk altering legacy values that do not match their declared
+character set, which a migration must not do. pydicom parses the element
+stream and writes the new headers; sequences are walked recursively because
+their items carry headers of their own (PS3.5 7.5).
+
+Two deliberate changes: retired group length elements (gggg,0000) outside the
+command and meta groups are dropped, because their value would be wrong after
+re-encoding and PS3.5 7.2 retires them; and going Implicit -> Explicit an
+element whose VR cannot be known (a private tag without a known creator, an
+unknown public tag) is written as UN, which PS3.5 6.2.2 provides for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, cast
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
+from pydicom.hooks import raw_element_vr
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
+
+from dicom_fastsend.errors import FastsendError
+from dicom_fastsend.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    uid_name,
+)
+
+_PIXEL_DATA = 0x7FE00010
+# The VRs of PS3.5 Table 6.2-1; anything else in an Explicit VR header is corruption.
+_VRS = frozenset(str(vr) for vr in VR if len(str(vr)) == 2)
+
+
+class ConversionError(FastsendError):
+    """A data set that cannot be converted to the requested transfer syntax."""
+
+
+def convert_dataset(
+    data: bytes | memoryview, from_transfer_syntax: str, to_transfer_syntax: str
+) -> bytes:
+    """Re-encode a data set (no file meta) from one LE syntax to the other.
+
+    Returns the encoded data set. Converting a syntax to itself returns a copy
+    of `data` unchanged. Raises ConversionError for any other pair (compressed,
+    big endian, deflated, unknown) and for data that cannot be parsed.
+    """
+    for uid in (from_transfer_syntax, to_transfer_syntax):
+        if uid not in UNCOMPRESSED_LITTLE_ENDIAN:
+            raise ConversionError(
+                f"cannot convert {uid_name(from_transfer_syntax)} to "
+                f"{uid_name(to_transfer_syntax)} without transcoding: only "
+                f"{uid_name(EXPLICIT_VR_LITTLE_ENDIAN)} and "
+                f"{uid_name(IMPLICIT_VR_LITTLE_ENDIAN)} convert on the fly"
+            )
+    if from_transfer_syntax == to_transfer_syntax:
+        return bytes(data)
+
+    from_implicit = from_transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    to_implicit = not from_implicit
+    raw = bytes(data)
+    if len(raw) % 2:
+        # Every element header and value has even length (PS3.5 7.1.1).
+        raise ConversionError(f"data set has odd length {len(raw)}, so it is not valid DICOM")
+    try:
+        fp = DicomBytesIO(raw)
+        fp.is_little_endian = True
+        fp.is_implicit_VR = from_implicit
+        source = read_dataset(cast(BinaryIO, fp), from_implicit, True)
+        if fp.tell() != len(raw):
+            raise ConversionError(f"data set parsing stopped at byte {fp.tell()} of {len(raw)}")
+        target = _convert(source, to_implicit, [], from_implicit)
+        out = DicomBytesIO()
+        out.is_little_endian = True
+        out.is_implicit_VR = to_implicit
+        write_dataset(out, target)
+        return bytes(out.getvalue())
+    except ConversionError:
+        raise
+    except Exception as exc:
+        # pydicom reports malformed input with a variety of exception types;
+        # callers need one, with the reason kept.
+        raise ConversionError(
+            f"cannot convert {uid_name(from_transfer_syntax)} to "
+            f"{uid_name(to_transfer_syntax)}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _convert(
+    source: Dataset,
+    to_implicit: bool,
+    ancestors: list[Dataset],
+    expect_implicit: bool | None = None,
+) -> Dataset:
+    """A copy of `source` whose raw elements carry headers for the target syntax.
+
+    `expect_implicit` is the source encoding the top level must have; items
+    inside sequences are not checked against it because an explicit UN
+    sequence legitimately holds Implicit VR items (PS3.5 6.2.2).
+    """
+    target = Dataset()
+    # Marking the copy as already in the target encoding makes write_dataset
+    # write the raw values as they are instead of decoding every element.
+    target.set_original_encoding(to_implicit, True, source.original_character_set)
+    for tag in source.keys():
+        elem = source.get_item(tag)
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group length, see module docstring
+        if isinstance(elem, DataElement):
+            # pydicom decodes a few elements while reading (Pixel
+            # Representation, to resolve "US or SS" VRs; sequences). A
+            # sequence's items still hold raw elements; anything else is a
+            # binary number or code string that re-encodes to the same bytes.
+            if elem.VR == "SQ":
+                target.add(_convert_sequence(elem, source, to_implicit, ancestors))
+            else:
+                target.add(elem)
+            continue
+        if (
+            (expect_implicit is not None and elem.is_implicit_VR != expect_implicit)
+            or elem.is_implicit_VR != (elem.VR is None)
+            or (elem.VR is not None and elem.VR not in _VRS)
+        ):
+            # pydicom silently switches to the other VR encoding when the
+            # first element looks like it, and reads unknown VRs somehow; both
+            # mean the data is not what its transfer syntax says.
+            found = "Implicit" if elem.is_implicit_VR else f"Explicit (VR {elem.VR!r})"
+            raise ConversionError(
+                f"element {tag} is encoded as {found} VR, contrary to the transfer syntax"
+            )
+        vr = _source_vr(elem, source, ancestors)
+        if vr == "SQ":
+            # Indexing parses the sequence into item datasets of raw elements.
+            target.add(_convert_sequence(source[tag], source, to_implicit, ancestors))
+            continue
+        if elem.value is None:
+            raise ConversionError(f"element {tag} has no value bytes")
+        if elem.length == 0xFFFFFFFF and tag != _PIXEL_DATA:
+            raise ConversionError(f"element {tag} ({vr}) has undefined length but is no sequence")
+        if elem.length == 0xFFFFFFFF:
+            # Encapsulated pixel data means a compressed syntax mislabelled
+            # as uncompressed (PS3.5 A.4); converting it would mislead.
+            raise ConversionError("encapsulated (compressed) Pixel Data in an uncompressed syntax")
+        if len(elem.value) != elem.length:
+            # pydicom returns a short read without complaint.
+            raise ConversionError(
+                f"element {tag} is truncated: {len(elem.value)} of {elem.length} value bytes"
+            )
+        target[tag] = RawDataElement(
+            BaseTag(tag),
+            None if to_implicit else vr,
+            elem.length,
+            elem.value,
+            0,
+            to_implicit,
+            True,
+        )
+    return target
+
+
+def _convert_sequence(
+    elem: DataElement, parent: Dataset, to_implicit: bool, ancestors: list[Dataset]
+) -> DataElement:
+    items = Sequence([_convert(item, to_implicit, [parent, *ancestors]) for item in elem.value])
+    new = DataElement(elem.tag, "SQ", items)
+    new.is_undefined_length = elem.is_undefined_length
+    return new
+
+
+def _source_vr(elem: RawDataElement, ds: Dataset, ancestors: list[Dataset]) -> str:
+    """The VR of a raw element: explicit in the source, or looked up (PS3.5 A.1)."""
+    if elem.VR is not None:
+        return str(elem.VR)
+    found: dict[str, Any] = {}
+    # pydicom's own lookup: public dictionary, private dictionary by creator,
+    # UL for group lengths, else UN.
+    raw_element_vr(elem, found, ds=ds)
+    vr = str(found["VR"])
+    if len(vr) == 2:
+        return vr
+    # "US or SS", "OB or OW", ...: the choice depends on other elements such
+    # as Pixel Representation (PS3.5 A.1 note); pydicom knows the rules.
+    probe = DataElement(elem.tag, vr, elem.value)
+    try:
+        corrected = correct_ambiguous_vr_element(probe, ds, True, [ds, *ancestors])
+    except AttributeError:
+        # The deciding element (e.g. Pixel Representation) is absent.
+        return "UN"
+    resolved = str(corrected.VR)
+    # If the rules cannot decide, UN keeps the bytes and says so honestly.
+    return resolved if len(resolved) == 2 else "UN"

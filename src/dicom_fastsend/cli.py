@@ -1,0 +1,120 @@
+"""The `fastsend` command. Options become config objects; the work is elsewhere.
+
+Exit status: 0 all stored, 1 some failed, 2 usage error, 3 no association
+could be made.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import (
+    DEFAULT_ACSE_TIMEOUT,
+    DEFAULT_CALLING_AE,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DIMSE_TIMEOUT,
+    DEFAULT_MAX_PDU_LENGTH,
+    PeerConfig,
+    SendConfig,
+)
+from .dimse import status_text
+
+EXIT_NO_ASSOCIATION = 3
+
+
+def _version() -> str:
+    from .hotpath import IMPLEMENTATION
+
+    return f"fastsend {__version__} (hot path: {IMPLEMENTATION})"
+
+
+def _peer_options(function: click.decorators.FC) -> click.decorators.FC:
+    """Options naming the destination, shared by `send` and `echo`."""
+    options = [
+        click.option("-a", "--ae-title", "called", required=True, help="Called AE title (destination)."),
+        click.option("-H", "--host", required=True, help="Destination host name or IP address."),
+        click.option("-p", "--port", required=True, type=click.IntRange(1, 65535), help="Destination port."),
+        click.option(
+            "-c", "--calling-ae", "calling", default=DEFAULT_CALLING_AE, show_default=True,
+            help="Calling AE title (this sender).",
+        ),
+        click.option(
+            "--connect-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_CONNECT_TIMEOUT,
+            show_default=True, help="Seconds to wait for the TCP connection.",
+        ),
+        click.option(
+            "--acse-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_ACSE_TIMEOUT,
+            show_default=True, help="Seconds to wait for A-ASSOCIATE-AC and A-RELEASE-RP.",
+        ),
+        click.option(
+            "--dimse-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_DIMSE_TIMEOUT,
+            show_default=True, help="Seconds to wait for each C-STORE-RSP or C-ECHO-RSP.",
+        ),
+        click.option(
+            "--max-pdu", "max_pdu", type=click.IntRange(min=0), default=DEFAULT_MAX_PDU_LENGTH,
+            show_default=True, help="Maximum PDU length this side receives (0: no limit).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _peer(
+    called: str, host: str, port: int, calling: str, connect_timeout: float,
+    acse_timeout: float, dimse_timeout: float, max_pdu: int,
+) -> PeerConfig:
+    try:
+        return PeerConfig(
+            host=host, port=port, called_ae_title=called, calling_ae_title=calling,
+            connect_timeout=connect_timeout, acse_timeout=acse_timeout,
+            dimse_timeout=dimse_timeout, max_pdu_length=max_pdu,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", message=_version())
+def main() -> None:
+    """fastsend: send DICOM files to a PACS with C-STORE, fast, and account for every one."""
+
+
+@main.command()
+@click.option(
+    "-i", "--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path),
+    help="File or directory to send (repeatable).",
+)
+@click.option("-r", "--recursive", is_flag=True, help="Descend into subdirectories.")
+@_peer_options
+@click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
+def send(inputs: tuple[Path, ...], recursive: bool, verbose: bool, **peer: object) -> None:
+    """Send DICOM files with C-STORE."""
+    from .report import ConsoleReporter, summarize
+    from .sender import send as run_send
+
+    config = SendConfig(peer=_peer(**peer), inputs=inputs, recursive=recursive, verbose=verbose)  # type: ignore[arg-type]
+    summary = run_send(config, ConsoleReporter(verbose))
+    summarize(summary)
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@_peer_options
+def echo(**peer: object) -> None:
+    """Check a destination with C-ECHO (verification)."""
+    from .sender import echo as run_echo
+
+    config = _peer(**peer)  # type: ignore[arg-type]
+    response, problem = run_echo(config)
+    if response is None:
+        click.echo(f"ERROR {problem}", err=True)
+        sys.exit(EXIT_NO_ASSOCIATION)
+    click.echo(
+        f"C-ECHO {config.called_ae_title}@{config.host}:{config.port}: {status_text(response.status)}"
+    )
+    sys.exit(0 if response.status == 0 else 1)

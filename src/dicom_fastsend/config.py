@@ -1,0 +1,48 @@
+"""Configuration objects: what the CLI (and the Python API) turn options into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CALLING_AE = "FASTSEND"
+# Our receive limit for P-DATA-TF (PS3.8 D.1). Only C-STORE-RSPs come back
+# to a sender, so this mostly matters to peers that size their PDUs by ours.
+DEFAULT_MAX_PDU_LENGTH = 131072
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_ACSE_TIMEOUT = 30.0
+DEFAULT_DIMSE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """Where to send, and how long to wait at each protocol step."""
+
+    host: str
+    port: int
+    called_ae_title: str
+    calling_ae_title: str = DEFAULT_CALLING_AE
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # TCP connect
+    acse_timeout: float = DEFAULT_ACSE_TIMEOUT  # A-ASSOCIATE-AC and A-RELEASE-RP
+    dimse_timeout: float = DEFAULT_DIMSE_TIMEOUT  # each C-STORE-RSP / C-ECHO-RSP
+    max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
+
+    def __post_init__(self) -> None:
+        for title in (self.called_ae_title, self.calling_ae_title):
+            if not title.strip() or len(title) > 16 or not title.isascii():
+                raise ValueError(f"AE title {title!r} must be 1 to 16 ASCII characters")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not between 1 and 65535")
+        if self.max_pdu_length and self.max_pdu_length < 4096:
+            raise ValueError("the maximum PDU length must be 0 (no limit) or at least 4096")
+
+
+@dataclass(frozen=True, slots=True)
+class SendConfig:
+    """A `fastsend send` run."""
+
+    peer: PeerConfig
+    inputs: tuple[Path, ...]
+    recursive: bool = False
+    verbose: bool = False
+    log_dir: Path = field(default_factory=lambda: Path("logs"))

@@ -1,0 +1,149 @@
+"""Which presentation contexts to propose, and which accepted one each file uses.
+
+Pure functions: no I/O, tested without a peer.
+
+Each (SOP class, transfer syntax) pair is proposed as its own presentation
+context with a single transfer syntax (PS3.8 9.3.2.2 allows several contexts
+per abstract syntax). Proposing the file's own syntax alone means the peer
+cannot pick a syntax that forces a conversion when it could take the file as
+it is; the other uncompressed Little Endian syntax is proposed as a second
+context so a peer that takes only that one still gets the file, converted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .uids import UNCOMPRESSED_LITTLE_ENDIAN, describe
+from .ul.pdu import (
+    PresentationContextAC,
+    PresentationContextRQ,
+    presentation_context_result_text,
+)
+
+# Presentation context IDs are odd numbers 1..255 (PS3.8 9.3.2.2).
+MAX_CONTEXTS_PER_ASSOCIATION = 128
+
+
+def transfer_syntaxes_for(transfer_syntax: str) -> tuple[str, ...]:
+    """The file's own syntax, plus the uncompressed fallback it can be converted to."""
+    if transfer_syntax in UNCOMPRESSED_LITTLE_ENDIAN:
+        (other,) = (ts for ts in UNCOMPRESSED_LITTLE_ENDIAN if ts != transfer_syntax)
+        return (transfer_syntax, other)
+    return (transfer_syntax,)
+
+
+def plan_associations(
+    pairs: Iterable[tuple[str, str]],
+    max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION,
+) -> list[tuple[PresentationContextRQ, ...]]:
+    """Presentation contexts for (SOP class, transfer syntax) pairs, split into associations.
+
+    All contexts of one SOP class stay in the same association, so any file
+    of that class can use its fallback there. SOP classes are packed in
+    sorted order, first fit, into groups of at most ``max_contexts``.
+    """
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for sop_class, transfer_syntax in pairs:
+        wanted[sop_class].update(transfer_syntaxes_for(transfer_syntax))
+    groups: list[list[tuple[str, str]]] = []
+    for sop_class in sorted(wanted):
+        contexts = [(sop_class, ts) for ts in sorted(wanted[sop_class])]
+        for group in groups:
+            if len(group) + len(contexts) <= max_contexts:
+                group.extend(contexts)
+                break
+        else:
+            # A single class never needs more than max_contexts syntaxes in practice;
+            # if it did, it is split like any other overflow.
+            for start in range(0, len(contexts), max_contexts):
+                groups.append(contexts[start : start + max_contexts])
+    return [
+        tuple(
+            PresentationContextRQ(2 * index + 1, sop_class, (ts,))
+            for index, (sop_class, ts) in enumerate(group)
+        )
+        for group in groups
+    ]
+
+
+def association_for(
+    plans: Sequence[tuple[PresentationContextRQ, ...]], sop_class: str
+) -> int:
+    """Index of the planned association that carries ``sop_class``."""
+    for index, contexts in enumerate(plans):
+        if any(c.abstract_syntax == sop_class for c in contexts):
+            return index
+    raise KeyError(sop_class)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The accepted context a file is sent on, and whether it must be converted."""
+
+    presentation_context_id: int
+    transfer_syntax: str
+
+    def needs_conversion(self, file_transfer_syntax: str) -> bool:
+        return self.transfer_syntax != file_transfer_syntax
+
+
+class NoAcceptableContext(Exception):
+    """No accepted presentation context can carry a file; the message says why."""
+
+
+class AcceptedContexts:
+    """The outcome of negotiation: what was proposed and what the peer answered."""
+
+    def __init__(
+        self,
+        proposed: Sequence[PresentationContextRQ],
+        answered: Sequence[PresentationContextAC],
+    ) -> None:
+        self._proposed = {c.presentation_context_id: c for c in proposed}
+        self._answers = {c.presentation_context_id: c for c in answered}
+        # (sop class, transfer syntax) -> presentation context id, accepted ones only.
+        self._accepted: dict[tuple[str, str], int] = {}
+        for pc_id, answer in self._answers.items():
+            request = self._proposed.get(pc_id)
+            # PS3.8 9.3.3.2: an accepted context must carry one of the proposed
+            # syntaxes; anything else is ignored rather than trusted.
+            if request and answer.accepted and answer.transfer_syntax in request.transfer_syntaxes:
+                self._accepted.setdefault((request.abstract_syntax, answer.transfer_syntax), pc_id)
+
+    @property
+    def accepted_count(self) -> int:
+        return len(self._accepted)
+
+    def transfer_syntax_of(self, presentation_context_id: int) -> str:
+        return self._answers[presentation_context_id].transfer_syntax
+
+    def select(self, sop_class: str, transfer_syntax: str) -> Selection:
+        """The context for a file: its own syntax if accepted, else the fallback."""
+        for candidate in transfer_syntaxes_for(transfer_syntax):
+            pc_id = self._accepted.get((sop_class, candidate))
+            if pc_id is not None:
+                return Selection(pc_id, candidate)
+        answers = sorted(
+            {
+                presentation_context_result_text(self._answers[pc_id].result)
+                for pc_id, rq in self._proposed.items()
+                if rq.abstract_syntax == sop_class and pc_id in self._answers
+            }
+        )
+        peer_said = "; the peer answered: " + ", ".join(answers) if answers else (
+            "; the peer did not answer those contexts"
+        )
+        raise NoAcceptableContext(
+            f"no accepted presentation context for SOP class {describe(sop_class)} "
+            f"with transfer syntax {describe(transfer_syntax)}"
+            + (
+                ""
+                if len(transfer_syntaxes_for(transfer_syntax)) == 1
+                else " or its uncompressed fallback"
+            )
+            + peer_said
+            + ". Configure the destination to accept this SOP class and transfer syntax."
+        )

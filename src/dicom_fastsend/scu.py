@@ -1,0 +1,315 @@
+"""One association as the requestor: open, C-ECHO, C-STORE from mapped files, release.
+
+This is the thin driver between the sans-IO protocol objects
+(``ul.association``, ``dimse``) and the socket (``transport``). It keeps one
+operation in flight at a time.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import __version__
+from .config import PeerConfig
+from .contexts import AcceptedContexts, Selection
+from .convert import convert_dataset
+from .dimse import (
+    TAG_ERROR_COMMENT,
+    TAG_MESSAGE_ID_BEING_RESPONDED_TO,
+    TAG_OFFENDING_ELEMENT,
+    TAG_STATUS,
+    Command,
+    CommandField,
+    DIMSEError,
+    MessageAssembler,
+    c_echo_rq,
+    c_store_rq,
+)
+from .errors import FastsendError
+from .header import FileInfo
+from .hotpath import fragment_pdata
+from .transport import Transport, TransportError, TransportTimeout
+from .uids import IMPLEMENTATION_CLASS_UID_ROOT, VERIFICATION_SOP_CLASS
+from .ul.association import (
+    Aborted,
+    Association,
+    AssociationAccepted,
+    AssociationRejected,
+    DataReceived,
+    Event,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+)
+from .ul.pdu import AAssociateRJ, AAssociateRQ, PresentationContextRQ, UserInformation
+
+IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
+IMPLEMENTATION_VERSION_NAME = f"FASTSEND_{__version__}"[:16]
+
+
+class AssociationError(FastsendError):
+    """The association could not be made or was lost; ``peer`` names it."""
+
+
+class AssociationRejectedError(AssociationError):
+    def __init__(self, message: str, reject: AAssociateRJ) -> None:
+        super().__init__(message)
+        self.reject = reject
+
+
+class AssociationAbortedError(AssociationError):
+    """The association ended abnormally (A-ABORT, A-P-ABORT, broken connection)."""
+
+
+class DimseTimeoutError(AssociationAbortedError):
+    """No DIMSE response in time; the association was aborted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The parts of a DIMSE response the sender reports."""
+
+    status: int
+    error_comment: str = ""
+    offending_element: tuple[int, ...] = ()
+
+
+class StoreClient:
+    """A requestor-side association to one peer."""
+
+    def __init__(self, peer: PeerConfig) -> None:
+        self.peer = peer
+        self.contexts: AcceptedContexts | None = None
+        self.peer_maximum_length = 0
+        self._association: Association | None = None
+        self._transport: Transport | None = None
+        self._message_id = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer.called_ae_title}@{self.peer.host}:{self.peer.port}"
+
+    @property
+    def is_open(self) -> bool:
+        return self._association is not None and self._association.established
+
+    # ------------------------------------------------------------ association
+
+    def open(self, contexts: Sequence[PresentationContextRQ]) -> AcceptedContexts:
+        """Connect and negotiate; raises AssociationError subclasses or TransportError."""
+        association = Association(Role.REQUESTOR, self.peer.max_pdu_length)
+        request = AAssociateRQ(
+            called_ae_title=self.peer.called_ae_title,
+            calling_ae_title=self.peer.calling_ae_title,
+            presentation_contexts=tuple(contexts),
+            user_information=UserInformation(
+                maximum_length=self.peer.max_pdu_length,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            ),
+        )
+        association.request(request)
+        self._transport = Transport.connect(self.peer.host, self.peer.port, self.peer.connect_timeout)
+        self._association = association
+        association.connection_established()
+        self._flush()
+        deadline = time.monotonic() + self.peer.acse_timeout
+        while True:
+            for event in self._read_events(max(0.0, deadline - time.monotonic()), "A-ASSOCIATE-AC"):
+                if isinstance(event, AssociationAccepted):
+                    self.peer_maximum_length = event.accept.user_information.maximum_length
+                    self.contexts = AcceptedContexts(contexts, event.accept.presentation_contexts)
+                    return self.contexts
+                if isinstance(event, AssociationRejected):
+                    self._close()
+                    raise AssociationRejectedError(
+                        f"association rejected by {self.name}: {event.reject.describe()}",
+                        event.reject,
+                    )
+                if isinstance(event, Aborted):
+                    self._close()
+                    raise AssociationAbortedError(
+                        f"association with {self.name} failed during negotiation: {event.reason}"
+                    )
+
+    def release(self) -> None:
+        """A-RELEASE; falls back to A-ABORT if the peer does not answer in time."""
+        association = self._association
+        if association is None or not association.established:
+            self._close()
+            return
+        try:
+            association.release()
+            self._flush()
+            deadline = time.monotonic() + self.peer.acse_timeout
+            while association.state.value != "Sta1":
+                for event in self._read_events(
+                    max(0.0, deadline - time.monotonic()), "A-RELEASE-RP"
+                ):
+                    if isinstance(event, ReleaseRequested):
+                        # Release collision (PS3.8 9.2.2): answer, then await the RP.
+                        association.release_response()
+                        self._flush()
+                    if isinstance(event, ReleaseConfirmed | Aborted):
+                        break
+                if association.transport_should_close:
+                    break
+        except (AssociationError, TransportError):
+            self.abort()
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """A-ABORT at once (PS3.8 9.3.8), then close."""
+        if self._association is not None and self._transport is not None:
+            try:
+                self._association.abort()
+                self._flush()
+            except (TransportError, FastsendError):
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
+        self._association = None
+
+    # ------------------------------------------------------------ I/O plumbing
+
+    def _flush(self) -> None:
+        assert self._association is not None and self._transport is not None
+        data = self._association.data_to_send()
+        if data:
+            self._transport.send(data)
+
+    def _read_events(self, timeout: float, waiting_for: str) -> list[Event]:
+        """One read from the socket, turned into events; raises on timeout."""
+        association, transport = self._association, self._transport
+        if association is None or transport is None:
+            raise AssociationAbortedError(f"association with {self.name} is closed")
+        try:
+            data = transport.receive(timeout)
+        except TransportTimeout as exc:
+            self.abort()
+            raise DimseTimeoutError(
+                f"no {waiting_for} from {self.name} within {timeout:g} s; association aborted"
+            ) from exc
+        except TransportError as exc:
+            self._close()
+            raise AssociationAbortedError(str(exc)) from exc
+        events = association.receive_data(data) if data else association.connection_closed()
+        try:
+            self._flush()
+        except TransportError:
+            pass  # an A-ABORT we could not deliver; the connection is going anyway
+        if association.transport_should_close or association.state.value == "Sta1":
+            transport.close()
+        return events
+
+    def _send_message(
+        self, presentation_context_id: int, command: Command, dataset: object | None
+    ) -> None:
+        assert self._association is not None and self._transport is not None
+        maximum = self.peer_maximum_length
+        buffers: list[object] = list(fragment_pdata(command.encode(), presentation_context_id, True, maximum))
+        if dataset is not None:
+            buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
+        try:
+            self._transport.send_buffers(self._association.send_pdata(buffers))
+        except TransportError as exc:
+            self._close()
+            raise AssociationAbortedError(str(exc)) from exc
+        finally:
+            buffers.clear()  # drop views into the mapped file before it is unmapped
+
+    def _await_response(self, message_id: int, expected: CommandField, what: str) -> Response:
+        assembler = MessageAssembler()
+        while True:
+            for event in self._read_events(self.peer.dimse_timeout, what):
+                if isinstance(event, DataReceived):
+                    try:
+                        messages = assembler.feed(event.pdata.pdvs)
+                    except DIMSEError as exc:
+                        self.abort()
+                        raise AssociationAbortedError(
+                            f"{self.name} sent an invalid DIMSE message: {exc}"
+                        ) from exc
+                    for message in messages:
+                        command = message.command
+                        responded_to = command.get_int(TAG_MESSAGE_ID_BEING_RESPONDED_TO)
+                        if command.command_field != expected or responded_to != message_id:
+                            self.abort()
+                            raise AssociationAbortedError(
+                                f"{self.name} answered message {message_id} with command "
+                                f"0x{command.command_field or 0:04x} for message {responded_to}"
+                            )
+                        offending = command.elements.get(TAG_OFFENDING_ELEMENT, ())
+                        return Response(
+                            status=command.get_int(TAG_STATUS, 0xFFFF) or 0,
+                            error_comment=command.get_str(TAG_ERROR_COMMENT),
+                            offending_element=offending if isinstance(offending, tuple) else (),
+                        )
+                elif isinstance(event, Aborted):
+                    self._close()
+                    raise AssociationAbortedError(f"{self.name}: {event.reason}")
+                elif isinstance(event, ReleaseRequested):
+                    self.abort()
+                    raise AssociationAbortedError(
+                        f"{self.name} asked to release while {what} was outstanding"
+                    )
+
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1  # (0000,0110) is US
+        return self._message_id
+
+    # ------------------------------------------------------------ DIMSE services
+
+    def echo(self) -> Response:
+        """C-ECHO (PS3.7 9.1.5) on the Verification context."""
+        assert self.contexts is not None
+        selection = self.contexts.select(VERIFICATION_SOP_CLASS, "1.2.840.10008.1.2")
+        message_id = self._next_message_id()
+        self._send_message(selection.presentation_context_id, c_echo_rq(message_id), None)
+        return self._await_response(message_id, CommandField.C_ECHO_RSP, "C-ECHO-RSP")
+
+    def store(self, info: FileInfo, selection: Selection) -> Response:
+        """C-STORE one file (PS3.7 9.1.1), its data set streamed from the mapped file."""
+        message_id = self._next_message_id()
+        command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
+        with open(info.path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != info.size:
+                raise FileChangedError(
+                    f"{info.path}: size changed from {info.size} to {size} bytes since it was read"
+                )
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)[info.dataset_offset :]
+            try:
+                if selection.needs_conversion(info.transfer_syntax_uid):
+                    dataset: object = convert_dataset(
+                        view, info.transfer_syntax_uid, selection.transfer_syntax
+                    )
+                else:
+                    dataset = view
+                self._send_message(selection.presentation_context_id, command, dataset)
+            finally:
+                dataset = None
+                view.release()
+        finally:
+            try:
+                mapped.close()
+            except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
+                pass
+        return self._await_response(message_id, CommandField.C_STORE_RSP, "C-STORE-RSP")
+
+
+class FileChangedError(FastsendError):
+    """The file changed between indexing and sending."""

@@ -1,0 +1,142 @@
+"""TCP transport: the only module that touches sockets.
+
+Two socket options matter for DICOM throughput (see ../shared/DESIGN.md):
+TCP_NODELAY, so our own small PDUs are not held back by Nagle's algorithm,
+and TCP_QUICKACK before each read, so a receiver that still runs Nagle
+(stock DCMTK, DCMTK FAQ #48) gets its ACK at once and can send the second
+half of its C-STORE-RSP without a 40 ms delayed-ACK stall.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import FastsendError
+
+# Linux allows 1024 iovecs per sendmsg (IOV_MAX); stay under it.
+_MAX_IOVECS = 1024
+_RECEIVE_SIZE = 256 * 1024
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class TransportError(FastsendError):
+    """The connection could not be made, or broke."""
+
+
+class ConnectError(TransportError):
+    """No TCP connection to the peer (refused, unreachable, timed out)."""
+
+
+class TransportTimeout(TransportError):
+    """Nothing arrived from the peer within the allowed time."""
+
+
+class Transport:
+    """A connected TCP socket with scatter-gather writes."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self._sock = sock
+        self.peer = peer
+        self.closed = False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout: float) -> Transport:
+        """Open a TCP connection to ``host:port`` within ``timeout`` seconds."""
+        peer = f"{host}:{port}"
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError as exc:
+            raise ConnectError(f"connection to {peer} timed out after {timeout:g} s") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(f"cannot connect to {peer}: {reason}") from exc
+        # Large socket buffers let one sendmsg hand a whole PDU to the kernel.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        return cls(sock, peer)
+
+    @classmethod
+    def accepted(cls, sock: socket.socket, address: Any) -> Transport:
+        host, port = address[0], address[1]
+        return cls(sock, f"{host}:{port}")
+
+    def send(self, data: bytes) -> None:
+        self.send_buffers([data])
+
+    def send_buffers(self, buffers: Sequence[Any]) -> None:
+        """Write all buffers in order with as few ``sendmsg`` calls as possible.
+
+        Each PDU's header and payload go in the same call (never a header
+        write then a body write, which would trip the peer's delayed ACK).
+        Partial writes are resumed without copying: the first unsent buffer
+        is re-sliced as a memoryview.
+        """
+        pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+        try:
+            while pending:
+                batch = pending[:_MAX_IOVECS]
+                sent = self._sock.sendmsg(batch)
+                # Drop the buffers fully sent, slice the first partly sent one.
+                index = 0
+                while index < len(batch) and sent >= len(batch[index]):
+                    sent -= len(batch[index])
+                    index += 1
+                del pending[:index]
+                if sent:
+                    pending[0] = pending[0][sent:]
+        except TimeoutError as exc:
+            raise TransportTimeout(f"{self.peer} stopped taking data (send timed out)") from exc
+        except OSError as exc:
+            raise TransportError(f"connection to {self.peer} broke while sending: {exc}") from exc
+
+    def receive(self, timeout: float | None) -> bytes:
+        """Bytes from the peer; b'' when the peer closed the connection."""
+        self._sock.settimeout(timeout)
+        if _TCP_QUICKACK is not None:
+            # Quick ACK mode lapses after a few segments, so it is re-armed
+            # before every read (tcp(7)).
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:  # pragma: no cover - not all kernels allow it
+                pass
+        try:
+            return self._sock.recv(_RECEIVE_SIZE)
+        except TimeoutError as exc:
+            raise TransportTimeout(f"no answer from {self.peer} within {timeout:g} s") from exc
+        except OSError as exc:
+            raise TransportError(f"connection to {self.peer} broke: {exc}") from exc
+
+    def set_send_timeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+
+
+class Listener:
+    """A listening TCP socket, for the receiving side (``fastsend sink``)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._sock = socket.create_server((host, port), reuse_port=False, backlog=64)
+        self.port: int = self._sock.getsockname()[1]
+
+    def accept(self, timeout: float | None = None) -> Transport | None:
+        """The next connection, or None when ``timeout`` passes first."""
+        self._sock.settimeout(timeout)
+        try:
+            sock, address = self._sock.accept()
+        except TimeoutError:
+            return None
+        sock.settimeout(None)
+        return Transport.accepted(sock, address)
+
+    def close(self) -> None:
+        self._sock.close()

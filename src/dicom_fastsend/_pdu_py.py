@@ -1,0 +1,421 @@
+"""Pure-Python reference of the hot path; ``_pdu.pyx`` is its compiled twin.
+
+Both modules have the same API and must give the same results, byte for byte,
+including the messages and offsets of the errors they raise (the tests compare
+them on arbitrary input). This one is written to be read: when the two
+disagree, this module says what was meant.
+
+Three jobs:
+
+* P-DATA-TF headers (PS3.8 9.3.5) and fragmenting a data set into PDUs no
+  longer than the peer's Maximum Length (PS3.8 D.1), as a scatter-gather list
+  for one ``sendmsg`` per PDU.
+* Splitting a received P-DATA-TF variable field into its PDV items.
+* Walking the top-level data elements of a data set (PS3.5 7.1) to find a few
+  values without building a pydicom Dataset.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from .errors import ElementScanError, PDUError
+
+if TYPE_CHECKING:
+    # collections.abc.Buffer is 3.12+; typing_extensions backports it for 3.11.
+    from typing_extensions import Buffer
+
+# PS3.8 9.3.5: PDU-type (1), reserved (1), PDU-length (4), then one PDV item:
+# item-length (4), presentation context ID (1), message control header (1).
+PDATA_HEADER_LENGTH: Final = 12
+# PS3.8 D.1: a Maximum Length of 0 means "no limit"; we still need a bound for
+# the fragment size, and 4 MiB keeps each sendmsg reasonable.
+MAX_UNLIMITED_PDU: Final = 4194304
+
+# The PDU-length field counts everything after the 6-byte PDU header (PS3.8
+# 9.3.1), so a PDU with one PDV carries 6 bytes of PDV header besides the data.
+_PDU_HEADER_LENGTH: Final = 6
+_PDV_OVERHEAD: Final = 6
+_MAX_FRAGMENT_LENGTH: Final = 0xFFFFFFFF - _PDV_OVERHEAD
+_P_DATA_TF: Final = 0x04
+
+# PS3.8 E.2: message control header bits.
+_COMMAND_BIT: Final = 0x01
+_LAST_BIT: Final = 0x02
+
+# PS3.5 7.5: sequence items and their delimiters.
+_ITEM: Final = 0xFFFEE000
+_ITEM_DELIMITATION: Final = 0xFFFEE00D
+_SEQUENCE_DELIMITATION: Final = 0xFFFEE0DD
+_ITEM_GROUP: Final = 0xFFFE
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
+MAX_NESTING_DEPTH: Final = 64
+
+
+def _vr_code(vr: str) -> int:
+    return (ord(vr[0]) << 8) | ord(vr[1])
+
+
+# PS3.5 7.1.2 (Table 7.1-1): VRs whose explicit header has 2 reserved bytes and a
+# 4-byte length; every other VR has a 2-byte length.
+_LONG_VRS: Final = frozenset(
+    _vr_code(vr)
+    for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+)
+_SQ: Final = _vr_code("SQ")
+_UN: Final = _vr_code("UN")
+_OB: Final = _vr_code("OB")
+_OW: Final = _vr_code("OW")
+
+
+def _check_presentation_context_id(presentation_context_id: int) -> None:
+    # PS3.8 9.3.2.2: presentation context IDs are odd integers 1..255.
+    if not (1 <= presentation_context_id <= 255 and presentation_context_id % 2 == 1):
+        raise ValueError(
+            f"presentation context ID must be an odd number 1..255, got {presentation_context_id}"
+        )
+
+
+def _message_control_header(is_command: bool, is_last: bool) -> int:
+    return (_COMMAND_BIT if is_command else 0) | (_LAST_BIT if is_last else 0)
+
+
+def pack_pdata_header(
+    presentation_context_id: int, is_command: bool, is_last: bool, fragment_length: int
+) -> bytes:
+    """The 12 bytes in front of one PDV fragment in its own P-DATA-TF PDU.
+
+    Offsets (PS3.8 9.3.5, E.2): 0 PDU-type 0x04; 1 reserved 0x00; 2-5 PDU-length
+    (6 + fragment_length, big endian); 6-9 PDV item-length (2 + fragment_length);
+    10 presentation context ID; 11 message control header (bit 0 command,
+    bit 1 last fragment).
+    """
+    _check_presentation_context_id(presentation_context_id)
+    if not 0 <= fragment_length <= _MAX_FRAGMENT_LENGTH:
+        raise ValueError(
+            f"fragment length must be 0..{_MAX_FRAGMENT_LENGTH}, got {fragment_length}"
+        )
+    return struct.pack(
+        ">BBIIBB",
+        _P_DATA_TF,
+        0x00,
+        _PDV_OVERHEAD + fragment_length,
+        2 + fragment_length,
+        presentation_context_id,
+        _message_control_header(is_command, is_last),
+    )
+
+
+def _max_fragment_length(max_pdu_length: int) -> int:
+    if max_pdu_length == 0:
+        max_pdu_length = MAX_UNLIMITED_PDU
+    # The PDU-length field is 32 bits (PS3.8 9.3.5), and a PDU must carry its
+    # 6-byte PDV header plus at least one byte of data to make progress.
+    if not _PDV_OVERHEAD < max_pdu_length <= 0xFFFFFFFF:
+        raise ValueError(
+            f"maximum PDU length must be 0 (no limit) or {_PDV_OVERHEAD + 1}..{0xFFFFFFFF},"
+            f" got {max_pdu_length}"
+        )
+    return max_pdu_length - _PDV_OVERHEAD
+
+
+def fragment_pdata(
+    data: Buffer, presentation_context_id: int, is_command: bool, max_pdu_length: int
+) -> list[memoryview]:
+    """Split ``data`` into P-DATA-TF PDUs of one PDV each, ready for ``sendmsg``.
+
+    Returns ``[header0, fragment0, header1, fragment1, ...]``. Fragments are
+    memoryview slices of ``data`` (no copy; they keep ``data`` exported until
+    released). The headers are slices of one bytearray made for this call.
+    ``max_pdu_length`` is the peer's Maximum Length (PS3.8 D.1): no PDU-length
+    field exceeds it; 0 means no limit (MAX_UNLIMITED_PDU is used).
+    Empty data gives one PDU with an empty, last fragment.
+    """
+    _check_presentation_context_id(presentation_context_id)
+    max_fragment = _max_fragment_length(max_pdu_length)
+    source = memoryview(data).cast("B")
+    total = source.nbytes
+    count = max(1, -(-total // max_fragment))
+    headers = bytearray(PDATA_HEADER_LENGTH * count)
+    header_view = memoryview(headers)
+    parts: list[memoryview] = []
+    for index in range(count):
+        start = index * max_fragment
+        stop = min(start + max_fragment, total)
+        is_last = index == count - 1
+        at = index * PDATA_HEADER_LENGTH
+        struct.pack_into(
+            ">BBIIBB",
+            headers,
+            at,
+            _P_DATA_TF,
+            0x00,
+            _PDV_OVERHEAD + stop - start,
+            2 + stop - start,
+            presentation_context_id,
+            _message_control_header(is_command, is_last),
+        )
+        parts.append(header_view[at : at + PDATA_HEADER_LENGTH])
+        parts.append(source[start:stop])
+    return parts
+
+
+def parse_pdvs(body: Buffer) -> list[tuple[int, int, int, int]]:
+    """The PDV items of a P-DATA-TF variable field (the bytes after its 6-byte header).
+
+    Each item is ``(presentation_context_id, message_control_header,
+    value_offset, value_length)`` with offsets into ``body`` (PS3.8 9.3.5.1:
+    item-length 4 bytes, counting the context ID, the control header and the
+    fragment). Raises PDUError for anything that does not tile ``body`` exactly.
+    """
+    with memoryview(body) as base, base.cast("B") as view:
+        size = view.nbytes
+        if size == 0:
+            raise PDUError("P-DATA-TF PDU has no PDV items (PS3.8 9.3.5 requires one or more)")
+        items: list[tuple[int, int, int, int]] = []
+        position = 0
+        while position < size:
+            remaining = size - position
+            if remaining < 6:
+                raise PDUError(
+                    f"PDV item at offset {position}: {remaining} trailing bytes,"
+                    " too short for an item header (6 bytes)"
+                )
+            (item_length,) = struct.unpack_from(">I", view, position)
+            if item_length < 2:
+                raise PDUError(
+                    f"PDV item at offset {position} has item-length {item_length},"
+                    " less than the 2 bytes of its own header"
+                )
+            if item_length > remaining - 4:
+                raise PDUError(
+                    f"PDV item at offset {position} says {item_length} bytes,"
+                    f" only {remaining - 4} remain"
+                )
+            items.append((view[position + 4], view[position + 5], position + 6, item_length - 2))
+            position += 4 + item_length
+        return items
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04x},{tag & 0xFFFF:04x})"
+
+
+class _ElementHeader(NamedTuple):
+    tag: int
+    vr: int  # two ASCII letters as a 16-bit number; 0 when the header has no VR
+    header_length: int
+    length: int
+
+
+class _Walker:
+    """One walk over one buffer; the methods mirror the cdef functions in _pdu.pyx."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.size = view.nbytes
+
+    def read_u16(self, position: int, little_endian: bool) -> int:
+        value: int = struct.unpack_from("<H" if little_endian else ">H", self.view, position)[0]
+        return value
+
+    def read_u32(self, position: int, little_endian: bool) -> int:
+        value: int = struct.unpack_from("<I" if little_endian else ">I", self.view, position)[0]
+        return value
+
+    def read_tag(self, position: int, little_endian: bool) -> int:
+        # PS3.5 7.1.1: group then element, each 16 bits in the syntax's byte order.
+        remaining = self.size - position
+        if remaining < 4:
+            raise ElementScanError(
+                f"element header at offset {position} is truncated: only {remaining} bytes remain",
+                position,
+            )
+        group = self.read_u16(position, little_endian)
+        element = self.read_u16(position + 2, little_endian)
+        return (group << 16) | element
+
+    def truncated(self, tag: int, position: int, needed: int) -> ElementScanError:
+        return ElementScanError(
+            f"element {_tag_text(tag)} at offset {position} is truncated: its header needs"
+            f" {needed} bytes, only {self.size - position} remain",
+            position,
+        )
+
+    def read_header(self, position: int, explicit_vr: bool, little_endian: bool) -> _ElementHeader:
+        tag = self.read_tag(position, little_endian)
+        if self.size - position < 8:
+            raise self.truncated(tag, position, 8)
+        # PS3.5 7.5: items and delimiters have no VR, even in explicit syntaxes.
+        if not explicit_vr or (tag >> 16) == _ITEM_GROUP:
+            return _ElementHeader(tag, 0, 8, self.read_u32(position + 4, little_endian))
+        first, second = self.view[position + 4], self.view[position + 5]
+        if not (0x41 <= first <= 0x5A and 0x41 <= second <= 0x5A):
+            raise ElementScanError(
+                f"element {_tag_text(tag)} at offset {position} has unknown explicit VR"
+                f" bytes {first:02x} {second:02x} (PS3.5 7.1.2 wants two uppercase letters)",
+                position,
+            )
+        vr = (first << 8) | second
+        if vr in _LONG_VRS:
+            # PS3.5 7.1.2: VR, 2 reserved bytes, 32-bit length.
+            if self.size - position < 12:
+                raise self.truncated(tag, position, 12)
+            return _ElementHeader(tag, vr, 12, self.read_u32(position + 8, little_endian))
+        return _ElementHeader(tag, vr, 8, self.read_u16(position + 6, little_endian))
+
+    def skip_value(
+        self,
+        header: _ElementHeader,
+        position: int,
+        explicit_vr: bool,
+        little_endian: bool,
+        depth: int,
+    ) -> int:
+        """The offset just after the element that starts at ``position``."""
+        value_position = position + header.header_length
+        if header.length != _UNDEFINED_LENGTH:
+            remaining = self.size - value_position
+            if header.length > remaining:
+                raise ElementScanError(
+                    f"element {_tag_text(header.tag)} at offset {position} says"
+                    f" {header.length} bytes, only {remaining} remain",
+                    position,
+                )
+            return value_position + header.length
+        if (header.tag >> 16) == _ITEM_GROUP:
+            raise ElementScanError(
+                f"element {_tag_text(header.tag)} at offset {position} has undefined length"
+                " outside a sequence",
+                position,
+            )
+        if not explicit_vr:
+            # Implicit VR: undefined length can only be a sequence (PS3.5 7.5.1).
+            return self.walk_sequence(
+                value_position, False, little_endian, depth + 1, header.tag, position
+            )
+        if header.vr == _UN:
+            # PS3.5 6.2.2: an undefined-length UN holds Implicit VR Little Endian.
+            return self.walk_sequence(value_position, False, True, depth + 1, header.tag, position)
+        if header.vr in (_SQ, _OB, _OW):
+            # SQ (PS3.5 7.5.1) or encapsulated pixel data (PS3.5 A.4): items until
+            # the Sequence Delimitation Item.
+            return self.walk_sequence(
+                value_position, True, little_endian, depth + 1, header.tag, position
+            )
+        raise ElementScanError(
+            f"element {_tag_text(header.tag)} at offset {position} has undefined length,"
+            f" which VR {chr(header.vr >> 8)}{chr(header.vr & 0xFF)} cannot have (PS3.5 7.1.2)",
+            position,
+        )
+
+    def walk_sequence(
+        self,
+        position: int,
+        explicit_vr: bool,
+        little_endian: bool,
+        depth: int,
+        sequence_tag: int,
+        sequence_position: int,
+    ) -> int:
+        """Walk items until the Sequence Delimitation Item; return the offset after it."""
+        if depth > MAX_NESTING_DEPTH:
+            raise ElementScanError(
+                f"element {_tag_text(sequence_tag)} at offset {sequence_position}:"
+                f" sequences nested deeper than {MAX_NESTING_DEPTH}",
+                sequence_position,
+            )
+        while True:
+            if self.size - position < 8:
+                raise ElementScanError(
+                    f"element {_tag_text(sequence_tag)} at offset {sequence_position} has"
+                    " undefined length but no Sequence Delimitation Item (fffe,e0dd)"
+                    " before the end of the data",
+                    sequence_position,
+                )
+            tag = self.read_tag(position, little_endian)
+            length = self.read_u32(position + 4, little_endian)
+            if tag == _SEQUENCE_DELIMITATION:
+                return position + 8
+            if tag != _ITEM:
+                raise ElementScanError(
+                    f"element {_tag_text(sequence_tag)} at offset {sequence_position}: found"
+                    f" {_tag_text(tag)} at offset {position} where an Item (fffe,e000) or"
+                    " Sequence Delimitation Item (fffe,e0dd) must be (PS3.5 7.5)",
+                    position,
+                )
+            if length == _UNDEFINED_LENGTH:
+                position = self.walk_item(position + 8, explicit_vr, little_endian, depth, position)
+                continue
+            remaining = self.size - position - 8
+            if length > remaining:
+                raise ElementScanError(
+                    f"item (fffe,e000) at offset {position} says {length} bytes,"
+                    f" only {remaining} remain",
+                    position,
+                )
+            position += 8 + length
+
+    def walk_item(
+        self,
+        position: int,
+        explicit_vr: bool,
+        little_endian: bool,
+        depth: int,
+        item_position: int,
+    ) -> int:
+        """Walk an undefined-length item's elements until the Item Delimitation Item."""
+        while True:
+            if self.size - position < 8:
+                raise ElementScanError(
+                    f"item (fffe,e000) at offset {item_position} has undefined length but no"
+                    " Item Delimitation Item (fffe,e00d) before the end of the data",
+                    item_position,
+                )
+            if self.read_tag(position, little_endian) == _ITEM_DELIMITATION:
+                return position + 8
+            header = self.read_header(position, explicit_vr, little_endian)
+            position = self.skip_value(header, position, explicit_vr, little_endian, depth)
+
+
+def scan_elements(
+    buf: Buffer,
+    offset: int,
+    explicit_vr: bool,
+    little_endian: bool,
+    wanted: tuple[int, ...],
+    stop_tag: int,
+) -> tuple[dict[int, tuple[int, int]], int]:
+    """Find the top-level elements in ``wanted`` (tags as 0xGGGGEEEE) from ``offset`` on.
+
+    Returns ``({tag: (value_offset, value_length)}, end_offset)``. The walk stops
+    at the first element whose tag is greater than ``stop_tag`` (end_offset is
+    where that element starts) or at the end of ``buf`` (end_offset is its
+    length). For an undefined-length value, value_length covers everything up to
+    and including its Sequence Delimitation Item, so value_offset + value_length
+    is where the next element starts. Raises ElementScanError when the elements
+    cannot be walked to the end: truncated headers or values, an explicit VR that
+    is not two uppercase letters, an undefined length with no delimiter, or
+    sequences nested deeper than MAX_NESTING_DEPTH.
+    """
+    if not 0 <= stop_tag <= 0xFFFFFFFF:
+        raise ValueError(f"stop tag must be 0..0xffffffff, got {stop_tag}")
+    wanted_tags = frozenset(wanted)
+    with memoryview(buf) as base, base.cast("B") as view:
+        walker = _Walker(view)
+        if not 0 <= offset <= walker.size:
+            raise ValueError(f"offset {offset} is outside the buffer (0..{walker.size})")
+        found: dict[int, tuple[int, int]] = {}
+        position = offset
+        while position < walker.size:
+            tag = walker.read_tag(position, little_endian)
+            if tag > stop_tag:
+                return found, position
+            header = walker.read_header(position, explicit_vr, little_endian)
+            following = walker.skip_value(header, position, explicit_vr, little_endian, 0)
+            if tag in wanted_tags:
+                value_position = position + header.header_length
+                found[tag] = (value_position, following - value_position)
+            position = following
+        return found, walker.size

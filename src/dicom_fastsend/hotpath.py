@@ -1,0 +1,66 @@
+"""Choose the hot-path implementation: compiled ``_pdu`` or pure-Python ``_pdu_py``.
+
+``from dicom_fastsend.hotpath import impl`` (or the functions re-exported here)
+gives the compiled module unless FASTSEND_PURE_PYTHON=1 asks for the reference,
+as msgpack does with MSGPACK_PUREPYTHON. A missing extension (an unbuilt source
+checkout) falls back to pure Python with a warning, because sending still works,
+only slower.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING, Final, Literal
+
+from . import _pdu_py
+
+PURE_PYTHON_ENV: Final = "FASTSEND_PURE_PYTHON"
+
+
+def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
+    if os.environ.get(PURE_PYTHON_ENV) == "1":
+        return _pdu_py, "python"
+    try:
+        from . import _pdu
+    except ImportError as error:
+        warnings.warn(
+            f"compiled hot path dicom_fastsend._pdu is not built ({error}); using the"
+            " pure-Python version, which is slower. Build it with"
+            " `pip install -e . --no-build-isolation`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _pdu_py, "python"
+    return _pdu, "cython"
+
+
+_selected, IMPLEMENTATION = _select()
+
+if TYPE_CHECKING:
+    # Both modules have one API (_pdu.pyi mirrors _pdu_py); type against the reference.
+    impl = _pdu_py
+else:
+    impl = _selected
+
+PDATA_HEADER_LENGTH: Final = impl.PDATA_HEADER_LENGTH
+MAX_UNLIMITED_PDU: Final = impl.MAX_UNLIMITED_PDU
+MAX_NESTING_DEPTH: Final = impl.MAX_NESTING_DEPTH
+pack_pdata_header = impl.pack_pdata_header
+fragment_pdata = impl.fragment_pdata
+parse_pdvs = impl.parse_pdvs
+scan_elements = impl.scan_elements
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MAX_NESTING_DEPTH",
+    "MAX_UNLIMITED_PDU",
+    "PDATA_HEADER_LENGTH",
+    "PURE_PYTHON_ENV",
+    "fragment_pdata",
+    "impl",
+    "pack_pdata_header",
+    "parse_pdvs",
+    "scan_elements",
+]

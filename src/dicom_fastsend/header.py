@@ -1,0 +1,274 @@
+"""Read just enough of a DICOM file to send it, without building a pydicom Dataset.
+
+``read_header`` maps the file, walks the File Meta Information (PS3.10 7.1) and
+then every top-level element of the data set with the hot path's
+``scan_elements``. Walking to the end, not stopping after (0020,000D), is
+deliberate: a file cut off inside its pixel data is caught here, while
+indexing, instead of as a failed C-STORE halfway through a migration.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import zlib
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from .errors import ElementScanError
+from .hotpath import scan_elements
+from .uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MEDIA_STORAGE_DIRECTORY_STORAGE,
+)
+
+HeaderErrorKind = Literal["not-dicom", "dicomdir", "unreadable"]
+
+# PS3.10 7.1: 128-byte preamble, then the "DICM" prefix, then group 0002.
+_PREAMBLE_LENGTH: Final = 128
+_PREFIX: Final = b"DICM"
+_META_START: Final = _PREAMBLE_LENGTH + len(_PREFIX)
+_META_STOP_TAG: Final = 0x0002FFFF
+_WHOLE_DATA_SET: Final = 0xFFFFFFFF
+# PS3.5 7.1.2: the shortest element header (tag, VR or length, length).
+_MIN_ELEMENT_HEADER: Final = 8
+
+MEDIA_STORAGE_SOP_CLASS_UID: Final = 0x00020002
+MEDIA_STORAGE_SOP_INSTANCE_UID: Final = 0x00020003
+TRANSFER_SYNTAX_UID: Final = 0x00020010
+SOP_CLASS_UID: Final = 0x00080016
+SOP_INSTANCE_UID: Final = 0x00080018
+STUDY_INSTANCE_UID: Final = 0x0020000D
+
+_META_WANTED: Final = (
+    MEDIA_STORAGE_SOP_CLASS_UID,
+    MEDIA_STORAGE_SOP_INSTANCE_UID,
+    TRANSFER_SYNTAX_UID,
+)
+_DATA_SET_WANTED: Final = (SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID)
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What the sender needs to know about one file."""
+
+    path: str
+    size: int
+    mtime: float
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str  # "" when absent
+    # First byte after the File Meta group (0002); 0 for a data set without Part 10 meta.
+    dataset_offset: int
+
+
+class HeaderError(Exception):
+    """A file that will not be sent, and why.
+
+    ``kind`` is "not-dicom" or "dicomdir" for files that are skipped, and
+    "unreadable" for DICOM files (or files that claim to be) that fail.
+    """
+
+    def __init__(self, path: str, kind: HeaderErrorKind, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.kind: HeaderErrorKind = kind
+        self.reason = reason
+
+
+def _ui_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> str | None:
+    """A UI value (PS3.5 6.2: padded with NUL to even length; spaces tolerated) or None."""
+    if tag not in found:
+        return None
+    value_offset, value_length = found[tag]
+    raw = bytes(view[value_offset : value_offset + value_length]).rstrip(b"\x00 ")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text or None
+
+
+def _looks_like_raw_data_set(view: memoryview) -> bool | None:
+    """Explicit VR (True), implicit VR (False), or not a data set (None).
+
+    Files written without the Part 10 preamble (old archives, some modalities)
+    start straight with the data set; its first element is nearly always in
+    group 0008 (Specific Character Set, Image Type, SOP Class UID...).
+    """
+    if view.nbytes < _MIN_ELEMENT_HEADER:
+        return None
+    group = view[0] | (view[1] << 8)
+    if group != 0x0008:
+        return None
+    # PS3.5 7.1.2: in explicit VR the VR's two uppercase letters follow the tag.
+    return 0x41 <= view[4] <= 0x5A and 0x41 <= view[5] <= 0x5A
+
+
+def _scan_to_end(
+    path: str, view: memoryview, offset: int, explicit_vr: bool, little_endian: bool
+) -> dict[int, tuple[int, int]]:
+    """Walk the whole data set, tolerating fewer than 8 stray bytes at its end."""
+    try:
+        found, _ = scan_elements(
+            view, offset, explicit_vr, little_endian, _DATA_SET_WANTED, _WHOLE_DATA_SET
+        )
+        return found
+    except ElementScanError as error:
+        # Some writers pad files with a few bytes (odd length fixes, stray NULs)
+        # that cannot be an element header; everything before them is intact.
+        if view.nbytes - error.offset >= _MIN_ELEMENT_HEADER:
+            raise _unreadable(path, error) from error
+        cut = error.offset
+    with view[:cut] as intact:
+        try:
+            found, _ = scan_elements(
+                intact, offset, explicit_vr, little_endian, _DATA_SET_WANTED, _WHOLE_DATA_SET
+            )
+        except ElementScanError as error:
+            raise _unreadable(path, error) from error
+    return found
+
+
+def _unreadable(path: str, error: ElementScanError) -> HeaderError:
+    return HeaderError(
+        path,
+        "unreadable",
+        f"damaged or truncated data set: {error}; the file was probably cut short while"
+        " being copied, check it against its source",
+    )
+
+
+def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileInfo:
+    if view.nbytes >= _META_START and bytes(view[_PREAMBLE_LENGTH:_META_START]) == _PREFIX:
+        try:
+            # PS3.10 7.1: the File Meta Information is always Explicit VR Little Endian.
+            meta, dataset_offset = scan_elements(
+                view, _META_START, True, True, _META_WANTED, _META_STOP_TAG
+            )
+        except ElementScanError as error:
+            raise HeaderError(
+                path,
+                "unreadable",
+                f"damaged File Meta Information (group 0002, PS3.10 7.1): {error}",
+            ) from error
+        media_storage_sop_class = _ui_value(view, meta, MEDIA_STORAGE_SOP_CLASS_UID)
+        if media_storage_sop_class == MEDIA_STORAGE_DIRECTORY_STORAGE:
+            raise HeaderError(
+                path,
+                "dicomdir",
+                "DICOMDIR (Media Storage Directory Storage): an index of other files,"
+                " not an instance to send",
+            )
+        transfer_syntax = _ui_value(view, meta, TRANSFER_SYNTAX_UID)
+        if transfer_syntax is None:
+            raise HeaderError(
+                path,
+                "unreadable",
+                "no Transfer Syntax UID (0002,0010) in the File Meta Information, so the"
+                " data set cannot be decoded",
+            )
+        media_storage_sop_instance = _ui_value(view, meta, MEDIA_STORAGE_SOP_INSTANCE_UID)
+    else:
+        explicit = _looks_like_raw_data_set(view)
+        if explicit is None:
+            raise HeaderError(
+                path, "not-dicom", "no DICM prefix at offset 128 and not a raw DICOM data set"
+            )
+        dataset_offset = 0
+        transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
+        media_storage_sop_class = media_storage_sop_instance = None
+
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        # PS3.5 A.5: the data set after the meta is a raw deflate stream of
+        # Explicit VR Little Endian. Rare, so inflating into memory is fine.
+        try:
+            inflated = zlib.decompressobj(wbits=-zlib.MAX_WBITS).decompress(view[dataset_offset:])
+        except zlib.error as error:
+            raise HeaderError(
+                path, "unreadable", f"deflated data set cannot be inflated: {error}"
+            ) from error
+        with memoryview(inflated) as data_set:
+            found = _scan_to_end(path, data_set, 0, True, True)
+            uids = {tag: _ui_value(data_set, found, tag) for tag in _DATA_SET_WANTED}
+    else:
+        explicit_vr = transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN
+        little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+        found = _scan_to_end(path, view, dataset_offset, explicit_vr, little_endian)
+        uids = {tag: _ui_value(view, found, tag) for tag in _DATA_SET_WANTED}
+
+    # The data set is what gets stored; the meta copies it (PS3.10 7.1) and is
+    # only a fallback when the data set lacks the element.
+    sop_class = uids[SOP_CLASS_UID] or media_storage_sop_class
+    sop_instance = uids[SOP_INSTANCE_UID] or media_storage_sop_instance
+    if sop_class == MEDIA_STORAGE_DIRECTORY_STORAGE:
+        raise HeaderError(path, "dicomdir", "DICOMDIR: an index of other files, not an instance")
+    if sop_class is None:
+        raise HeaderError(
+            path,
+            "unreadable",
+            "no SOP Class UID (0008,0016) in the data set nor Media Storage SOP Class UID"
+            " (0002,0002) in the meta; a receiver cannot store it",
+        )
+    if sop_instance is None:
+        raise HeaderError(
+            path,
+            "unreadable",
+            "no SOP Instance UID (0008,0018) in the data set nor Media Storage SOP Instance"
+            " UID (0002,0003) in the meta; a receiver cannot store it",
+        )
+    return FileInfo(
+        path=path,
+        size=size,
+        mtime=mtime,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax_uid=transfer_syntax,
+        study_instance_uid=uids[STUDY_INSTANCE_UID] or "",
+        dataset_offset=dataset_offset,
+    )
+
+
+def read_header(path: str | os.PathLike[str]) -> FileInfo:
+    """The FileInfo of one file, or HeaderError saying why it will not be sent."""
+    name = os.fspath(path)
+    try:
+        # O_NONBLOCK: a FIFO among the inputs must not hang the scan; it is
+        # rejected below as not a regular file.
+        descriptor = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as error:
+        raise HeaderError(name, "unreadable", "no such file (moved or deleted?)") from error
+    except IsADirectoryError as error:
+        raise HeaderError(name, "not-dicom", "is a directory") from error
+    except PermissionError as error:
+        raise HeaderError(
+            name, "unreadable", "permission denied; run as a user that can read the file"
+        ) from error
+    except OSError as error:
+        raise HeaderError(name, "unreadable", f"cannot open: {error.strerror}") from error
+    try:
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            raise HeaderError(name, "not-dicom", "is a directory")
+        if not stat.S_ISREG(status.st_mode):
+            raise HeaderError(name, "not-dicom", "not a regular file")
+        if status.st_size == 0:
+            raise HeaderError(name, "not-dicom", "empty file")
+        try:
+            mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+        except OSError as error:
+            raise HeaderError(name, "unreadable", f"cannot map: {error.strerror}") from error
+    finally:
+        os.close(descriptor)
+    try:
+        with memoryview(mapped) as view:
+            return _read_mapped(name, view, status.st_size, status.st_mtime)
+    finally:
+        # The sender maps the file again when it sends; keep no mapping open
+        # across a scan of millions of files.
+        mapped.close()

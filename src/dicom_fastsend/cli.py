@@ -118,3 +118,69 @@ def echo(**peer: object) -> None:
         f"C-ECHO {config.called_ae_title}@{config.host}:{config.port}: {status_text(response.status)}"
     )
     sys.exit(0 if response.status == 0 else 1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("-p", "--port", default=11112, show_default=True, type=click.IntRange(0, 65535))
+@click.option("-a", "--ae-title", default="FASTSEND_SINK", show_default=True)
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Write received instances here as Part 10 files (default: discard).",
+)
+def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
+    """Receive C-STOREs (a Storage SCP for tests and benchmarks) until Ctrl-C."""
+    from .sink import Sink
+
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    receiver = Sink(host=host, port=port, ae_title=ae_title, output_dir=output_dir)
+    click.echo(f"fastsend sink {ae_title} listening on {host}:{receiver.port}", err=True)
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.stop()
+        stats = receiver.stats
+        click.echo(
+            f"received {stats.instances} instances, {stats.bytes / 1e6:.1f} MB "
+            f"in {stats.associations} associations",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--studies", default=4, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--instances", default=25, show_default=True, type=click.IntRange(1, 10000),
+              help="Instances per study.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096),
+              help="Rows and columns of each synthetic image.")
+@click.option("-v", "--verbose", is_flag=True)
+def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
+    """Make synthetic studies and send them to a receiver started here."""
+    import tempfile
+
+    from .report import ConsoleReporter, summarize
+    from .sender import send as run_send
+    from .sink import Sink
+    from .synth import write_archive
+
+    with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as directory:
+        root = Path(directory)
+        write_archive(root / "archive", studies=studies, instances_per_study=instances,
+                      rows=size, columns=size)
+        with Sink(ae_title="DEMO_SINK") as receiver:
+            click.echo(
+                f"sending {studies} studies x {instances} instances ({size}x{size}, 16 bit) "
+                f"to the built-in sink DEMO_SINK at 127.0.0.1:{receiver.port}",
+                err=True,
+            )
+            config = SendConfig(
+                peer=PeerConfig(host="127.0.0.1", port=receiver.port, called_ae_title="DEMO_SINK"),
+                inputs=(root / "archive",), recursive=True, verbose=verbose,
+            )
+            summary = run_send(config, ConsoleReporter(verbose))
+        summarize(summary)
+        click.echo(f"the sink received {receiver.stats.instances} instances", err=True)
+    sys.exit(summary.exit_code)

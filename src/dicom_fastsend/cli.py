@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,28 +36,49 @@ def _version() -> str:
 def _peer_options(function: click.decorators.FC) -> click.decorators.FC:
     """Options naming the destination, shared by `send` and `echo`."""
     options = [
-        click.option("-a", "--ae-title", "called", required=True, help="Called AE title (destination)."),
-        click.option("-H", "--host", required=True, help="Destination host name or IP address."),
-        click.option("-p", "--port", required=True, type=click.IntRange(1, 65535), help="Destination port."),
         click.option(
-            "-c", "--calling-ae", "calling", default=DEFAULT_CALLING_AE, show_default=True,
+            "-a", "--ae-title", "called", required=True, help="Called AE title (destination)."
+        ),
+        click.option("-H", "--host", required=True, help="Destination host name or IP address."),
+        click.option(
+            "-p", "--port", required=True, type=click.IntRange(1, 65535), help="Destination port."
+        ),
+        click.option(
+            "-c",
+            "--calling-ae",
+            "calling",
+            default=DEFAULT_CALLING_AE,
+            show_default=True,
             help="Calling AE title (this sender).",
         ),
         click.option(
-            "--connect-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_CONNECT_TIMEOUT,
-            show_default=True, help="Seconds to wait for the TCP connection.",
+            "--connect-timeout",
+            type=click.FloatRange(min=0.1),
+            default=DEFAULT_CONNECT_TIMEOUT,
+            show_default=True,
+            help="Seconds to wait for the TCP connection.",
         ),
         click.option(
-            "--acse-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_ACSE_TIMEOUT,
-            show_default=True, help="Seconds to wait for A-ASSOCIATE-AC and A-RELEASE-RP.",
+            "--acse-timeout",
+            type=click.FloatRange(min=0.1),
+            default=DEFAULT_ACSE_TIMEOUT,
+            show_default=True,
+            help="Seconds to wait for A-ASSOCIATE-AC and A-RELEASE-RP.",
         ),
         click.option(
-            "--dimse-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_DIMSE_TIMEOUT,
-            show_default=True, help="Seconds to wait for each C-STORE-RSP or C-ECHO-RSP.",
+            "--dimse-timeout",
+            type=click.FloatRange(min=0.1),
+            default=DEFAULT_DIMSE_TIMEOUT,
+            show_default=True,
+            help="Seconds to wait for each C-STORE-RSP or C-ECHO-RSP.",
         ),
         click.option(
-            "--max-pdu", "max_pdu", type=click.IntRange(min=0), default=DEFAULT_MAX_PDU_LENGTH,
-            show_default=True, help="Maximum PDU length this side receives (0: no limit).",
+            "--max-pdu",
+            "max_pdu",
+            type=click.IntRange(min=0),
+            default=DEFAULT_MAX_PDU_LENGTH,
+            show_default=True,
+            help="Maximum PDU length this side receives (0: no limit).",
         ),
     ]
     for option in reversed(options):
@@ -65,14 +87,25 @@ def _peer_options(function: click.decorators.FC) -> click.decorators.FC:
 
 
 def _peer(
-    called: str, host: str, port: int, calling: str, connect_timeout: float,
-    acse_timeout: float, dimse_timeout: float, max_pdu: int,
+    called: str,
+    host: str,
+    port: int,
+    calling: str,
+    connect_timeout: float,
+    acse_timeout: float,
+    dimse_timeout: float,
+    max_pdu: int,
 ) -> PeerConfig:
     try:
         return PeerConfig(
-            host=host, port=port, called_ae_title=called, calling_ae_title=calling,
-            connect_timeout=connect_timeout, acse_timeout=acse_timeout,
-            dimse_timeout=dimse_timeout, max_pdu_length=max_pdu,
+            host=host,
+            port=port,
+            called_ae_title=called,
+            calling_ae_title=calling,
+            connect_timeout=connect_timeout,
+            acse_timeout=acse_timeout,
+            dimse_timeout=dimse_timeout,
+            max_pdu_length=max_pdu,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -86,18 +119,23 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "-i", "--input", "inputs", required=True, multiple=True, type=click.Path(path_type=Path),
+    "-i",
+    "--input",
+    "inputs",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
     help="File or directory to send (repeatable).",
 )
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subdirectories.")
 @_peer_options
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
-def send(inputs: tuple[Path, ...], recursive: bool, verbose: bool, **peer: object) -> None:
+def send(inputs: tuple[Path, ...], recursive: bool, verbose: bool, **peer: Any) -> None:
     """Send DICOM files with C-STORE."""
     from .report import ConsoleReporter, summarize
     from .sender import send as run_send
 
-    config = SendConfig(peer=_peer(**peer), inputs=inputs, recursive=recursive, verbose=verbose)  # type: ignore[arg-type]
+    config = SendConfig(peer=_peer(**peer), inputs=inputs, recursive=recursive, verbose=verbose)
     summary = run_send(config, ConsoleReporter(verbose))
     summarize(summary)
     sys.exit(summary.exit_code)
@@ -105,18 +143,17 @@ def send(inputs: tuple[Path, ...], recursive: bool, verbose: bool, **peer: objec
 
 @main.command()
 @_peer_options
-def echo(**peer: object) -> None:
+def echo(**peer: Any) -> None:
     """Check a destination with C-ECHO (verification)."""
     from .sender import echo as run_echo
 
-    config = _peer(**peer)  # type: ignore[arg-type]
+    config = _peer(**peer)
     response, problem = run_echo(config)
     if response is None:
         click.echo(f"ERROR {problem}", err=True)
         sys.exit(EXIT_NO_ASSOCIATION)
-    click.echo(
-        f"C-ECHO {config.called_ae_title}@{config.host}:{config.port}: {status_text(response.status)}"
-    )
+    destination = f"{config.called_ae_title}@{config.host}:{config.port}"
+    click.echo(f"C-ECHO {destination}: {status_text(response.status)}")
     sys.exit(0 if response.status == 0 else 1)
 
 
@@ -125,7 +162,9 @@ def echo(**peer: object) -> None:
 @click.option("-p", "--port", default=11112, show_default=True, type=click.IntRange(0, 65535))
 @click.option("-a", "--ae-title", default="FASTSEND_SINK", show_default=True)
 @click.option(
-    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Write received instances here as Part 10 files (default: discard).",
 )
 def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
@@ -152,10 +191,20 @@ def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
 
 @main.command()
 @click.option("--studies", default=4, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--instances", default=25, show_default=True, type=click.IntRange(1, 10000),
-              help="Instances per study.")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(8, 4096),
-              help="Rows and columns of each synthetic image.")
+@click.option(
+    "--instances",
+    default=25,
+    show_default=True,
+    type=click.IntRange(1, 10000),
+    help="Instances per study.",
+)
+@click.option(
+    "--size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(8, 4096),
+    help="Rows and columns of each synthetic image.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
     """Make synthetic studies and send them to a receiver started here."""
@@ -168,8 +217,13 @@ def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
 
     with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as directory:
         root = Path(directory)
-        write_archive(root / "archive", studies=studies, instances_per_study=instances,
-                      rows=size, columns=size)
+        write_archive(
+            root / "archive",
+            studies=studies,
+            instances_per_study=instances,
+            rows=size,
+            columns=size,
+        )
         with Sink(ae_title="DEMO_SINK") as receiver:
             click.echo(
                 f"sending {studies} studies x {instances} instances ({size}x{size}, 16 bit) "
@@ -178,7 +232,9 @@ def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
             )
             config = SendConfig(
                 peer=PeerConfig(host="127.0.0.1", port=receiver.port, called_ae_title="DEMO_SINK"),
-                inputs=(root / "archive",), recursive=True, verbose=verbose,
+                inputs=(root / "archive",),
+                recursive=True,
+                verbose=verbose,
             )
             summary = run_send(config, ConsoleReporter(verbose))
         summarize(summary)

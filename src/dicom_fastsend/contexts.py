@@ -69,9 +69,7 @@ def plan_associations(
     ]
 
 
-def association_for(
-    plans: Sequence[tuple[PresentationContextRQ, ...]], sop_class: str
-) -> int:
+def association_for(plans: Sequence[tuple[PresentationContextRQ, ...]], sop_class: str) -> int:
     """Index of the planned association that carries ``sop_class``."""
     for index, contexts in enumerate(plans):
         if any(c.abstract_syntax == sop_class for c in contexts):
@@ -133,8 +131,10 @@ class AcceptedContexts:
                 if rq.abstract_syntax == sop_class and pc_id in self._answers
             }
         )
-        peer_said = "; the peer answered: " + ", ".join(answers) if answers else (
-            "; the peer did not answer those contexts"
+        peer_said = (
+            "; the peer answered: " + ", ".join(answers)
+            if answers
+            else ("; the peer did not answer those contexts")
         )
         raise NoAcceptableContext(
             f"no accepted presentation context for SOP class {describe(sop_class)} "

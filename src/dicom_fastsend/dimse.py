@@ -129,7 +129,9 @@ class Command:
                 )
             tag = (group << 16) | element
             if group != 0x0000:
-                raise DIMSEError(f"command set holds a non-command element ({group:04x},{element:04x})")
+                raise DIMSEError(
+                    f"command set holds a non-command element ({group:04x},{element:04x})"
+                )
             elements[tag] = _decode_value(tag, view[pos : pos + length])
             pos += length
         if TAG_COMMAND_FIELD not in elements:

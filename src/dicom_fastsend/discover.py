@@ -51,4 +51,6 @@ def discover(inputs: Iterable[Path], recursive: bool) -> Iterator[str | MissingI
             for name in sorted(files):
                 yield os.path.join(directory, name)
         for error in errors:
-            yield MissingInput(str(error.filename), f"cannot list directory: {error.strerror or error}")
+            yield MissingInput(
+                str(error.filename), f"cannot list directory: {error.strerror or error}"
+            )

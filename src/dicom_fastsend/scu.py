@@ -113,7 +113,9 @@ class StoreClient:
             ),
         )
         association.request(request)
-        self._transport = Transport.connect(self.peer.host, self.peer.port, self.peer.connect_timeout)
+        self._transport = Transport.connect(
+            self.peer.host, self.peer.port, self.peer.connect_timeout
+        )
         self._association = association
         association.connection_established()
         self._flush()
@@ -212,11 +214,13 @@ class StoreClient:
         return events
 
     def _send_message(
-        self, presentation_context_id: int, command: Command, dataset: object | None
+        self, presentation_context_id: int, command: Command, dataset: bytes | memoryview | None
     ) -> None:
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
-        buffers: list[object] = list(fragment_pdata(command.encode(), presentation_context_id, True, maximum))
+        buffers: list[object] = list(
+            fragment_pdata(command.encode(), presentation_context_id, True, maximum)
+        )
         if dataset is not None:
             buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
         try:
@@ -294,7 +298,7 @@ class StoreClient:
             view = memoryview(mapped)[info.dataset_offset :]
             try:
                 if selection.needs_conversion(info.transfer_syntax_uid):
-                    dataset: object = convert_dataset(
+                    dataset: bytes | memoryview | None = convert_dataset(
                         view, info.transfer_syntax_uid, selection.transfer_syntax
                     )
                 else:

@@ -106,19 +106,22 @@ def _result_from_response(info: FileInfo, response: Response, seconds: float) ->
         detail += " offending element " + ", ".join(
             f"({t >> 16:04x},{t & 0xFFFF:04x})" for t in response.offending_element
         )
-    common = {
-        "status": response.status,
-        "sop_instance_uid": info.sop_instance_uid,
-        "sop_class_uid": info.sop_class_uid,
-        "seconds": seconds,
-    }
     if category is StatusCategory.SUCCESS:
-        return FileResult(info.path, Outcome.STORED, "", bytes_sent=info.size, **common)  # type: ignore[arg-type]
-    if category is StatusCategory.WARNING:
-        return FileResult(
-            info.path, Outcome.WARNING, f"stored with warning {detail}", bytes_sent=info.size, **common  # type: ignore[arg-type]
-        )
-    return FileResult(info.path, Outcome.FAILED, f"{info.path}: {detail}", **common)  # type: ignore[arg-type]
+        outcome, reason = Outcome.STORED, ""
+    elif category is StatusCategory.WARNING:
+        outcome, reason = Outcome.WARNING, f"stored with warning {detail}"
+    else:
+        outcome, reason = Outcome.FAILED, f"{info.path}: {detail}"
+    return FileResult(
+        info.path,
+        outcome,
+        reason,
+        status=response.status,
+        sop_instance_uid=info.sop_instance_uid,
+        sop_class_uid=info.sop_class_uid,
+        bytes_sent=0 if outcome is Outcome.FAILED else info.size,
+        seconds=seconds,
+    )
 
 
 def send(config: SendConfig, report: Reporter = lambda result: None) -> SendSummary:

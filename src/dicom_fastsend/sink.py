@@ -146,7 +146,9 @@ class Sink:
             if usable:
                 answers.append(
                     PresentationContextAC(
-                        context.presentation_context_id, PresentationContextResult.ACCEPTANCE, usable[0]
+                        context.presentation_context_id,
+                        PresentationContextResult.ACCEPTANCE,
+                        usable[0],
                     )
                 )
             else:
@@ -235,7 +237,9 @@ class Sink:
             response = c_store_rsp(command, status)
         else:
             raise DIMSEError(f"unsupported command 0x{command.command_field or 0:04x}")
-        buffers = fragment_pdata(response.encode(), message.presentation_context_id, True, peer_maximum)
+        buffers = fragment_pdata(
+            response.encode(), message.presentation_context_id, True, peer_maximum
+        )
         transport.send_buffers(association.send_pdata(list(buffers)))
 
     def _write(self, message: Message, transfer_syntax: str) -> None:

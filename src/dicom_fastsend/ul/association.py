@@ -256,7 +256,9 @@ class Association:
     def _fire(self, event: str) -> None:
         action = TRANSITIONS[event].get(self.state)
         if action is None:
-            raise LocalProtocolError(f"{event} is not allowed in {self.state.value} (PS3.8 Table 9-10)")
+            raise LocalProtocolError(
+                f"{event} is not allowed in {self.state.value} (PS3.8 Table 9-10)"
+            )
         self.state = self._actions[action]()
 
     def data_to_send(self) -> bytes:
@@ -365,7 +367,7 @@ class Association:
         self._events = []
         return events
 
-    # ------------------------------------------------------------ actions (PS3.8 Table 9-7, 9-8, 9-9)
+    # ------------------------------------------------ actions (PS3.8 Tables 9-6 to 9-9)
 
     def _queue(self, pdu: PDU) -> None:
         self._outgoing.append(encode(pdu))

@@ -267,9 +267,7 @@ class AAbort:
         return f"aborted (source {self.source}, reason {self.reason})"
 
 
-PDU = (
-    AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | AReleaseRP | AAbort
-)
+PDU = AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | AReleaseRP | AAbort
 
 
 # --------------------------------------------------------------------------- encoding
@@ -300,7 +298,9 @@ def _uid_item(item_type: int, uid: str) -> bytes:
 def _encode_user_information(info: UserInformation) -> bytes:
     sub_items = [_item(ItemType.MAXIMUM_LENGTH, struct.pack(">I", info.maximum_length))]
     if info.implementation_class_uid:
-        sub_items.append(_uid_item(ItemType.IMPLEMENTATION_CLASS_UID, info.implementation_class_uid))
+        sub_items.append(
+            _uid_item(ItemType.IMPLEMENTATION_CLASS_UID, info.implementation_class_uid)
+        )
     if info.asynchronous_operations_window is not None:
         invoked, performed = info.asynchronous_operations_window
         sub_items.append(
@@ -319,7 +319,9 @@ def _encode_user_information(info: UserInformation) -> bytes:
 
 def _association_fixed_part(protocol_version: int, called: str, calling: str) -> bytes:
     # PS3.8 9.3.2: version (2), reserved (2), called AE (16), calling AE (16), reserved (32)
-    return struct.pack(">HH", protocol_version, 0) + _ae_title(called) + _ae_title(calling) + bytes(32)
+    return (
+        struct.pack(">HH", protocol_version, 0) + _ae_title(called) + _ae_title(calling) + bytes(32)
+    )
 
 
 def _pdu(pdu_type: int, variable_field: bytes) -> bytes:
@@ -333,7 +335,9 @@ def encode(pdu: PDU) -> bytes:
         for context in pdu.presentation_contexts:
             body = bytes((context.presentation_context_id, 0, 0, 0))
             body += _uid_item(ItemType.ABSTRACT_SYNTAX, context.abstract_syntax)
-            body += b"".join(_uid_item(ItemType.TRANSFER_SYNTAX, ts) for ts in context.transfer_syntaxes)
+            body += b"".join(
+                _uid_item(ItemType.TRANSFER_SYNTAX, ts) for ts in context.transfer_syntaxes
+            )
             contexts.append(_item(ItemType.PRESENTATION_CONTEXT_RQ, body))
         return _pdu(
             PDUType.A_ASSOCIATE_RQ,
@@ -429,9 +433,7 @@ def _decode_user_information(value: memoryview) -> UserInformation:
     return UserInformation(maximum_length, class_uid, version_name, window)
 
 
-def _decode_association(
-    pdu_type: int, body: memoryview
-) -> AAssociateRQ | AAssociateAC:
+def _decode_association(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssociateAC:
     name = "A-ASSOCIATE-RQ" if pdu_type == PDUType.A_ASSOCIATE_RQ else "A-ASSOCIATE-AC"
     if len(body) < 68:
         raise PDUError(f"{name} is {len(body)} bytes, shorter than its 68-byte fixed part")
@@ -475,7 +477,12 @@ def _decode_association(
         raise PDUError(f"{name} has no user information item")
     if pdu_type == PDUType.A_ASSOCIATE_RQ:
         return AAssociateRQ(
-            called, calling, tuple(requested), user_information, application_context, protocol_version
+            called,
+            calling,
+            tuple(requested),
+            user_information,
+            application_context,
+            protocol_version,
         )
     return AAssociateAC(
         called, calling, tuple(accepted), user_information, application_context, protocol_version
@@ -496,7 +503,12 @@ def decode_pdu(pdu_type: int, body: memoryview) -> PDU:
             for pc_id, control, offset, length in parse_pdvs(body)
         )
         return PDataTF(pdvs)
-    if pdu_type in (PDUType.A_ASSOCIATE_RJ, PDUType.A_RELEASE_RQ, PDUType.A_RELEASE_RP, PDUType.A_ABORT):
+    if pdu_type in (
+        PDUType.A_ASSOCIATE_RJ,
+        PDUType.A_RELEASE_RQ,
+        PDUType.A_RELEASE_RP,
+        PDUType.A_ABORT,
+    ):
         if len(body) != 4:
             raise PDUError(f"PDU type 0x{pdu_type:02x} has a {len(body)}-byte body, not 4")
         if pdu_type == PDUType.A_ASSOCIATE_RJ:

@@ -1,0 +1,5 @@
+"""`python -m dicom_fastsend` is the `fastsend` command."""
+
+from dicom_fastsend.cli import main
+
+main()

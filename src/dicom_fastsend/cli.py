@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.decorators import FC
 
 from . import __version__
 from .config import (
@@ -33,7 +34,7 @@ def _version() -> str:
     return f"fastsend {__version__} (hot path: {IMPLEMENTATION})"
 
 
-def _peer_options(function: click.decorators.FC) -> click.decorators.FC:
+def _peer_options(function: FC) -> FC:
     """Options naming the destination, shared by `send` and `echo`."""
     options = [
         click.option(
@@ -117,27 +118,82 @@ def main() -> None:
     """fastsend: send DICOM files to a PACS with C-STORE, fast, and account for every one."""
 
 
-@main.command()
-@click.option(
-    "-i",
-    "--input",
-    "inputs",
-    required=True,
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="File or directory to send (repeatable).",
-)
-@click.option("-r", "--recursive", is_flag=True, help="Descend into subdirectories.")
-@_peer_options
-@click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
-def send(inputs: tuple[Path, ...], recursive: bool, verbose: bool, **peer: Any) -> None:
-    """Send DICOM files with C-STORE."""
-    from .report import ConsoleReporter, summarize
-    from .sender import send as run_send
+def _input_options(function: FC) -> FC:
+    """Options naming what to read, shared by `send` and `scan`."""
+    function = click.option("-r", "--recursive", is_flag=True, help="Descend into subdirectories.")(
+        function
+    )
+    return click.option(
+        "-i",
+        "--input",
+        "inputs",
+        required=True,
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="File or directory (repeatable).",
+    )(function)
 
-    config = SendConfig(peer=_peer(**peer), inputs=inputs, recursive=recursive, verbose=verbose)
-    summary = run_send(config, ConsoleReporter(verbose))
+
+@main.command()
+@_input_options
+@_peer_options
+@click.option(
+    "-P",
+    "--processes",
+    "-t",
+    "--threads",
+    "processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes, each with its own association (-t/--threads: the same).",
+)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Limit in MB/s across all workers (0: no limit).",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("logs"),
+    show_default=True,
+    help="Where the session log and the JSON summary go.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
+def send(
+    inputs: tuple[Path, ...],
+    recursive: bool,
+    processes: int,
+    max_rate: float,
+    log_dir: Path,
+    no_progress: bool,
+    verbose: bool,
+    **peer: Any,
+) -> None:
+    """Send DICOM files with C-STORE."""
+    from .report import ConsoleReporter, ProgressBar, summarize
+    from .sender import send as run_send
+    from .sender import session_paths
+
+    config = SendConfig(
+        peer=_peer(**peer),
+        inputs=inputs,
+        recursive=recursive,
+        verbose=verbose,
+        processes=processes,
+        max_rate_mb_s=max_rate,
+        log_dir=log_dir,
+        progress=not no_progress,
+    )
+    progress = ProgressBar(enabled=config.progress)
+    summary = run_send(config, ConsoleReporter(verbose, progress), progress)
     summarize(summary)
+    log, json_summary = session_paths(log_dir, summary.session_id)
+    click.echo(f"session log: {log}\nsummary: {json_summary}", err=True)
     sys.exit(summary.exit_code)
 
 
@@ -205,8 +261,9 @@ def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
     type=click.IntRange(8, 4096),
     help="Rows and columns of each synthetic image.",
 )
+@click.option("-P", "--processes", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("-v", "--verbose", is_flag=True)
-def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
+def demo(studies: int, instances: int, size: int, processes: int, verbose: bool) -> None:
     """Make synthetic studies and send them to a receiver started here."""
     import tempfile
 
@@ -235,6 +292,8 @@ def demo(studies: int, instances: int, size: int, verbose: bool) -> None:
                 inputs=(root / "archive",),
                 recursive=True,
                 verbose=verbose,
+                processes=processes,
+                log_dir=None,
             )
             summary = run_send(config, ConsoleReporter(verbose))
         summarize(summary)

@@ -45,4 +45,13 @@ class SendConfig:
     inputs: tuple[Path, ...]
     recursive: bool = False
     verbose: bool = False
-    log_dir: Path = field(default_factory=lambda: Path("logs"))
+    processes: int = 1
+    max_rate_mb_s: float = 0.0  # across all workers; 0 = unlimited
+    log_dir: Path | None = field(default_factory=lambda: Path("logs"))  # None: no log files
+    progress: bool = True  # a progress bar on stderr when it is a terminal
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError("--processes must be at least 1")
+        if self.max_rate_mb_s < 0:
+            raise ValueError("--max-rate must not be negative")

@@ -1,52 +1,259 @@
-"""What the user sees: one line per notable file, and the closing summary."""
+"""What the user sees and keeps: console lines, progress bar, session log, JSON summary."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sys
-from typing import TextIO
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
 
-from .sender import FileResult, Outcome, SendSummary
+from . import __version__
+from .config import SendConfig
+from .results import FileResult, Outcome, SendSummary
+from .worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
+
+SUMMARY_SCHEMA = Path(__file__).with_name("summary.schema.json")
+
+
+def _timestamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
 
 
 class ConsoleReporter:
     """Prints failures, warnings and skips as they happen; every file with ``verbose``."""
 
-    def __init__(self, verbose: bool, stream: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, verbose: bool, progress: ProgressBar | None = None, stream: TextIO = sys.stderr
+    ) -> None:
         self.verbose = verbose
+        self.progress = progress
         self.stream = stream
+
+    def _print(self, line: str) -> None:
+        if self.progress is not None and self.progress.bar is not None:
+            self.progress.bar.write(line, file=self.stream)  # keeps the bar intact
+        else:
+            print(line, file=self.stream)
 
     def __call__(self, result: FileResult) -> None:
         if result.outcome is Outcome.STORED:
             if self.verbose:
-                print(
+                self._print(
                     f"stored {result.path} ({result.sop_instance_uid}) "
-                    f"in {result.seconds * 1000:.1f} ms",
-                    file=self.stream,
+                    f"in {result.seconds * 1000:.1f} ms"
                 )
         elif result.outcome is Outcome.WARNING:
-            print(f"WARNING {result.path}: {result.reason}", file=self.stream)
+            self._print(f"WARNING {result.path}: {result.reason}")
         elif result.outcome is Outcome.SKIPPED:
-            print(f"SKIPPED {result.reason}", file=self.stream)
-        elif self.verbose or "not sent: " not in result.reason:
-            # Files not sent because no association could be made share one
-            # message, printed once by summarize(); the rest are printed here.
-            print(f"FAILED {result.reason}", file=self.stream)
+            if self.verbose or result.reason != INTERRUPTED_REASON:
+                self._print(f"SKIPPED {result.path}: {result.reason}")
+        elif self.verbose or not result.reason.startswith(NO_ASSOCIATION_PREFIX):
+            self._print(f"FAILED {result.path}: {result.reason}")
+
+
+class ProgressBar:
+    """Files, bytes, rate and ETA on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, stream: TextIO = sys.stderr) -> None:
+        self.enabled = enabled and stream.isatty()
+        self.stream = stream
+        self.bar: Any = None
+        self._bytes = 0
+
+    def start(self, files: int, size: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=files, unit="file", file=self.stream, dynamic_ncols=True, smoothing=0.1
+        )
+        self._total_mb = size / 1e6
+
+    def update(self, result: FileResult) -> None:
+        if self.bar is None:
+            return
+        self._bytes += result.bytes_sent
+        self.bar.update(1)
+        elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
+        megabytes = self._bytes / 1e6
+        self.bar.set_postfix_str(
+            f"{megabytes:.0f}/{self._total_mb:.0f} MB, {megabytes / elapsed:.1f} MB/s",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class SessionLog:
+    """``fastsend_<session>.log``: timestamped, levelled lines."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8", buffering=1)
+
+    def write(self, level: str, message: str) -> None:
+        if self._file is not None:
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            self._file.write(f"{stamp} {level.upper():<7} {message}\n")
+
+    def result(self, result: FileResult) -> None:
+        if result.outcome is Outcome.STORED:
+            self.write(
+                "info",
+                f"stored {result.path} {result.sop_instance_uid} {result.bytes_sent} bytes "
+                f"{result.seconds * 1000:.1f} ms worker {result.worker}",
+            )
+        elif result.outcome is Outcome.WARNING:
+            self.write("warning", f"{result.path}: {result.reason}")
+        elif result.outcome is Outcome.SKIPPED:
+            self.write("info", f"skipped {result.path}: {result.reason}")
+        else:
+            self.write("error", f"failed {result.path}: {result.reason}")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _status(status: int | None) -> str | None:
+    return None if status is None else f"0x{status:04X}"
+
+
+def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dict[str, Any]:
+    """The JSON summary (its schema: summary.schema.json beside this module)."""
+    peer = config.peer
+    found = len(summary.results)
+    stored = summary.count(Outcome.STORED)
+    warned = summary.count(Outcome.WARNING)
+    elapsed = summary.elapsed
+    return {
+        "session_id": summary.session_id,
+        "tool": {"name": "fastsend", "version": __version__, "hot_path": hot_path},
+        "started_at": _timestamp(summary.started),
+        "finished_at": _timestamp(summary.finished),
+        "duration_seconds": round(elapsed, 6),
+        "configuration": {
+            "host": peer.host,
+            "port": peer.port,
+            "called_ae_title": peer.called_ae_title,
+            "calling_ae_title": peer.calling_ae_title,
+            "inputs": [str(p) for p in config.inputs],
+            "recursive": config.recursive,
+            "processes": config.processes,
+            "max_rate_mb_s": config.max_rate_mb_s,
+            "connect_timeout": peer.connect_timeout,
+            "acse_timeout": peer.acse_timeout,
+            "dimse_timeout": peer.dimse_timeout,
+            "max_pdu_length": peer.max_pdu_length,
+            "log_dir": None if config.log_dir is None else str(config.log_dir),
+        },
+        "counts": {
+            "found": found,
+            "stored": stored,
+            "warning": warned,
+            "failed": summary.count(Outcome.FAILED),
+            "skipped": summary.count(Outcome.SKIPPED),
+        },
+        "bytes_sent": summary.bytes_sent,
+        "throughput": {
+            "files_per_second": round((stored + warned) / elapsed, 3),
+            "megabytes_per_second": round(summary.bytes_sent / 1e6 / elapsed, 3),
+        },
+        "latency_ms": {k: round(v, 3) for k, v in summary.latency_ms().items()},
+        "associations": {
+            "opened": summary.associations_opened,
+            "rejected": summary.associations_rejected,
+            "failed": summary.associations_failed,
+            "aborted": summary.associations_aborted,
+            "errors": list(dict.fromkeys(summary.association_errors)),
+        },
+        "sop_classes_sent": dict(
+            Counter(
+                r.sop_class_uid
+                for r in summary.results
+                if r.outcome in (Outcome.STORED, Outcome.WARNING)
+            )
+        ),
+        "interrupted": summary.interrupted,
+        "exit_code": summary.exit_code,
+        "events": summary.events,
+        "workers": [
+            {
+                "worker": w.worker,
+                "pid": w.pid,
+                "files": w.files,
+                "bytes_sent": w.bytes_sent,
+                "cpu_user_seconds": round(w.cpu_user_seconds, 3),
+                "cpu_system_seconds": round(w.cpu_system_seconds, 3),
+                "peak_rss_bytes": w.peak_rss_bytes,
+                "associations_opened": w.associations_opened,
+                "exit": w.exit,
+            }
+            for w in summary.workers
+        ],
+        "warnings": [
+            {
+                "path": r.path,
+                "sop_instance_uid": r.sop_instance_uid,
+                "status": _status(r.status),
+                "reason": r.reason,
+            }
+            for r in summary.results
+            if r.outcome is Outcome.WARNING
+        ],
+        "failures": [
+            {
+                "path": r.path,
+                "sop_instance_uid": r.sop_instance_uid,
+                "sop_class_uid": r.sop_class_uid,
+                "status": _status(r.status),
+                "reason": r.reason,
+                "attempts": r.attempts,
+            }
+            for r in summary.results
+            if r.outcome is Outcome.FAILED
+        ],
+        "skipped": [
+            {"path": r.path, "reason": r.reason}
+            for r in summary.results
+            if r.outcome is Outcome.SKIPPED
+        ],
+    }
+
+
+def write_summary(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.part")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
 
 
 def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
     for message in dict.fromkeys(summary.association_errors):
         print(f"ERROR {message}", file=stream)
-    elapsed = max(summary.finished - summary.started, 1e-9)
-    sent = sum(r.bytes_sent for r in summary.results)
+    for event in summary.events:
+        if "died" in event:
+            print(f"ERROR {event}", file=stream)
+    elapsed = summary.elapsed
+    sent = summary.bytes_sent
     stored = summary.count(Outcome.STORED)
     warned = summary.count(Outcome.WARNING)
-    files_per_second = (stored + warned) / elapsed
     print(
         f"{len(summary.results)} files: {stored} stored, {warned} stored with warning, "
         f"{summary.count(Outcome.FAILED)} failed, {summary.count(Outcome.SKIPPED)} skipped; "
         f"{sent / 1e6:.1f} MB in {elapsed:.2f} s "
-        f"({files_per_second:.1f} files/s, {sent / 1e6 / elapsed:.1f} MB/s); "
+        f"({(stored + warned) / elapsed:.1f} files/s, {sent / 1e6 / elapsed:.1f} MB/s); "
         f"associations: {summary.associations_opened} opened, "
         f"{summary.associations_failed} failed, {summary.associations_aborted} aborted",
         file=stream,
     )
+    if summary.interrupted:
+        print("interrupted: rerun to send the files that were not sent", file=stream)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from . import __version__
 from .config import PeerConfig
 from .contexts import AcceptedContexts, Selection
-from .convert import convert_dataset
 from .dimse import (
     TAG_ERROR_COMMENT,
     TAG_MESSAGE_ID_BEING_RESPONDED_TO,
@@ -289,7 +288,7 @@ class StoreClient:
             size = os.fstat(handle.fileno()).st_size
             if size != info.size:
                 raise FileChangedError(
-                    f"{info.path}: size changed from {info.size} to {size} bytes since it was read"
+                    f"size changed from {info.size} to {size} bytes since it was read"
                 )
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         try:
@@ -298,6 +297,10 @@ class StoreClient:
             view = memoryview(mapped)[info.dataset_offset :]
             try:
                 if selection.needs_conversion(info.transfer_syntax_uid):
+                    # Imported here: pydicom costs a worker a quarter second to
+                    # import, and most runs never convert anything.
+                    from .convert import convert_dataset
+
                     dataset: bytes | memoryview | None = convert_dataset(
                         view, info.transfer_syntax_uid, selection.transfer_syntax
                     )

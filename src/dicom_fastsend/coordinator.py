@@ -1,0 +1,336 @@
+"""The coordinator: index, plan, run worker processes, merge what they report.
+
+Each worker has its own ``multiprocessing.Pipe``. A pipe rather than a shared
+``multiprocessing.Queue`` because a Queue writes from a feeder thread: a
+worker killed with SIGKILL can lose results it had already "sent", and a
+shared work queue cannot tell which worker took a batch before dying. With a
+pipe per worker, a result is in the pipe before the worker moves on, and the
+coordinator hands each batch to a named worker, so it always knows who holds
+what. ``multiprocessing.connection.wait`` watches the pipes and the process
+sentinels together, so a death is seen at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
+from multiprocessing.sharedctypes import Synchronized
+from types import FrameType
+from typing import Any
+
+from .config import SendConfig
+from .contexts import plan_associations
+from .discover import MissingInput, discover
+from .header import FileInfo, HeaderError, read_header
+from .plan import Dispatcher, group_by_study, make_batches
+from .results import FileResult, Outcome, SendSummary, WorkerStats
+from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
+
+Reporter = Callable[[FileResult], None]
+
+
+def index_inputs(config: SendConfig, report: Reporter) -> list[FileInfo]:
+    """Headers of the sendable files; a result goes to ``report`` for each input that is not."""
+    infos: list[FileInfo] = []
+    for item in discover(config.inputs, config.recursive):
+        if isinstance(item, MissingInput):
+            result = FileResult(item.path, Outcome.FAILED, item.reason)
+        else:
+            try:
+                infos.append(read_header(item))
+                continue
+            except HeaderError as exc:
+                outcome = Outcome.FAILED if exc.kind == "unreadable" else Outcome.SKIPPED
+                result = FileResult(item, outcome, exc.reason)
+        report(result)
+    return infos
+
+
+@dataclass
+class _WorkerHandle:
+    worker: int
+    process: SpawnProcess
+    conn: Connection
+    done: bool = False
+    stats: WorkerStats | None = None
+
+
+@dataclass
+class Hooks:
+    """What the coordinator tells the outside world as it goes."""
+
+    result: Reporter = lambda result: None
+    log: Callable[[str, str], None] = lambda level, message: None
+    progress: Callable[[FileResult], None] = lambda result: None
+    started: Callable[[int, int], None] = lambda files, size: None  # files, bytes to send
+
+
+@dataclass
+class Coordinator:
+    config: SendConfig
+    hooks: Hooks = field(default_factory=Hooks)
+    summary: SendSummary = field(default_factory=SendSummary)
+    interrupts: int = 0
+
+    def __post_init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, _WorkerHandle] = {}
+        self._next_worker = 0
+        self._restarts = 0
+        self._stopping = False
+        self._aborting = False
+        self._shared_rate: Synchronized[float] | None = None
+        self._dispatcher = Dispatcher()
+        self._plans: tuple[Any, ...] = ()
+
+    # ------------------------------------------------------------ public
+
+    def run(self) -> SendSummary:
+        summary = self.summary
+        summary.started = time.time()
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            infos = index_inputs(self.config, self._record)
+            if infos:
+                self._send_all(infos)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            summary.finished = time.time()
+        return summary
+
+    # ------------------------------------------------------------ signals
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupts += 1
+
+    def _check_interrupts(self) -> None:
+        if self.interrupts >= 1 and not self._stopping:
+            self._stopping = True
+            self.summary.interrupted = True
+            self._event(
+                "warning",
+                "interrupted (Ctrl-C): no new files are dispatched; files in "
+                "flight finish and associations are released. Ctrl-C again to abort.",
+            )
+            for info in self._dispatcher.stop():
+                self._record(_interrupted(info))
+            self._signal_workers(signal.SIGUSR1)
+        if self.interrupts >= 2 and not self._aborting:
+            self._aborting = True
+            self._event("warning", "second Ctrl-C: aborting associations now")
+            self._signal_workers(signal.SIGUSR2)
+
+    def _signal_workers(self, signum: int) -> None:
+        for handle in self._workers.values():
+            if not handle.done and handle.process.pid is not None:
+                try:
+                    os.kill(handle.process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _record(self, result: FileResult) -> None:
+        self.summary.results.append(result)
+        self.hooks.result(result)
+        self.hooks.progress(result)
+
+    def _event(self, level: str, message: str) -> None:
+        self.summary.events.append(message)
+        self.hooks.log(level, message)
+
+    # ------------------------------------------------------------ workers
+
+    def _start_worker(self) -> None:
+        worker = self._next_worker
+        self._next_worker += 1
+        parent, child = self._context.Pipe(duplex=True)
+        config = WorkerConfig(
+            worker=worker,
+            peer=self.config.peer,
+            plans=self._plans,
+            max_rate=self.config.max_rate_mb_s * 1e6,
+        )
+        process = self._context.Process(
+            target=worker_main,
+            args=(config, child, self._shared_rate),
+            name=f"fastsend-worker-{worker}",
+            daemon=True,
+        )
+        # Workers must not see the terminal's Ctrl-C: an ignored SIGINT
+        # survives exec and Python keeps it ignored; the coordinator decides.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        child.close()
+        self._workers[worker] = _WorkerHandle(worker, process, parent)
+        self.hooks.log("info", f"worker {worker} started, pid {process.pid}")
+
+    def _send_all(self, infos: list[FileInfo]) -> None:
+        config = self.config
+        self._plans = tuple(
+            plan_associations((i.sop_class_uid, i.transfer_syntax_uid) for i in infos)
+        )
+        batches = make_batches(group_by_study(infos), config.processes)
+        self._dispatcher = Dispatcher.of(batches)
+        if config.max_rate_mb_s > 0:
+            self._shared_rate = self._context.Value("d", 0.0)
+        self.hooks.started(len(infos), sum(i.size for i in infos))
+        self.hooks.log(
+            "info",
+            f"{len(infos)} files in {len({i.study_instance_uid for i in infos})} studies, "
+            f"{len(batches)} batches, {len(self._plans)} planned association(s), "
+            f"{config.processes} worker process(es)",
+        )
+        for _ in range(min(config.processes, len(batches))):
+            self._start_worker()
+        while any(not h.done for h in self._workers.values()):
+            self._check_interrupts()
+            handles = {h.conn: h for h in self._workers.values() if not h.done}
+            sentinels = {h.process.sentinel: h for h in handles.values()}
+            ready = wait([*handles, *sentinels], timeout=0.2)
+            for item in ready:
+                if item in handles:
+                    self._drain(handles[item])
+            for item in ready:
+                if item in sentinels:
+                    self._reap(sentinels[item])
+        # Every worker is gone; whatever is still queued has nobody to send it.
+        for info in self._dispatcher.stop():
+            self._record(
+                FileResult(
+                    info.path,
+                    Outcome.SKIPPED if self._stopping else Outcome.FAILED,
+                    INTERRUPTED_REASON
+                    if self._stopping
+                    else "not sent: no worker process left "
+                    f"({self._restarts} restarted after dying)",
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                )
+            )
+        for handle in self._workers.values():
+            handle.process.join(timeout=5)
+            self.summary.workers.append(
+                handle.stats or WorkerStats(handle.worker, handle.process.pid or 0)
+            )
+
+    def _drain(self, handle: _WorkerHandle) -> None:
+        """Handle every message waiting on a worker's pipe."""
+        try:
+            while not handle.done and handle.conn.poll():
+                self._handle(handle, handle.conn.recv())
+        except (EOFError, OSError):
+            pass  # the worker is gone; its sentinel says so and _reap accounts for it
+
+    def _handle(self, handle: _WorkerHandle, message: tuple[Any, ...]) -> None:
+        kind, worker = message[0], message[1]
+        dispatcher = self._dispatcher
+        if kind == "ready":
+            batch = None if self._stopping else dispatcher.next_for(worker)
+            handle.conn.send(("batch", batch) if batch is not None else ("stop",))
+        elif kind == "result":
+            result: FileResult = message[2]
+            dispatcher.file_done(worker, result.path)
+            self._record(result)
+        elif kind == "batch_done":
+            dispatcher.batch_done(worker)
+        elif kind == "association":
+            self._association(worker, message[2], message[3])
+        elif kind == "stats":
+            handle.stats = message[2]
+        elif kind == "done":
+            handle.done = True
+            # A worker that stopped early (abort) hands back what it held.
+            for info in dispatcher.unfinished(worker):
+                self._record(_interrupted(info))
+            if worker in dispatcher.held:
+                dispatcher.batch_done(worker)
+
+    def _association(self, worker: int, kind: str, message: str) -> None:
+        summary = self.summary
+        if kind == "opened":
+            summary.associations_opened += 1
+            self.hooks.log("info", f"worker {worker}: association opened with {message}")
+        elif kind == "released":
+            self.hooks.log("info", f"worker {worker}: association released with {message}")
+        elif kind == "aborted":
+            summary.associations_aborted += 1
+            self.hooks.log("warning", f"worker {worker}: association aborted: {message}")
+        else:  # rejected or failed: none could be made
+            summary.associations_failed += 1
+            if kind == "rejected":
+                summary.associations_rejected += 1
+            summary.association_errors.append(message)
+            self.hooks.log("error", f"worker {worker}: {message}")
+
+    def _reap(self, handle: _WorkerHandle) -> None:
+        """A worker process ended: account for whatever it had not reported."""
+        self._drain(handle)
+        if handle.done:
+            return
+        handle.done = True
+        handle.process.join(timeout=5)
+        code = handle.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        handle.stats = WorkerStats(
+            handle.worker,
+            handle.process.pid or 0,
+            files=sum(
+                1
+                for r in self.summary.results
+                if r.worker == handle.worker and r.outcome in (Outcome.STORED, Outcome.WARNING)
+            ),
+            exit=f"died ({how})",
+        )
+        retry, given_up = self._dispatcher.worker_lost(handle.worker)
+        message = f"worker {handle.worker} (pid {handle.process.pid}) died ({how})"
+        if retry is not None:
+            message += f"; its {len(retry.files)} unfinished file(s) go to another worker"
+        self._event("error", message)
+        for info in given_up:
+            reason = (
+                "not sent: the run was interrupted"
+                if self._stopping
+                else f"not sent: worker died ({how}) while holding this file, "
+                "and it had already been handed back once"
+            )
+            outcome = Outcome.SKIPPED if self._stopping else Outcome.FAILED
+            self._record(
+                FileResult(
+                    info.path,
+                    outcome,
+                    reason,
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                    worker=handle.worker,
+                )
+            )
+        # Keep the pool at strength while work remains, within reason.
+        alive = sum(1 for h in self._workers.values() if not h.done)
+        if (
+            not self._stopping
+            and self._dispatcher.pending
+            and alive < self.config.processes
+            and self._restarts < 2 * self.config.processes + 2
+        ):
+            self._restarts += 1
+            self._start_worker()
+
+
+def _interrupted(info: FileInfo) -> FileResult:
+    return FileResult(
+        info.path,
+        Outcome.SKIPPED,
+        INTERRUPTED_REASON,
+        sop_instance_uid=info.sop_instance_uid,
+        sop_class_uid=info.sop_class_uid,
+    )

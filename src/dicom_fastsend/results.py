@@ -1,0 +1,107 @@
+"""What happened: per-file results, per-worker statistics, the session summary.
+
+Small picklable dataclasses: workers send FileResults to the coordinator,
+which merges everything into one SendSummary.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    WARNING = "warning"  # stored, with a warning status
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class FileResult:
+    path: str
+    outcome: Outcome
+    reason: str = ""
+    status: int | None = None  # the DICOM status, when the peer answered
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    bytes_sent: int = 0
+    seconds: float = 0.0  # C-STORE round trip: first byte sent to response read
+    worker: int | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    worker: int
+    pid: int
+    files: int = 0
+    bytes_sent: int = 0
+    cpu_user_seconds: float = 0.0
+    cpu_system_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    associations_opened: int = 0
+    exit: str = "running"  # "finished", "interrupted", "aborted" or "died (exit code N)"
+
+
+@dataclass(slots=True)
+class SendSummary:
+    session_id: str = ""
+    results: list[FileResult] = field(default_factory=list)
+    workers: list[WorkerStats] = field(default_factory=list)
+    associations_opened: int = 0
+    associations_rejected: int = 0
+    associations_failed: int = 0  # could not be made: refused, rejected, timed out
+    associations_aborted: int = 0
+    association_errors: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
+    interrupted: bool = False
+    started: float = 0.0
+    finished: float = 0.0
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(r.bytes_sent for r in self.results)
+
+    @property
+    def elapsed(self) -> float:
+        return max(self.finished - self.started, 1e-9)
+
+    @property
+    def no_association(self) -> bool:
+        """Files were waiting to be sent but no association could ever be made."""
+        return self.associations_opened == 0 and self.associations_failed > 0
+
+    @property
+    def exit_code(self) -> int:
+        """130 interrupted, 3 no association could be made, 1 some failed, else 0."""
+        if self.interrupted:
+            return 130
+        if self.no_association:
+            return 3
+        return 1 if self.count(Outcome.FAILED) else 0
+
+    def latency_ms(self) -> dict[str, float]:
+        """C-STORE round-trip times of the answered stores, in milliseconds."""
+        times = sorted(
+            r.seconds * 1000 for r in self.results if r.status is not None and r.seconds > 0
+        )
+        if not times:
+            return {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+
+        def percentile(q: float) -> float:
+            # nearest-rank on the sorted sample
+            return times[min(len(times) - 1, max(0, round(q * len(times)) - 1))]
+
+        return {
+            "count": len(times),
+            "mean": statistics.fmean(times),
+            "p50": percentile(0.50),
+            "p95": percentile(0.95),
+            "p99": percentile(0.99),
+            "max": times[-1],
+        }

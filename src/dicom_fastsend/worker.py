@@ -1,0 +1,325 @@
+"""A worker process: pulls study batches, keeps one association, stores files.
+
+It talks to the coordinator over its own pipe (``multiprocessing.Pipe``):
+``("ready", worker)`` asks for a batch; the coordinator answers
+``("batch", Batch)`` or ``("stop",)``. Each file's FileResult goes back as
+soon as it is known, with a blocking send, so a worker killed at any moment
+has reported everything but the file in flight.
+
+Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
+SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
+association at once.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from types import FrameType
+
+from .config import PeerConfig
+from .contexts import NoAcceptableContext, association_for
+from .dimse import StatusCategory, status_category, status_text
+from .errors import FastsendError
+from .header import FileInfo
+from .plan import Batch
+from .results import FileResult, Outcome, WorkerStats
+from .scu import (
+    AssociationAbortedError,
+    AssociationError,
+    AssociationRejectedError,
+    FileChangedError,
+    Response,
+    StoreClient,
+)
+from .transport import ConnectError, TransportError
+from .ul.pdu import PresentationContextRQ
+
+INTERRUPTED_REASON = "not sent: the run was interrupted"
+# Files that could not go because no association could be made share one message,
+# which the console prints once instead of once per file.
+NO_ASSOCIATION_PREFIX = "not sent, no association: "
+
+
+class AbortRequested(BaseException):
+    """Raised by the SIGUSR2 handler to leave a blocking send or receive at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    worker: int
+    peer: PeerConfig
+    plans: tuple[tuple[PresentationContextRQ, ...], ...]
+    max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
+
+
+class RateLimiter:
+    """One byte budget shared by all workers (``--max-rate``).
+
+    A shared "next free moment" on the system-wide monotonic clock: each file
+    reserves ``size / rate`` seconds after it, so the workers together never
+    average more than the rate, whatever their number.
+    """
+
+    def __init__(self, shared: Synchronized[float] | None, bytes_per_second: float) -> None:
+        self._shared = shared
+        self._rate = bytes_per_second
+
+    def acquire(self, size: int) -> None:
+        if self._shared is None or self._rate <= 0:
+            return
+        with self._shared.get_lock():
+            now = time.monotonic()
+            start = max(now, self._shared.value)
+            self._shared.value = start + size / self._rate
+        if start > now:
+            time.sleep(start - now)
+
+
+def describe_association_error(exc: Exception, peer: PeerConfig) -> str:
+    """The error, plus what the user can do about it."""
+    if isinstance(exc, AssociationRejectedError):
+        if exc.reject.transient:
+            return f"{exc}. The rejection is transient: try again later."
+        return (
+            f"{exc}. Check that the destination knows called AE title {peer.called_ae_title!r} "
+            f"and calling AE title {peer.calling_ae_title!r}."
+        )
+    if isinstance(exc, ConnectError):
+        return f"{exc}. Check the host and port, and that the destination is running."
+    return str(exc)
+
+
+def result_from_response(info: FileInfo, response: Response, seconds: float) -> FileResult:
+    category = status_category(response.status)
+    detail = status_text(response.status)
+    if response.error_comment:
+        detail += f" ({response.error_comment})"
+    if response.offending_element:
+        detail += " offending element " + ", ".join(
+            f"({t >> 16:04x},{t & 0xFFFF:04x})" for t in response.offending_element
+        )
+    if category is StatusCategory.SUCCESS:
+        outcome, reason = Outcome.STORED, ""
+    elif category is StatusCategory.WARNING:
+        outcome, reason = Outcome.WARNING, f"stored with warning {detail}"
+    else:
+        outcome, reason = Outcome.FAILED, detail
+    return FileResult(
+        info.path,
+        outcome,
+        reason,
+        status=response.status,
+        sop_instance_uid=info.sop_instance_uid,
+        sop_class_uid=info.sop_class_uid,
+        bytes_sent=0 if outcome is Outcome.FAILED else info.size,
+        seconds=seconds,
+    )
+
+
+class Worker:
+    """The sending loop of one worker; usable in-process by tests."""
+
+    def __init__(self, config: WorkerConfig, conn: Connection, limiter: RateLimiter) -> None:
+        self.config = config
+        self.conn = conn
+        self.limiter = limiter
+        self.client = StoreClient(config.peer)
+        self.plan_index: int | None = None  # which planned association is open
+        self.stopping = False
+        self.in_flight: FileInfo | None = None
+        self.stats = WorkerStats(config.worker, os.getpid())
+
+    # ------------------------------------------------------------ messages
+
+    def _send(self, *message: object) -> None:
+        self.conn.send(message)
+
+    def _report(self, result: FileResult) -> None:
+        result.worker = self.config.worker
+        if result.outcome in (Outcome.STORED, Outcome.WARNING):
+            self.stats.files += 1
+            self.stats.bytes_sent += result.bytes_sent
+        self._send("result", self.config.worker, result)
+
+    def _association(self, kind: str, message: str) -> None:
+        self._send("association", self.config.worker, kind, message)
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        try:
+            try:
+                while not self.stopping:
+                    self._send("ready", self.config.worker)
+                    message = self.conn.recv()
+                    if message[0] != "batch":
+                        break
+                    batch: Batch = message[1]
+                    self.send_batch(batch)
+                    self._send("batch_done", self.config.worker, batch.batch_id)
+                self.client.release()
+                if self.plan_index is not None:
+                    self._association("released", self.client.name)
+                self.stats.exit = "interrupted" if self.stopping else "finished"
+            except AbortRequested:
+                _block_abort_signal()
+                self.client.abort()
+                self._association("aborted", f"{self.client.name}: aborted (second Ctrl-C)")
+                if self.in_flight is not None:
+                    self._report(
+                        _unsent(
+                            self.in_flight,
+                            "association aborted (second Ctrl-C) while this file was in flight;"
+                            " the destination may or may not have stored it",
+                            1,
+                        )
+                    )
+                self.stats.exit = "aborted"
+        finally:
+            # Nothing may interrupt the last reports to the coordinator.
+            _block_abort_signal()
+            self._finish_stats()
+            self._send("stats", self.config.worker, self.stats)
+            self._send("done", self.config.worker)
+
+    def _finish_stats(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.stats.cpu_user_seconds = usage.ru_utime
+        self.stats.cpu_system_seconds = usage.ru_stime
+        self.stats.peak_rss_bytes = usage.ru_maxrss * 1024  # Linux reports KiB
+
+    def send_batch(self, batch: Batch) -> None:
+        plans = self.config.plans
+
+        # Files whose SOP class lives in the open association go first, so a
+        # batch switches associations as rarely as possible.
+        def order(info: FileInfo) -> tuple[int, int]:
+            index = association_for(plans, info.sop_class_uid)
+            return (0 if index == self.plan_index else 1, index)
+
+        files = sorted(batch.files, key=order)
+        failed_plan: dict[int, str] = {}
+        for position, info in enumerate(files):
+            if self.stopping:
+                for rest in files[position:]:
+                    self._report(_unsent(rest, INTERRUPTED_REASON, batch.attempt))
+                return
+            index = association_for(plans, info.sop_class_uid)
+            if index in failed_plan:
+                self._report(
+                    _unsent(info, NO_ASSOCIATION_PREFIX + failed_plan[index], batch.attempt)
+                )
+                continue
+            if not self._ensure_association(index, failed_plan):
+                self._report(
+                    _unsent(info, NO_ASSOCIATION_PREFIX + failed_plan[index], batch.attempt)
+                )
+                continue
+            self.in_flight = info
+            result = self.store(info)
+            self.in_flight = None
+            result.attempts = batch.attempt
+            self._report(result)
+
+    def _ensure_association(self, index: int, failed_plan: dict[int, str]) -> bool:
+        if self.client.is_open and self.plan_index == index:
+            return True
+        if self.client.is_open:
+            # PS3.8 allows at most 128 presentation contexts per association;
+            # this file's class lives in another planned association.
+            self.client.release()
+            self._association("released", self.client.name)
+        try:
+            self.client.open(self.config.plans[index])
+        except (AssociationError, ConnectError, TransportError) as exc:
+            message = describe_association_error(exc, self.config.peer)
+            kind = "rejected" if isinstance(exc, AssociationRejectedError) else "failed"
+            self._association(kind, message)
+            failed_plan[index] = message
+            self.plan_index = None
+            return False
+        self.plan_index = index
+        self.stats.associations_opened += 1
+        self._association("opened", self.client.name)
+        return True
+
+    def store(self, info: FileInfo) -> FileResult:
+        def failed(reason: str) -> FileResult:
+            return FileResult(
+                info.path,
+                Outcome.FAILED,
+                reason,
+                sop_instance_uid=info.sop_instance_uid,
+                sop_class_uid=info.sop_class_uid,
+            )
+
+        assert self.client.contexts is not None
+        try:
+            selection = self.client.contexts.select(info.sop_class_uid, info.transfer_syntax_uid)
+        except NoAcceptableContext as exc:
+            return failed(str(exc))
+        self.limiter.acquire(info.size)
+        started = time.perf_counter()
+        try:
+            response = self.client.store(info, selection)
+        except AssociationAbortedError as exc:
+            # The association is gone; the next file opens a new one.
+            self._association("aborted", str(exc))
+            self.plan_index = None
+            return failed(f"association lost while sending: {exc}")
+        except FileChangedError as exc:
+            return failed(str(exc))
+        except OSError as exc:
+            return failed(f"cannot read file: {exc.strerror or exc}")
+        except FastsendError as exc:
+            return failed(str(exc))
+        return result_from_response(info, response, time.perf_counter() - started)
+
+
+def _block_abort_signal() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+
+
+def _unsent(info: FileInfo, reason: str, attempt: int) -> FileResult:
+    interrupted = reason == INTERRUPTED_REASON
+    return FileResult(
+        info.path,
+        Outcome.SKIPPED if interrupted else Outcome.FAILED,
+        reason,
+        sop_instance_uid=info.sop_instance_uid,
+        sop_class_uid=info.sop_class_uid,
+        attempts=attempt,
+    )
+
+
+def worker_main(
+    config: WorkerConfig,
+    conn: Connection,
+    shared_rate: Synchronized[float] | None,
+) -> None:
+    """Entry point of a worker process."""
+    worker: Worker | None = None
+
+    def graceful(signum: int, frame: FrameType | None) -> None:
+        if worker is not None:
+            worker.stopping = True
+
+    def abort(signum: int, frame: FrameType | None) -> None:
+        raise AbortRequested()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, graceful)
+    signal.signal(signal.SIGUSR2, abort)
+    worker = Worker(config, conn, RateLimiter(shared_rate, config.max_rate))
+    try:
+        worker.run()
+    except (EOFError, BrokenPipeError):
+        pass  # the coordinator is gone; nothing left to report to
+    finally:
+        conn.close()

@@ -265,6 +265,10 @@ class Worker:
         except NoAcceptableContext as exc:
             return failed(str(exc))
         self.limiter.acquire(info.size)
+        if self.stopping:
+            # Ctrl-C came while this file waited for its share of --max-rate:
+            # nothing of it was sent, so it is not in flight.
+            return _unsent(info, INTERRUPTED_REASON, 1)
         started = time.perf_counter()
         try:
             response = self.client.store(info, selection)

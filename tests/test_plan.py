@@ -1,0 +1,127 @@
+"""The scheduler as pure code: grouping, batches, dispatch, worker loss. No processes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dicom_fastsend.header import FileInfo
+from dicom_fastsend.plan import Dispatcher, group_by_study, make_batches
+
+
+def info(path: str, study: str, size: int) -> FileInfo:
+    return FileInfo(
+        path=path,
+        size=size,
+        mtime=0.0,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=f"1.2.3.{abs(hash(path)) % 10**9}",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        study_instance_uid=study,
+        dataset_offset=132,
+    )
+
+
+def archive(sizes: dict[str, list[int]]) -> list[FileInfo]:
+    return [
+        info(f"/{study}/{n:04d}.dcm", study, size)
+        for study, file_sizes in sizes.items()
+        for n, size in enumerate(file_sizes)
+    ]
+
+
+def test_group_by_study_keeps_every_file_once_and_sorts_paths() -> None:
+    files = archive({"2": [5, 5], "1": [3], "": [1]})
+    studies = group_by_study(reversed(files))
+    assert [s.study_instance_uid for s in studies] == ["", "1", "2"]
+    assert [f.path for f in studies[2].files] == ["/2/0000.dcm", "/2/0001.dcm"]
+    assert sum(len(s.files) for s in studies) == len(files)
+
+
+def test_batches_go_largest_first() -> None:
+    batches = make_batches(group_by_study(archive({"a": [1] * 3, "b": [10] * 3, "c": [5] * 3})), 1)
+    assert [b.study_instance_uid for b in batches] == ["b", "c", "a"]
+
+
+def test_one_process_never_splits_a_study() -> None:
+    batches = make_batches(group_by_study(archive({"huge": [100] * 50, "small": [1]})), 1)
+    assert len(batches) == 2
+
+
+def test_a_study_above_the_fair_share_is_split_evenly() -> None:
+    # One study holds 90% of the bytes; with 4 workers its share is 25%.
+    files = archive({"huge": [10] * 90, "s1": [10] * 5, "s2": [10] * 5})
+    batches = make_batches(group_by_study(files), 4)
+    huge = [b for b in batches if b.study_instance_uid == "huge"]
+    assert len(huge) == 4  # ceil(900 / 250)
+    assert all(b.size <= 250 for b in huge)
+    sent = [f.path for b in huge for f in b.files]
+    assert sent == sorted(sent) and len(sent) == 90  # order kept, nothing lost
+
+
+@given(
+    st.dictionaries(
+        st.text("abc", min_size=1, max_size=3),
+        st.lists(st.integers(1, 10_000), min_size=1, max_size=20),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 8),
+)
+def test_every_file_is_in_exactly_one_batch(sizes: dict[str, list[int]], workers: int) -> None:
+    files = archive(sizes)
+    batches = make_batches(group_by_study(files), workers)
+    counted = Counter(f.path for b in batches for f in b.files)
+    assert counted == Counter(f.path for f in files)
+    assert [b.batch_id for b in batches] == list(range(len(batches)))
+    assert all(len({f.study_instance_uid for f in b.files}) == 1 for b in batches)
+
+
+def test_pull_dispatch_balances_fake_workers() -> None:
+    """Simulated time: a worker that finishes first pulls next (LPT list scheduling)."""
+    files = archive({f"s{i}": [i + 1] * 10 for i in range(20)})
+    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 3))
+    busy_until = {0: 0, 1: 0, 2: 0}
+    while True:
+        worker = min(busy_until, key=lambda w: busy_until[w])
+        if worker in dispatcher.held:
+            dispatcher.batch_done(worker)
+        batch = dispatcher.next_for(worker)
+        if batch is None:
+            if dispatcher.idle or all(w not in dispatcher.held for w in busy_until):
+                break
+            busy_until[worker] = max(busy_until.values()) + 1
+            continue
+        busy_until[worker] += batch.size
+    total = sum(f.size for f in files)
+    # LPT is within 4/3 of the optimum, itself at least total/3.
+    assert max(busy_until.values()) <= total / 3 * 4 / 3 + 1
+
+
+def test_a_lost_worker_hands_back_only_unfinished_files_once() -> None:
+    files = archive({"a": [1] * 4, "b": [1] * 2})
+    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 2))
+    batch = dispatcher.next_for(7)
+    assert batch is not None and batch.study_instance_uid == "a"
+    dispatcher.file_done(7, batch.files[0].path)
+    retry, given_up = dispatcher.worker_lost(7)
+    assert given_up == ()
+    assert retry is not None and retry.attempt == 2
+    assert [f.path for f in retry.files] == [f.path for f in batch.files[1:]]
+    # The retry goes first, to another worker.
+    assert dispatcher.next_for(8) == retry
+    # If that worker dies too, the files are given up on, not passed on forever.
+    retry2, given_up2 = dispatcher.worker_lost(8)
+    assert retry2 is None and [f.path for f in given_up2] == [f.path for f in retry.files]
+
+
+def test_stop_returns_what_will_not_be_sent() -> None:
+    files = archive({"a": [1] * 2, "b": [1] * 3})
+    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 1))
+    first = dispatcher.next_for(0)
+    assert first is not None
+    left = dispatcher.stop()
+    assert {f.path for f in left} | {f.path for f in first.files} == {f.path for f in files}
+    assert dispatcher.next_for(1) is None

@@ -198,6 +198,28 @@ def send(
 
 
 @main.command()
+@_input_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def scan(inputs: tuple[Path, ...], recursive: bool, as_json: bool) -> None:
+    """Show what `send` would send: files, studies, SOP classes, syntaxes, bytes."""
+    import json
+
+    from .scan import format_report
+    from .scan import scan as run_scan
+
+    # The peer is not contacted; PeerConfig only satisfies SendConfig.
+    config = SendConfig(
+        peer=PeerConfig(host="localhost", port=104, called_ae_title="SCAN"),
+        inputs=inputs,
+        recursive=recursive,
+        log_dir=None,
+    )
+    report = run_scan(config)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
+    sys.exit(1 if report.unreadable else 0)
+
+
+@main.command()
 @_peer_options
 def echo(**peer: Any) -> None:
     """Check a destination with C-ECHO (verification)."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from fastsend_cli import fastsend
 from peers import SynthArchive
-
-from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 
 def test_scan_json_describes_the_archive(archive: SynthArchive) -> None:

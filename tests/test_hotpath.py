@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
 import struct
+import subprocess
+import sys
 import warnings
 from types import ModuleType
 from typing import Any
@@ -22,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -207,7 +211,7 @@ def test_fragment_pdata_reassembles(
 def test_fragment_pdata_implementations_agree(
     data: bytes, max_pdu_length: int, context_id: int, is_command: bool
 ) -> None:
-    outcomes = []
+    outcomes: list[object] = []
     for impl in (c, py):
         try:
             parts = impl.fragment_pdata(data, context_id, is_command, max_pdu_length)
@@ -410,7 +414,7 @@ def _make_dataset(undefined_lengths: bool) -> Dataset:
             ds["ReferencedImageSequence"],
             reference["PurposeOfReferenceCodeSequence"],
         ):
-            sequence_element.value.is_undefined_length = True
+            sequence_element.is_undefined_length = True
             for item in sequence_element.value:
                 item.is_undefined_length_sequence_item = True
     return ds
@@ -423,7 +427,7 @@ CASES = [
 ]
 
 
-def _write(ds: Dataset, transfer_syntax: str) -> bytes:
+def _write(ds: Dataset, transfer_syntax: UID) -> bytes:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -471,7 +475,7 @@ def test_scan_elements_matches_pydicom(
     assert end == len(data)
     assert set(found) == set(tags)
     for tag in tags:
-        raw = reference.get_item(tag)
+        raw: Any = reference.get_item(tag)  # RawDataElement until accessed
         value_offset, value_length = found[tag]
         if raw.VR == "SQ" or not hasattr(raw, "value_tell"):
             continue  # pydicom parses sequences eagerly and keeps no raw offset
@@ -581,3 +585,22 @@ def test_compiled_and_pure_export_the_same_api() -> None:
     assert public <= set(dir(c))
     for name in ("PDATA_HEADER_LENGTH", "MAX_UNLIMITED_PDU", "MAX_NESTING_DEPTH"):
         assert getattr(c, name) == getattr(py, name)
+
+
+def test_selector_falls_back_with_a_warning_when_extension_missing() -> None:
+    # sys.modules[name] = None makes `import` of that name raise ImportError,
+    # as it would in a source checkout where _pdu.pyx was never compiled.
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['dicom_fastsend._pdu'] = None\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from dicom_fastsend import hotpath\n"
+        "print(hotpath.IMPLEMENTATION, hotpath.impl.__name__,"
+        " any('not built' in str(w.message) for w in caught))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTSEND_PURE_PYTHON"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["python", "dicom_fastsend._pdu_py", "True"]

@@ -70,26 +70,38 @@ class Transport:
 
         Each PDU's header and payload go in the same call (never a header
         write then a body write, which would trip the peer's delayed ACK).
-        Partial writes are resumed without copying: the first unsent buffer
-        is re-sliced as a memoryview.
+        The usual case is one call that takes everything; only a partial
+        write pays for re-slicing, and that without copying.
         """
-        pending = [memoryview(b).cast("B") for b in buffers if len(b)]
         try:
-            while pending:
-                batch = pending[:_MAX_IOVECS]
-                sent = self._sock.sendmsg(batch)
-                # Drop the buffers fully sent, slice the first partly sent one.
-                index = 0
-                while index < len(batch) and sent >= len(batch[index]):
-                    sent -= len(batch[index])
-                    index += 1
-                del pending[:index]
-                if sent:
-                    pending[0] = pending[0][sent:]
+            if len(buffers) <= _MAX_IOVECS:
+                sent = self._sock.sendmsg(buffers)
+                if sent == sum(map(len, buffers)):
+                    return
+            else:
+                sent = 0
+            self._send_rest(buffers, sent)
         except TimeoutError as exc:
             raise TransportTimeout(f"{self.peer} stopped taking data (send timed out)") from exc
         except OSError as exc:
             raise TransportError(f"connection to {self.peer} broke while sending: {exc}") from exc
+
+    def _send_rest(self, buffers: Sequence[Any], already_sent: int) -> None:
+        """Continue after ``already_sent`` bytes, re-slicing the first unsent buffer."""
+        pending = [memoryview(b).cast("B") for b in buffers]
+        sent = already_sent
+        while True:
+            # Drop the buffers fully sent, slice the first partly sent one.
+            index = 0
+            while index < len(pending) and sent >= len(pending[index]):
+                sent -= len(pending[index])
+                index += 1
+            del pending[:index]
+            if sent:
+                pending[0] = pending[0][sent:]
+            if not pending:
+                return
+            sent = self._sock.sendmsg(pending[:_MAX_IOVECS])
 
     def receive(self, timeout: float | None) -> bytes:
         """Bytes from the peer; b'' when the peer closed the connection."""

@@ -1,0 +1,106 @@
+"""Shared fixtures: a synthetic archive and real peers on loopback.
+
+Factories start as many peers as a test wants and stop every one of them at
+teardown, also when the test failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peers import (
+    Orthanc,
+    PynetdicomSCP,
+    StoreSCP,
+    SynthArchive,
+    make_archive,
+    start_orthanc,
+    start_storescp,
+)
+from peers import free_port as _free_port
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    return _free_port()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> SynthArchive:
+    """3 CT studies x 3 instances in Explicit VR LE + 1 MR study x 3 in Implicit VR LE."""
+    return make_archive(tmp_path / "archive")
+
+
+@pytest.fixture
+def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
+    """start(**kwargs) -> StoreSCP; kwargs as peers.start_storescp, plus output_dir."""
+    started: list[StoreSCP] = []
+
+    def start(*, output_dir: Path | None = None, **kwargs: Any) -> StoreSCP:
+        directory = output_dir or tmp_path / f"storescp{len(started)}" / "out"
+        peer = start_storescp(directory, **kwargs)
+        started.append(peer)
+        return peer
+
+    try:
+        yield start
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+@pytest.fixture
+def storescp(storescp_factory: Callable[..., StoreSCP]) -> StoreSCP:
+    """A stock storescp (AE STORESCP, no --fork, Nagle on) writing files."""
+    return storescp_factory()
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    """start(**kwargs) -> Orthanc; kwargs as peers.start_orthanc, plus workdir."""
+    started: list[Orthanc] = []
+
+    def start(*, workdir: Path | None = None, **kwargs: Any) -> Orthanc:
+        peer = start_orthanc(workdir or tmp_path / f"orthanc{len(started)}", **kwargs)
+        started.append(peer)
+        return peer
+
+    try:
+        yield start
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+@pytest.fixture
+def orthanc(orthanc_factory: Callable[..., Orthanc]) -> Orthanc:
+    """An empty Orthanc (AE ORTHANC) with its own storage."""
+    return orthanc_factory()
+
+
+@pytest.fixture
+def pynetdicom_scp_factory() -> Iterator[Callable[..., PynetdicomSCP]]:
+    """start(**kwargs) -> running PynetdicomSCP; kwargs as its dataclass fields."""
+    started: list[PynetdicomSCP] = []
+
+    def start(**kwargs: Any) -> PynetdicomSCP:
+        scp = PynetdicomSCP(**kwargs)
+        started.append(scp)
+        return scp.start()
+
+    try:
+        yield start
+    finally:
+        for scp in started:
+            scp.shutdown()
+
+
+@pytest.fixture
+def pynetdicom_scp(pynetdicom_scp_factory: Callable[..., PynetdicomSCP]) -> PynetdicomSCP:
+    """A pynetdicom SCP accepting everything and answering Success."""
+    return pynetdicom_scp_factory()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one command that installs what the tests need on a fresh Debian machine
+# and runs them: `bash tests/run.sh [pytest args]`. CI runs it via .ci/run.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# DCMTK and Orthanc are real peers the tests start on loopback. pynetdicom
+# installs Python scripts named storescp/storescu too, so look for DCMTK's
+# binaries themselves (which report a "$dcmtk:" version), not just a name on PATH.
+is_dcmtk() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q '\$dcmtk:'; }
+have_dcmtk=no
+for candidate in $(type -ap storescp) /usr/bin/storescp; do
+    if is_dcmtk "$candidate"; then have_dcmtk=yes; break; fi
+done
+have_orthanc=no
+if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then have_orthanc=yes; fi
+
+if [ "$have_dcmtk" = no ] || [ "$have_orthanc" = no ] || ! command -v dcmsend >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "tests/run.sh: dcmtk and orthanc are missing and neither root nor sudo is available" >&2
+        exit 1
+    fi
+    "${SUDO[@]}" apt-get update
+    # The orthanc package may start its own service on 4242/8042; the tests
+    # use their own config and free ports, so that does not matter.
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends dcmtk orthanc
+fi
+
+# An editable install builds the Cython extension; PEP 660 needs setuptools>=64.
+python3 -m pip install -U 'setuptools>=64' wheel cython
+python3 -m pip install -e '.[test]'
+
+ruff check src tests
+mypy
+python3 -m pytest -q "$@"

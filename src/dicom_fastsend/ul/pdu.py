@@ -171,7 +171,7 @@ _REJECT_RESULTS = {1: "rejected-permanent", 2: "rejected-transient"}
 _REJECT_SOURCES = {
     1: "DICOM UL service-user",
     2: "DICOM UL service-provider (ACSE related function)",
-    3: "DICOM UL service-provider (presentation related function)",
+    3: "DICOM UL service-provider (Presentation related function)",
 }
 
 
@@ -245,9 +245,9 @@ _ABORT_REASONS = {
     0: "reason-not-specified",
     1: "unrecognized-PDU",
     2: "unexpected-PDU",
-    4: "unrecognized-PDU-parameter",
-    5: "unexpected-PDU-parameter",
-    6: "invalid-PDU-parameter-value",
+    4: "unrecognized-PDU parameter",
+    5: "unexpected-PDU parameter",
+    6: "invalid-PDU-parameter value",
 }
 
 

@@ -33,7 +33,6 @@ def test_archive_fixture(archive: SynthArchive) -> None:
     assert len(archive.uids) == 12
     assert sorted(archive.transfer_syntaxes.values()).count(IMPLICIT_VR_LITTLE_ENDIAN) == 3
     assert len(set(archive.study_uids.values())) == 4
-    # Deterministic: a second archive has the same UIDs.
     for path in archive.files:
         assert path.is_file() and path.is_relative_to(archive.root)
 
@@ -83,6 +82,7 @@ def test_storescp_options(storescp_factory: Callable[..., StoreSCP], archive: Sy
     one = next(p for p, ts in archive.transfer_syntaxes.items() if ts == EXPLICIT_VR_LITTLE_ENDIAN)
     # storescu proposes Explicit and Implicit for the file; +xi makes
     # storescp pick Implicit, so the stored file says so.
+    assert scp.process.poll() is None, scp.output()
     run_dcmtk("storescu", "-aec", "FORKSCP", "-xe", scp.host, str(scp.port), str(one))
     (stored,) = scp.files()
     assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == IMPLICIT_VR_LITTLE_ENDIAN

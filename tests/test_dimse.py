@@ -285,3 +285,11 @@ def test_command_fragment_while_dataset_expected() -> None:
     assembler.feed(tuple(_pdvs(raw, 1, True, [0])))
     with pytest.raises(DIMSEError):
         assembler.feed(tuple(_pdvs(raw, 1, True, [0])))
+
+
+def test_command_fragments_on_different_contexts_are_rejected() -> None:
+    command = c_echo_rq(1).encode()
+    first = PDV(1, True, False, memoryview(command[:10]))
+    second = PDV(3, True, True, memoryview(command[10:]))
+    with pytest.raises(DIMSEError, match="first fragment came on 1"):
+        MessageAssembler().feed((first, second))

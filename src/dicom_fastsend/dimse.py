@@ -338,6 +338,7 @@ class MessageAssembler:
     def __init__(self, keep_dataset: bool = True) -> None:
         self.keep_dataset = keep_dataset
         self._command_fragments: list[bytes] = []
+        self._command_context = 0
         self._message: Message | None = None
         self.dataset_bytes = 0
 
@@ -350,6 +351,12 @@ class MessageAssembler:
                         f"data set fragment on presentation context {pdv.presentation_context_id} "
                         "before any command"
                     )
+                if self._command_fragments and pdv.presentation_context_id != self._command_context:
+                    raise DIMSEError(
+                        f"command fragment on presentation context {pdv.presentation_context_id}, "
+                        f"its first fragment came on {self._command_context} (PS3.8 E.2)"
+                    )
+                self._command_context = pdv.presentation_context_id
                 self._command_fragments.append(bytes(pdv.data))
                 if not pdv.is_last:
                     continue

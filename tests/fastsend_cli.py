@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 # Both hot paths: the compiled one and its pure-Python twin.
@@ -23,6 +24,9 @@ class Run:
 
 
 def fastsend(*args: str, implementation: str = "cython", timeout: float = 120.0) -> Run:
+    if args and args[0] == "send" and "--log-dir" not in args:
+        # Each run gets its own log dir, so no journal carries over between tests.
+        args = (*args, "--log-dir", tempfile.mkdtemp(prefix="fastsend-logs-"))
     env = dict(os.environ)
     env.pop("FASTSEND_PURE_PYTHON", None)
     if implementation == "python":

@@ -154,9 +154,13 @@ def test_statuses_are_reported_per_file(
         return status if ds.SOPInstanceUID == target else 0x0000
 
     scp = pynetdicom_scp_factory(status=answer)
-    run = fastsend(*send_args(scp.host, scp.port, scp.ae_title, str(archive.root)))
+    run = fastsend(
+        *send_args(scp.host, scp.port, scp.ae_title, str(archive.root)), "--retry-delay", "0.01"
+    )
     assert run.returncode == exit_code, run.output
     target_path = next(p for p, uid in archive.sop_instance_uids.items() if uid == target)
     lines = [line for line in run.stderr.splitlines() if message in line]
     assert len(lines) == 1 and str(target_path) in lines[0], run.stderr
-    assert len(scp.records()) == len(archive.files)  # the run went on
+    # The run went on; A7xx (out of resources) was retried, the others were not.
+    retried = 3 if status == 0xA700 else 0
+    assert len(scp.records()) == len(archive.files) + retried

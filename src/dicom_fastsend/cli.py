@@ -162,6 +162,26 @@ def _input_options(function: FC) -> FC:
     show_default=True,
     help="Where the session log and the JSON summary go.",
 )
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite journal of every outcome (default: one per destination in --log-dir).",
+)
+@click.option("--no-resume", is_flag=True, help="Send everything, even what the journal has.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Retries per file after a transient failure (refused, reset, A-ABORT, timeout, A7xx).",
+)
+@click.option(
+    "--retry-delay",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Seconds before the first retry; doubles with each one (30 s at most).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -170,6 +190,10 @@ def send(
     processes: int,
     max_rate: float,
     log_dir: Path,
+    journal: Path | None,
+    no_resume: bool,
+    retries: int,
+    retry_delay: float,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -188,6 +212,10 @@ def send(
         max_rate_mb_s=max_rate,
         log_dir=log_dir,
         progress=not no_progress,
+        journal_path=journal,
+        resume=not no_resume,
+        retries=retries,
+        retry_delay=retry_delay,
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)

@@ -49,9 +49,26 @@ class SendConfig:
     max_rate_mb_s: float = 0.0  # across all workers; 0 = unlimited
     log_dir: Path | None = field(default_factory=lambda: Path("logs"))  # None: no log files
     progress: bool = True  # a progress bar on stderr when it is a terminal
+    journal_path: Path | None = None  # None: one per destination in log_dir
+    resume: bool = True  # skip what the journal says this destination holds
+    retries: int = 3  # per file, after transient failures
+    retry_delay: float = 0.5  # seconds before the first retry; doubles each time
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError("--processes must be at least 1")
         if self.max_rate_mb_s < 0:
             raise ValueError("--max-rate must not be negative")
+        if self.retries < 0 or self.retry_delay < 0:
+            raise ValueError("--retries and --retry-delay must not be negative")
+
+    @property
+    def journal(self) -> Path | None:
+        """The journal file in use: the one asked for, else one per destination."""
+        if self.journal_path is not None:
+            return self.journal_path
+        if self.log_dir is None:
+            return None
+        from .journal import default_journal_path
+
+        return default_journal_path(self.log_dir, self.peer)

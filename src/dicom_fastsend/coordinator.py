@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -28,6 +29,7 @@ from .config import SendConfig
 from .contexts import plan_associations
 from .discover import MissingInput, discover
 from .header import FileInfo, HeaderError, read_header
+from .journal import Journal, destination_key, file_unchanged
 from .plan import Dispatcher, group_by_study, make_batches
 from .results import FileResult, Outcome, SendSummary, WorkerStats
 from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
@@ -97,12 +99,67 @@ class Coordinator:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             infos = index_inputs(self.config, self._record)
+            infos = self._skip_duplicates(infos)
+            if self.config.journal is not None:
+                infos = self._resume(infos, self.config.journal)
             if infos:
                 self._send_all(infos)
         finally:
             signal.signal(signal.SIGINT, previous)
             summary.finished = time.time()
         return summary
+
+    # ------------------------------------------------------------ planning
+
+    def _skip_duplicates(self, infos: list[FileInfo]) -> list[FileInfo]:
+        """Two files with one SOP Instance UID: the first (by path) is sent, once."""
+        first: dict[str, str] = {}
+        unique: list[FileInfo] = []
+        for info in sorted(infos, key=lambda i: i.path):
+            original = first.setdefault(info.sop_instance_uid, info.path)
+            if original == info.path:
+                unique.append(info)
+                continue
+            self._record(
+                FileResult(
+                    info.path,
+                    Outcome.SKIPPED,
+                    f"duplicate SOP Instance UID {info.sop_instance_uid}: {original} has the "
+                    "same one and is sent instead",
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                )
+            )
+        return unique
+
+    def _resume(self, infos: list[FileInfo], path: Path) -> list[FileInfo]:
+        """Skip what the journal says this destination already holds, unless changed."""
+        journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
+        try:
+            stored = journal.stored() if self.config.resume else {}
+        finally:
+            journal.close()
+        self.hooks.log(
+            "info",
+            f"journal {path}: {len(stored)} instance(s) already stored at this destination"
+            + ("" if self.config.resume else " (ignored: --no-resume)"),
+        )
+        pending: list[FileInfo] = []
+        for info in infos:
+            entry = stored.get(info.path)
+            if entry is None or not file_unchanged(entry, info.size, info.mtime):
+                pending.append(info)
+                continue
+            self._record(
+                FileResult(
+                    info.path,
+                    Outcome.SKIPPED,
+                    f"already stored (journal, session {entry.session_id})",
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                )
+            )
+        return pending
 
     # ------------------------------------------------------------ signals
 
@@ -156,6 +213,11 @@ class Coordinator:
             peer=self.config.peer,
             plans=self._plans,
             max_rate=self.config.max_rate_mb_s * 1e6,
+            retries=self.config.retries,
+            retry_delay=self.config.retry_delay,
+            journal_path=self.config.journal,
+            destination=destination_key(self.config.peer),
+            session_id=self.summary.session_id,
         )
         process = self._context.Process(
             target=worker_main,
@@ -262,6 +324,9 @@ class Coordinator:
             self.hooks.log("info", f"worker {worker}: association opened with {message}")
         elif kind == "released":
             self.hooks.log("info", f"worker {worker}: association released with {message}")
+        elif kind == "retry":
+            summary.retries += 1
+            self.hooks.log("warning", f"worker {worker}: {message}")
         elif kind == "aborted":
             summary.associations_aborted += 1
             self.hooks.log("warning", f"worker {worker}: association aborted: {message}")

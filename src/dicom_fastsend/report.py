@@ -168,6 +168,8 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "dimse_timeout": peer.dimse_timeout,
             "max_pdu_length": peer.max_pdu_length,
             "log_dir": None if config.log_dir is None else str(config.log_dir),
+            "resume": config.resume,
+            "retries": config.retries,
         },
         "counts": {
             "found": found,
@@ -196,6 +198,8 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
                 if r.outcome in (Outcome.STORED, Outcome.WARNING)
             )
         ),
+        "retries": summary.retries,
+        "journal": None if config.journal is None else str(config.journal),
         "interrupted": summary.interrupted,
         "exit_code": summary.exit_code,
         "events": summary.events,

@@ -54,6 +54,7 @@ class SendSummary:
     associations_rejected: int = 0
     associations_failed: int = 0  # could not be made: refused, rejected, timed out
     associations_aborted: int = 0
+    retries: int = 0  # attempts repeated after a transient failure
     association_errors: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
     interrupted: bool = False

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
 from types import FrameType
 
 from .config import PeerConfig
@@ -27,6 +28,7 @@ from .contexts import NoAcceptableContext, association_for
 from .dimse import StatusCategory, status_category, status_text
 from .errors import FastsendError
 from .header import FileInfo
+from .journal import Journal
 from .plan import Batch
 from .results import FileResult, Outcome, WorkerStats
 from .scu import (
@@ -56,6 +58,11 @@ class WorkerConfig:
     peer: PeerConfig
     plans: tuple[tuple[PresentationContextRQ, ...], ...]
     max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
+    retries: int = 3
+    retry_delay: float = 0.5  # seconds before the first retry; doubles each time
+    journal_path: Path | None = None
+    destination: str = ""
+    session_id: str = ""
 
 
 class RateLimiter:
@@ -122,6 +129,16 @@ def result_from_response(info: FileInfo, response: Response, seconds: float) -> 
     )
 
 
+def is_retryable_status(status: int) -> bool:
+    """A7xx, Refused: Out of Resources, may pass (PS3.7 C.5.x); other failures will not."""
+    return 0xA700 <= status <= 0xA7FF
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: base, 2 base, 4 base ... capped at 30."""
+    return float(min(30.0, base * 2 ** (attempt - 1)))
+
+
 class Worker:
     """The sending loop of one worker; usable in-process by tests."""
 
@@ -134,14 +151,20 @@ class Worker:
         self.stopping = False
         self.in_flight: FileInfo | None = None
         self.stats = WorkerStats(config.worker, os.getpid())
+        self.journal: Journal | None = None
+        if config.journal_path is not None:
+            self.journal = Journal(config.journal_path, config.destination, config.session_id)
 
     # ------------------------------------------------------------ messages
 
     def _send(self, *message: object) -> None:
         self.conn.send(message)
 
-    def _report(self, result: FileResult) -> None:
+    def _report(self, info: FileInfo, result: FileResult) -> None:
+        """Journal first, then tell the coordinator: a kill between the two loses nothing."""
         result.worker = self.config.worker
+        if self.journal is not None:
+            self.journal.record(result, info.size, info.mtime)
         if result.outcome in (Outcome.STORED, Outcome.WARNING):
             self.stats.files += 1
             self.stats.bytes_sent += result.bytes_sent
@@ -173,18 +196,21 @@ class Worker:
                 self._association("aborted", f"{self.client.name}: aborted (second Ctrl-C)")
                 if self.in_flight is not None:
                     self._report(
+                        self.in_flight,
                         _unsent(
                             self.in_flight,
                             "association aborted (second Ctrl-C) while this file was in flight;"
                             " the destination may or may not have stored it",
                             1,
-                        )
+                        ),
                     )
                 self.stats.exit = "aborted"
         finally:
             # Nothing may interrupt the last reports to the coordinator.
             _block_abort_signal()
             self._finish_stats()
+            if self.journal is not None:
+                self.journal.close()
             self._send("stats", self.config.worker, self.stats)
             self._send("done", self.config.worker)
 
@@ -204,52 +230,83 @@ class Worker:
             return (0 if index == self.plan_index else 1, index)
 
         files = sorted(batch.files, key=order)
-        failed_plan: dict[int, str] = {}
+        # Planned associations that could not be opened even after retries:
+        # the rest of the batch's files for them fail at once with that reason.
+        unavailable: dict[int, str] = {}
         for position, info in enumerate(files):
             if self.stopping:
                 for rest in files[position:]:
-                    self._report(_unsent(rest, INTERRUPTED_REASON, batch.attempt))
+                    self._report(rest, _unsent(rest, INTERRUPTED_REASON, 0))
                 return
             index = association_for(plans, info.sop_class_uid)
-            if index in failed_plan:
-                self._report(
-                    _unsent(info, NO_ASSOCIATION_PREFIX + failed_plan[index], batch.attempt)
-                )
-                continue
-            if not self._ensure_association(index, failed_plan):
-                self._report(
-                    _unsent(info, NO_ASSOCIATION_PREFIX + failed_plan[index], batch.attempt)
-                )
-                continue
-            self.in_flight = info
-            result = self.store(info)
-            self.in_flight = None
-            result.attempts = batch.attempt
-            self._report(result)
+            if index in unavailable:
+                result = _unsent(info, NO_ASSOCIATION_PREFIX + unavailable[index], 0)
+            else:
+                self.in_flight = info
+                result = self.send_file(info, index, unavailable)
+                self.in_flight = None
+            self._report(info, result)
 
-    def _ensure_association(self, index: int, failed_plan: dict[int, str]) -> bool:
+    def send_file(self, info: FileInfo, index: int, unavailable: dict[int, str]) -> FileResult:
+        """One file, retried with backoff after transient failures (``--retries``)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            result, retryable = self._attempt(info, index)
+            result.attempts = attempt
+            if not retryable or attempt > self.config.retries or self.stopping:
+                if result.reason.startswith(NO_ASSOCIATION_PREFIX):
+                    unavailable[index] = result.reason[len(NO_ASSOCIATION_PREFIX) :]
+                if retryable and attempt > 1:
+                    result.reason += f" (gave up after {attempt} attempts)"
+                return result
+            delay = backoff(attempt, self.config.retry_delay)
+            self._association(
+                "retry",
+                f"{info.path}: attempt {attempt} failed: {result.reason}; retrying in {delay:g} s",
+            )
+            self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake for a graceful stop (Ctrl-C)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+
+    def _attempt(self, info: FileInfo, index: int) -> tuple[FileResult, bool]:
+        """(result, whether trying again may help)."""
+        problem = self._ensure_association(index)
+        if problem is not None:
+            message, retryable = problem
+            return _unsent(info, NO_ASSOCIATION_PREFIX + message, 0), retryable
+        return self.store(info)
+
+    def _ensure_association(self, index: int) -> tuple[str, bool] | None:
+        """None when the planned association ``index`` is open, else (why not, retryable)."""
         if self.client.is_open and self.plan_index == index:
-            return True
+            return None
         if self.client.is_open:
             # PS3.8 allows at most 128 presentation contexts per association;
             # this file's class lives in another planned association.
             self.client.release()
             self._association("released", self.client.name)
+        self.plan_index = None
         try:
             self.client.open(self.config.plans[index])
+        except AssociationRejectedError as exc:
+            message = describe_association_error(exc, self.config.peer)
+            self._association("rejected", message)
+            return message, exc.reject.transient
         except (AssociationError, ConnectError, TransportError) as exc:
             message = describe_association_error(exc, self.config.peer)
-            kind = "rejected" if isinstance(exc, AssociationRejectedError) else "failed"
-            self._association(kind, message)
-            failed_plan[index] = message
-            self.plan_index = None
-            return False
+            self._association("failed", message)
+            return message, True
         self.plan_index = index
         self.stats.associations_opened += 1
         self._association("opened", self.client.name)
-        return True
+        return None
 
-    def store(self, info: FileInfo) -> FileResult:
+    def store(self, info: FileInfo) -> tuple[FileResult, bool]:
         def failed(reason: str) -> FileResult:
             return FileResult(
                 info.path,
@@ -263,27 +320,29 @@ class Worker:
         try:
             selection = self.client.contexts.select(info.sop_class_uid, info.transfer_syntax_uid)
         except NoAcceptableContext as exc:
-            return failed(str(exc))
+            return failed(str(exc)), False
         self.limiter.acquire(info.size)
         if self.stopping:
             # Ctrl-C came while this file waited for its share of --max-rate:
             # nothing of it was sent, so it is not in flight.
-            return _unsent(info, INTERRUPTED_REASON, 1)
+            return _unsent(info, INTERRUPTED_REASON, 0), False
         started = time.perf_counter()
         try:
             response = self.client.store(info, selection)
         except AssociationAbortedError as exc:
-            # The association is gone; the next file opens a new one.
+            # The association is gone (A-ABORT, reset, timeout, protocol
+            # error); a retry opens a new one.
             self._association("aborted", str(exc))
             self.plan_index = None
-            return failed(f"association lost while sending: {exc}")
+            return failed(f"association lost while sending: {exc}"), True
         except FileChangedError as exc:
-            return failed(str(exc))
+            return failed(str(exc)), False
         except OSError as exc:
-            return failed(f"cannot read file: {exc.strerror or exc}")
+            return failed(f"cannot read file: {exc.strerror or exc}"), False
         except FastsendError as exc:
-            return failed(str(exc))
-        return result_from_response(info, response, time.perf_counter() - started)
+            return failed(str(exc)), False
+        result = result_from_response(info, response, time.perf_counter() - started)
+        return result, result.outcome is Outcome.FAILED and is_retryable_status(response.status)
 
 
 def _block_abort_signal() -> None:

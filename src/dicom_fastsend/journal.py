@@ -1,0 +1,141 @@
+"""The journal: every instance's outcome, per destination, in SQLite (stdlib).
+
+A rerun against the same destination skips what the journal says was stored
+(unless the file changed since, by size or mtime) and sends the rest again.
+
+Who writes: each worker records a file's outcome *before* it starts the next
+C-STORE, so if everything is killed at once, the only instances whose outcome
+is lost are the ones in flight, at most one per worker. The coordinator
+writes the outcomes it decides itself (unreadable files, interrupted ones).
+
+Durability: WAL mode, one short transaction per outcome. With
+``synchronous=NORMAL`` a committed outcome survives the death of the process
+(it is in the WAL file the moment the commit returns); only a power loss can
+lose the last few, which then are sent again on the rerun.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PeerConfig
+from .results import FileResult, Outcome
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    destination       TEXT NOT NULL,   -- 'AE@host:port'
+    path              TEXT NOT NULL,
+    size              INTEGER NOT NULL,
+    mtime             REAL NOT NULL,
+    sop_instance_uid  TEXT NOT NULL,
+    sop_class_uid     TEXT NOT NULL,
+    outcome           TEXT NOT NULL,   -- stored | warning | failed | skipped
+    status            INTEGER,         -- DICOM status, when the peer answered
+    reason            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL,
+    first_at          REAL NOT NULL,
+    last_at           REAL NOT NULL,
+    session_id        TEXT NOT NULL,
+    PRIMARY KEY (destination, path)
+);
+CREATE INDEX IF NOT EXISTS instances_uid ON instances (destination, sop_instance_uid);
+"""
+
+# Outcomes that mean the destination holds the instance.
+_STORED = (Outcome.STORED.value, Outcome.WARNING.value)
+
+
+def destination_key(peer: PeerConfig) -> str:
+    return f"{peer.called_ae_title}@{peer.host}:{peer.port}"
+
+
+def default_journal_path(log_dir: Path, peer: PeerConfig) -> Path:
+    """One journal per destination in the log directory."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{peer.called_ae_title}_{peer.host}_{peer.port}")
+    return log_dir / f"fastsend_journal_{safe}.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    size: int
+    mtime: float
+    sop_instance_uid: str
+    session_id: str
+
+
+class Journal:
+    """One connection to the journal file; open one per process."""
+
+    def __init__(self, path: Path, destination: str, session_id: str) -> None:
+        self.path = path
+        self.destination = destination
+        self.session_id = session_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue our own short transactions.
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")  # several workers write
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def stored(self) -> dict[str, StoredEntry]:
+        """Paths the destination already holds, with what the file was then."""
+        rows = self._db.execute(
+            "SELECT path, size, mtime, sop_instance_uid, session_id FROM instances"
+            " WHERE destination = ? AND outcome IN (?, ?)",
+            (self.destination, *_STORED),
+        )
+        return {row[0]: StoredEntry(row[1], row[2], row[3], row[4]) for row in rows}
+
+    def record(self, result: FileResult, size: int, mtime: float) -> None:
+        """Record one outcome; committed when this returns."""
+        now = time.time()
+        self._db.execute(
+            """
+            INSERT INTO instances (destination, path, size, mtime, sop_instance_uid,
+                sop_class_uid, outcome, status, reason, attempts, first_at, last_at, session_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (destination, path) DO UPDATE SET
+                size = excluded.size, mtime = excluded.mtime,
+                sop_instance_uid = excluded.sop_instance_uid,
+                sop_class_uid = excluded.sop_class_uid, outcome = excluded.outcome,
+                status = excluded.status, reason = excluded.reason,
+                attempts = instances.attempts + excluded.attempts,
+                last_at = excluded.last_at, session_id = excluded.session_id
+            """,
+            (
+                self.destination,
+                result.path,
+                size,
+                mtime,
+                result.sop_instance_uid,
+                result.sop_class_uid,
+                result.outcome.value,
+                result.status,
+                result.reason,
+                result.attempts,
+                now,
+                now,
+                self.session_id,
+            ),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Outcomes recorded for this destination (for reports and tests)."""
+        rows = self._db.execute(
+            "SELECT outcome, COUNT(*) FROM instances WHERE destination = ? GROUP BY outcome",
+            (self.destination,),
+        )
+        return dict(rows.fetchall())
+
+
+def file_unchanged(entry: StoredEntry, size: int, mtime: float) -> bool:
+    """Same size and modification time as when it was stored."""
+    return entry.size == size and abs(entry.mtime - mtime) < 1e-6

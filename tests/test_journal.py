@@ -1,0 +1,170 @@
+"""The journal: resume skips what is stored, resends what changed or failed, survives SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from dicom_fastsend.config import PeerConfig
+from dicom_fastsend.journal import Journal, default_journal_path, destination_key
+from dicom_fastsend.results import FileResult, Outcome
+from dicom_fastsend.sink import Sink
+from fastsend_cli import fastsend
+from peers import PynetdicomSCP, StoreSCP, SynthArchive, make_archive
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink(ae_title="SINK") as receiver:
+        yield receiver
+
+
+def send(archive: SynthArchive, port: int, ae: str, logs: Path, *options: str) -> dict[str, Any]:
+    run = fastsend(
+        "send", "-i", str(archive.root), "-r", "-a", ae, "-H", "127.0.0.1", "-p", str(port),
+        "--log-dir", str(logs), "--retry-delay", "0.01", *options,
+    )  # fmt: skip
+    assert run.returncode in (0, 1), run.output
+    [newest] = sorted(logs.glob("fastsend_summary_*.json"), key=os.path.getmtime)[-1:]
+    summary: dict[str, Any] = json.loads(newest.read_text())
+    summary["returncode"] = run.returncode
+    return summary
+
+
+def test_record_and_stored_round_trip(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", "PACS@h:104", "s1")
+    ok = FileResult("/a.dcm", Outcome.STORED, sop_instance_uid="1.2", sop_class_uid="1.2.3",
+                    status=0, attempts=1)  # fmt: skip
+    bad = FileResult("/b.dcm", Outcome.FAILED, "0xC000", sop_instance_uid="1.3", attempts=2)
+    journal.record(ok, 10, 1.5)
+    journal.record(bad, 20, 2.5)
+    journal.record(bad, 20, 2.5)  # a second failed session: attempts add up
+    assert set(journal.stored()) == {"/a.dcm"}
+    assert journal.stored()["/a.dcm"].size == 10
+    assert journal.counts() == {"stored": 1, "failed": 1}
+    journal.close()
+    with sqlite3.connect(tmp_path / "j.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT attempts FROM instances WHERE path='/b.dcm'").fetchone() == (4,)
+    # Another destination sees nothing.
+    assert Journal(tmp_path / "j.sqlite", "OTHER@h:104", "s2").stored() == {}
+
+
+def test_rerun_skips_stored_and_resends_changed(
+    archive: SynthArchive, sink: Sink, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    first = send(archive, sink.port, "SINK", logs)
+    assert first["counts"]["stored"] == len(archive.files)
+    peer = PeerConfig("127.0.0.1", sink.port, "SINK")
+    assert first["journal"] == str(default_journal_path(logs, peer))
+
+    second = send(archive, sink.port, "SINK", logs)
+    assert second["returncode"] == 0
+    assert second["counts"]["stored"] == 0
+    assert second["counts"]["skipped"] == len(archive.files)
+    assert all(s["reason"].startswith("already stored (journal") for s in second["skipped"])
+    assert len(sink.stats.received_uids) == len(archive.files)  # nothing sent again
+
+    changed = archive.files[0]
+    os.utime(changed, (time.time() + 10, time.time() + 10))
+    third = send(archive, sink.port, "SINK", logs)
+    assert third["counts"]["stored"] == 1
+    assert sink.stats.received_uids[-1] == archive.sop_instance_uids[changed]
+
+    forced = send(archive, sink.port, "SINK", logs, "--no-resume")
+    assert forced["counts"]["stored"] == len(archive.files)
+
+
+def test_failed_instances_are_sent_again_on_the_rerun(
+    archive: SynthArchive, pynetdicom_scp_factory: Callable[..., PynetdicomSCP], tmp_path: Path
+) -> None:
+    target = sorted(archive.uids)[0]
+    refusing = {"on": True}
+
+    def answer(ds: Any) -> int:
+        return 0xC000 if refusing["on"] and ds.SOPInstanceUID == target else 0x0000
+
+    scp = pynetdicom_scp_factory(status=answer)
+    logs = tmp_path / "logs"
+    first = send(archive, scp.port, scp.ae_title, logs)
+    assert first["returncode"] == 1
+    assert [f["sop_instance_uid"] for f in first["failures"]] == [target]
+    assert first["failures"][0]["attempts"] == 1  # C000 is not retried
+
+    refusing["on"] = False
+    second = send(archive, scp.port, scp.ae_title, logs)
+    assert second["returncode"] == 0
+    assert second["counts"]["stored"] == 1
+    assert scp.records()[-1].sop_instance_uid == target
+    journal = Journal(Path(second["journal"]), destination_key(
+        PeerConfig("127.0.0.1", scp.port, scp.ae_title)), "check")  # fmt: skip
+    assert journal.counts() == {"stored": len(archive.files)}
+
+
+def test_duplicate_sop_instance_uid_is_sent_once_and_reported(
+    archive: SynthArchive, sink: Sink, tmp_path: Path
+) -> None:
+    original = archive.files[0]
+    copy = archive.root / "zz-copy.dcm"
+    shutil.copy(original, copy)
+    summary = send(archive, sink.port, "SINK", tmp_path / "logs")
+    assert summary["counts"]["stored"] == len(archive.files)
+    [skipped] = summary["skipped"]
+    first, second = sorted([str(original), str(copy)])
+    assert skipped["path"] == second
+    assert f"{first} has the same one" in skipped["reason"]
+    assert Counter(sink.stats.received_uids)[archive.sop_instance_uids[original]] == 1
+
+
+def test_sigkill_then_rerun_stores_everything_with_at_most_one_duplicate_per_worker(
+    tmp_path: Path, storescp_factory: Callable[..., StoreSCP]
+) -> None:
+    archive = make_archive(
+        tmp_path / "archive", explicit_studies=6, implicit_studies=2, instances_per_study=5,
+        rows=128, columns=128,
+    )  # fmt: skip
+    peer = storescp_factory(fork=True, tcp_nodelay=True, extra_args=["+uf"])
+    journal = tmp_path / "journal.sqlite"
+    command = [
+        sys.executable, "-m", "dicom_fastsend", "send", "-i", str(archive.root), "-r",
+        "-a", peer.aet, "-H", "127.0.0.1", "-p", str(peer.port), "-P", "2",
+        "--journal", str(journal), "--log-dir", str(tmp_path / "logs"), "--max-rate", "0.5",
+    ]  # fmt: skip
+    # Its own session, so one killpg reaches the coordinator and both workers.
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while len(peer.files()) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    stored_before = len(peer.files())
+    assert 0 < stored_before < len(archive.files), "the kill should land mid-run"
+
+    rerun = fastsend(
+        "send", "-i", str(archive.root), "-r", "-a", peer.aet, "-H", "127.0.0.1",
+        "-p", str(peer.port), "-P", "2", "--journal", str(journal),
+        "--log-dir", str(tmp_path / "logs2"),
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.output
+    received = Counter(
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in peer.files()
+    )
+    assert set(received) == archive.uids
+    duplicates = sum(n - 1 for n in received.values())
+    assert duplicates <= 2, f"{duplicates} instances stored twice; at most one per worker"

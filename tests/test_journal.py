@@ -168,3 +168,32 @@ def test_sigkill_then_rerun_stores_everything_with_at_most_one_duplicate_per_wor
     assert set(received) == archive.uids
     duplicates = sum(n - 1 for n in received.values())
     assert duplicates <= 2, f"{duplicates} instances stored twice; at most one per worker"
+
+
+def test_failures_csv_feeds_input_list(
+    archive: SynthArchive, pynetdicom_scp_factory: Callable[..., PynetdicomSCP], tmp_path: Path
+) -> None:
+    target = sorted(archive.uids)[-1]
+    refusing = {"on": True}
+
+    def answer(ds: Any) -> int:
+        return 0xA900 if refusing["on"] and ds.SOPInstanceUID == target else 0x0000
+
+    scp = pynetdicom_scp_factory(status=answer)
+    logs = tmp_path / "logs"
+    first = send(archive, scp.port, scp.ae_title, logs, "--no-resume")
+    [csv_path] = logs.glob("fastsend_failures_*.csv")
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "path,sop_instance_uid,status,reason,attempts"
+    assert len(rows) == 2 and target in rows[1] and "0xA900" in rows[1]
+    assert first["failures"][0]["path"] in rows[1]
+
+    refusing["on"] = False
+    before = len(scp.records())
+    run = fastsend(
+        "send", "--input-list", str(csv_path), "-a", scp.ae_title, "-H", "127.0.0.1",
+        "-p", str(scp.port), "--log-dir", str(tmp_path / "logs2"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.output
+    assert [r.sop_instance_uid for r in scp.records()[before:]] == [target]
+    assert "1 files: 1 stored" in run.stderr

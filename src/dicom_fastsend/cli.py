@@ -123,15 +123,28 @@ def _input_options(function: FC) -> FC:
     function = click.option("-r", "--recursive", is_flag=True, help="Descend into subdirectories.")(
         function
     )
+    function = click.option(
+        "--input-list",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A file of paths, one per line, or a fastsend_failures_*.csv to resend.",
+    )(function)
     return click.option(
         "-i",
         "--input",
         "inputs",
-        required=True,
         multiple=True,
         type=click.Path(path_type=Path),
         help="File or directory (repeatable).",
     )(function)
+
+
+def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path, ...]:
+    from .report import read_input_list
+
+    listed = tuple(read_input_list(input_list)) if input_list is not None else ()
+    if not inputs and input_list is None:
+        raise click.UsageError("Missing option '-i' / '--input' (or --input-list).")
+    return inputs + listed
 
 
 @main.command()
@@ -186,6 +199,7 @@ def _input_options(function: FC) -> FC:
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
     inputs: tuple[Path, ...],
+    input_list: Path | None,
     recursive: bool,
     processes: int,
     max_rate: float,
@@ -205,7 +219,7 @@ def send(
 
     config = SendConfig(
         peer=_peer(**peer),
-        inputs=inputs,
+        inputs=_all_inputs(inputs, input_list),
         recursive=recursive,
         verbose=verbose,
         processes=processes,
@@ -220,15 +234,20 @@ def send(
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)
     summarize(summary)
-    log, json_summary = session_paths(log_dir, summary.session_id)
+    log, json_summary, failures = session_paths(log_dir, summary.session_id)
     click.echo(f"session log: {log}\nsummary: {json_summary}", err=True)
+    if failures.exists():
+        click.echo(
+            f"failures: {failures} (resend them with: fastsend send --input-list {failures} ...)",
+            err=True,
+        )
     sys.exit(summary.exit_code)
 
 
 @main.command()
 @_input_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(inputs: tuple[Path, ...], recursive: bool, as_json: bool) -> None:
+def scan(inputs: tuple[Path, ...], input_list: Path | None, recursive: bool, as_json: bool) -> None:
     """Show what `send` would send: files, studies, SOP classes, syntaxes, bytes."""
     import json
 
@@ -238,7 +257,7 @@ def scan(inputs: tuple[Path, ...], recursive: bool, as_json: bool) -> None:
     # The peer is not contacted; PeerConfig only satisfies SendConfig.
     config = SendConfig(
         peer=PeerConfig(host="localhost", port=104, called_ae_title="SCAN"),
-        inputs=inputs,
+        inputs=_all_inputs(inputs, input_list),
         recursive=recursive,
         log_dir=None,
     )

@@ -247,6 +247,33 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
     }
 
 
+FAILURE_COLUMNS = ("path", "sop_instance_uid", "status", "reason", "attempts")
+
+
+def write_failures(path: Path, summary: SendSummary) -> None:
+    """``fastsend_failures_<session>.csv``: every failed file; `send --input-list` takes it back."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FAILURE_COLUMNS)
+        for r in summary.results:
+            if r.outcome is Outcome.FAILED:
+                writer.writerow((r.path, r.sop_instance_uid, _status(r.status) or "", r.reason,
+                                 r.attempts))  # fmt: skip
+
+
+def read_input_list(path: Path) -> list[Path]:
+    """Paths from a list: one per line, or the `path` column of a failures CSV."""
+    import csv
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].split(",")[0].strip() == "path":
+        return [Path(row["path"]) for row in csv.DictReader(lines) if row.get("path")]
+    return [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+
+
 def write_summary(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.part")

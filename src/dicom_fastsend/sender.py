@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import PeerConfig, SendConfig
 from .coordinator import Coordinator, Hooks
 from .hotpath import IMPLEMENTATION
-from .report import ProgressBar, SessionLog, summary_dict, write_summary
+from .report import ProgressBar, SessionLog, summary_dict, write_failures, write_summary
 from .results import FileResult, Outcome, SendSummary
 from .scu import AssociationError, Response, StoreClient
 from .transport import TransportError
@@ -27,11 +27,12 @@ def new_session_id() -> str:
     return time.strftime("%Y%m%d_%H%M%S") + "_" + secrets.token_hex(3)
 
 
-def session_paths(log_dir: Path, session_id: str) -> tuple[Path, Path]:
-    """(session log, JSON summary) for a session."""
+def session_paths(log_dir: Path, session_id: str) -> tuple[Path, Path, Path]:
+    """(session log, JSON summary, failures CSV) for a session."""
     return (
         log_dir / f"fastsend_{session_id}.log",
         log_dir / f"fastsend_summary_{session_id}.json",
+        log_dir / f"fastsend_failures_{session_id}.csv",
     )
 
 
@@ -46,9 +47,9 @@ def send(
     it is None), also when interrupted.
     """
     summary = SendSummary(session_id=new_session_id())
-    log_path = summary_path = None
+    log_path = summary_path = failures_path = None
     if config.log_dir is not None:
-        log_path, summary_path = session_paths(config.log_dir, summary.session_id)
+        log_path, summary_path, failures_path = session_paths(config.log_dir, summary.session_id)
     log = SessionLog(log_path)
     progress = progress or ProgressBar(enabled=False)
     log.write(
@@ -72,6 +73,8 @@ def send(
         if summary_path is not None:
             write_summary(summary_path, summary_dict(summary, config, IMPLEMENTATION))
             log.write("info", f"summary written to {summary_path}")
+        if failures_path is not None and summary.count(Outcome.FAILED):
+            write_failures(failures_path, summary)
         counts = ", ".join(f"{outcome.value} {summary.count(outcome)}" for outcome in Outcome)
         log.write(
             "info", f"session {summary.session_id} finished: {counts}, exit {summary.exit_code}"

@@ -73,12 +73,15 @@ def load_summary(log_dir: Path) -> dict[str, Any]:
 
 
 def worker_pids(process: subprocess.Popen[str], expected: int, timeout: float = 30) -> list[int]:
-    """PIDs of the spawned worker processes (not multiprocessing's resource tracker)."""
+    """PIDs of the worker processes: forked, so they share the coordinator's command
+    line (multiprocessing's resource tracker, also a child, has its own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            children = psutil.Process(process.pid).children()
-            workers = [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+            coordinator = psutil.Process(process.pid)
+            workers = [
+                c.pid for c in coordinator.children() if c.cmdline() == coordinator.cmdline()
+            ]
         except psutil.Error:
             workers = []
         if len(workers) >= expected:

@@ -68,6 +68,8 @@ class ProgressBar:
             return
         from tqdm import tqdm
 
+        # No monitor thread: the coordinator forks workers and must have no threads.
+        tqdm.monitor_interval = 0
         self.bar = tqdm(
             total=files, unit="file", file=self.stream, dynamic_ncols=True, smoothing=0.1
         )

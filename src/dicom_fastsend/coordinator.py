@@ -127,13 +127,11 @@ class Coordinator:
                 unique.append(info)
                 continue
             self._record(
-                FileResult(
-                    info.path,
+                FileResult.of(
+                    info,
                     Outcome.SKIPPED,
                     f"duplicate SOP Instance UID {info.sop_instance_uid}: {original} has the "
                     "same one and is sent instead",
-                    sop_instance_uid=info.sop_instance_uid,
-                    sop_class_uid=info.sop_class_uid,
                 )
             )
         return unique
@@ -157,12 +155,8 @@ class Coordinator:
                 pending.append(info)
                 continue
             self._record(
-                FileResult(
-                    info.path,
-                    Outcome.SKIPPED,
-                    f"already stored (journal, session {entry.session_id})",
-                    sop_instance_uid=info.sop_instance_uid,
-                    sop_class_uid=info.sop_class_uid,
+                FileResult.of(
+                    info, Outcome.SKIPPED, f"already stored (journal, session {entry.session_id})"
                 )
             )
         return pending
@@ -282,15 +276,12 @@ class Coordinator:
         # Every worker is gone; whatever is still queued has nobody to send it.
         for info in self._dispatcher.stop():
             self._record(
-                FileResult(
-                    info.path,
-                    Outcome.SKIPPED if self._stopping else Outcome.FAILED,
-                    INTERRUPTED_REASON
-                    if self._stopping
-                    else "not sent: no worker process left "
-                    f"({self._restarts} restarted after dying)",
-                    sop_instance_uid=info.sop_instance_uid,
-                    sop_class_uid=info.sop_class_uid,
+                _interrupted(info)
+                if self._stopping
+                else FileResult.of(
+                    info,
+                    Outcome.FAILED,
+                    f"not sent: no worker process left ({self._restarts} restarted after dying)",
                 )
             )
         for handle in self._workers.values():
@@ -398,16 +389,7 @@ class Coordinator:
                 "and it had already been handed back once"
             )
             outcome = Outcome.SKIPPED if self._stopping else Outcome.FAILED
-            self._record(
-                FileResult(
-                    info.path,
-                    outcome,
-                    reason,
-                    sop_instance_uid=info.sop_instance_uid,
-                    sop_class_uid=info.sop_class_uid,
-                    worker=handle.worker,
-                )
-            )
+            self._record(FileResult.of(info, outcome, reason, worker=handle.worker))
         # Keep the pool at strength while work remains, within reason.
         alive = sum(1 for h in self._workers.values() if not h.done)
         if (
@@ -421,10 +403,4 @@ class Coordinator:
 
 
 def _interrupted(info: FileInfo) -> FileResult:
-    return FileResult(
-        info.path,
-        Outcome.SKIPPED,
-        INTERRUPTED_REASON,
-        sop_instance_uid=info.sop_instance_uid,
-        sop_class_uid=info.sop_class_uid,
-    )
+    return FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON)

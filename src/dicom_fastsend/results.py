@@ -9,6 +9,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
+
+from .header import FileInfo
 
 
 class Outcome(Enum):
@@ -30,6 +33,18 @@ class FileResult:
     seconds: float = 0.0  # C-STORE round trip: first byte sent to response read
     worker: int | None = None
     attempts: int = 0
+
+    @classmethod
+    def of(cls, info: FileInfo, outcome: Outcome, reason: str, **details: Any) -> FileResult:
+        """A result for an indexed file, carrying its UIDs."""
+        return cls(
+            info.path,
+            outcome,
+            reason,
+            sop_instance_uid=info.sop_instance_uid,
+            sop_class_uid=info.sop_class_uid,
+            **details,
+        )
 
 
 @dataclass(slots=True)

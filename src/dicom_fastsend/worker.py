@@ -308,13 +308,7 @@ class Worker:
 
     def store(self, info: FileInfo) -> tuple[FileResult, bool]:
         def failed(reason: str) -> FileResult:
-            return FileResult(
-                info.path,
-                Outcome.FAILED,
-                reason,
-                sop_instance_uid=info.sop_instance_uid,
-                sop_class_uid=info.sop_class_uid,
-            )
+            return FileResult.of(info, Outcome.FAILED, reason)
 
         assert self.client.contexts is not None
         try:
@@ -350,15 +344,9 @@ def _block_abort_signal() -> None:
 
 
 def _unsent(info: FileInfo, reason: str, attempt: int) -> FileResult:
-    interrupted = reason == INTERRUPTED_REASON
-    return FileResult(
-        info.path,
-        Outcome.SKIPPED if interrupted else Outcome.FAILED,
-        reason,
-        sop_instance_uid=info.sop_instance_uid,
-        sop_class_uid=info.sop_class_uid,
-        attempts=attempt,
-    )
+    """Not sent: skipped when interrupted, else failed with the reason."""
+    outcome = Outcome.SKIPPED if reason == INTERRUPTED_REASON else Outcome.FAILED
+    return FileResult.of(info, outcome, reason, attempts=attempt)
 
 
 def worker_main(

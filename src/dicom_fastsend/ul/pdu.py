@@ -328,39 +328,40 @@ def _pdu(pdu_type: int, variable_field: bytes) -> bytes:
     return _HEADER.pack(pdu_type, 0, len(variable_field)) + variable_field
 
 
+def _association_pdu(
+    pdu_type: int, pdu: AAssociateRQ | AAssociateAC, context_items: list[bytes]
+) -> bytes:
+    """The A-ASSOCIATE-RQ/AC layout they share (PS3.8 9.3.2, 9.3.3)."""
+    return _pdu(
+        pdu_type,
+        _association_fixed_part(pdu.protocol_version, pdu.called_ae_title, pdu.calling_ae_title)
+        + _uid_item(ItemType.APPLICATION_CONTEXT, pdu.application_context_name)
+        + b"".join(context_items)
+        + _encode_user_information(pdu.user_information),
+    )
+
+
 def encode(pdu: PDU) -> bytes:
     """Encode a PDU into the bytes sent on the wire."""
     if isinstance(pdu, AAssociateRQ):
-        contexts = []
+        items = []
         for context in pdu.presentation_contexts:
             body = bytes((context.presentation_context_id, 0, 0, 0))
             body += _uid_item(ItemType.ABSTRACT_SYNTAX, context.abstract_syntax)
             body += b"".join(
                 _uid_item(ItemType.TRANSFER_SYNTAX, ts) for ts in context.transfer_syntaxes
             )
-            contexts.append(_item(ItemType.PRESENTATION_CONTEXT_RQ, body))
-        return _pdu(
-            PDUType.A_ASSOCIATE_RQ,
-            _association_fixed_part(pdu.protocol_version, pdu.called_ae_title, pdu.calling_ae_title)
-            + _uid_item(ItemType.APPLICATION_CONTEXT, pdu.application_context_name)
-            + b"".join(contexts)
-            + _encode_user_information(pdu.user_information),
-        )
+            items.append(_item(ItemType.PRESENTATION_CONTEXT_RQ, body))
+        return _association_pdu(PDUType.A_ASSOCIATE_RQ, pdu, items)
     if isinstance(pdu, AAssociateAC):
-        contexts = []
+        items = []
         for ac in pdu.presentation_contexts:
             body = bytes((ac.presentation_context_id, 0, ac.result, 0))
             # PS3.8 9.3.3.2: the transfer syntax sub-item is present but not
             # significant when the context was not accepted.
             body += _uid_item(ItemType.TRANSFER_SYNTAX, ac.transfer_syntax)
-            contexts.append(_item(ItemType.PRESENTATION_CONTEXT_AC, body))
-        return _pdu(
-            PDUType.A_ASSOCIATE_AC,
-            _association_fixed_part(pdu.protocol_version, pdu.called_ae_title, pdu.calling_ae_title)
-            + _uid_item(ItemType.APPLICATION_CONTEXT, pdu.application_context_name)
-            + b"".join(contexts)
-            + _encode_user_information(pdu.user_information),
-        )
+            items.append(_item(ItemType.PRESENTATION_CONTEXT_AC, body))
+        return _association_pdu(PDUType.A_ASSOCIATE_AC, pdu, items)
     if isinstance(pdu, AAssociateRJ):
         return _pdu(PDUType.A_ASSOCIATE_RJ, bytes((0, pdu.result, pdu.source, pdu.reason)))
     if isinstance(pdu, PDataTF):

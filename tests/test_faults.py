@@ -327,11 +327,6 @@ def test_no_c_store_rsp_fires_the_dimse_timeout_and_the_run_goes_on(
     assert_others_stored(run, scp, archive, faulted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scu.StoreClient._await_response restarts --dimse-timeout at every read, so a "
-    "peer that trickles bytes never lets it fire (README: seconds for each C-STORE-RSP)",
-)
 def test_a_trickled_never_ending_response_still_fires_the_dimse_timeout(
     archive: SynthArchive, tmp_path: Path
 ) -> None:

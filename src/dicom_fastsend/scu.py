@@ -232,8 +232,18 @@ class StoreClient:
 
     def _await_response(self, message_id: int, expected: CommandField, what: str) -> Response:
         assembler = MessageAssembler()
+        # One deadline for the whole response: a peer that trickles bytes
+        # must not restart the timeout with every read.
+        deadline = time.monotonic() + self.peer.dimse_timeout
         while True:
-            for event in self._read_events(self.peer.dimse_timeout, what):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.abort()
+                raise DimseTimeoutError(
+                    f"no complete {what} from {self.name} within "
+                    f"{self.peer.dimse_timeout:g} s; association aborted"
+                )
+            for event in self._read_events(remaining, what):
                 if isinstance(event, DataReceived):
                     try:
                         messages = assembler.feed(event.pdata.pdvs)

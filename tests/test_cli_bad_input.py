@@ -186,3 +186,54 @@ def test_sop_class_the_peer_refuses_fails_with_its_class_and_syntax(
     assert private_class in line and "Explicit VR Little Endian" in line
     assert "abstract-syntax-not-supported" in line
     assert {r.sop_instance_uid for r in pynetdicom_scp.records()} == archive.uids
+
+
+def test_hostile_file_tree_is_reported_file_by_file(
+    archive: SynthArchive, pynetdicom_scp: PynetdicomSCP, tmp_path: Path
+) -> None:
+    """Issue 4's bad inputs in one run: none stops it, each has its reason."""
+    import os
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    bad = archive.root / "hostile"
+    bad.mkdir()
+    os.symlink(archive.root, bad / "loop")  # a directory link back up: must not recurse forever
+    os.symlink(bad / "gone.dcm", bad / "broken.dcm")  # a dangling link
+    os.mkfifo(bad / "pipe.dcm")  # reading it would block
+    (bad / "preamble.dcm").write_bytes(bytes(128) + b"DICM")
+    data = archive.files[0].read_bytes()
+    (bad / "short.dcm").write_bytes(data[: len(data) // 2])  # pixel data says more than remains
+    dicomdir = pydicom.Dataset()
+    dicomdir.file_meta = FileMetaDataset()
+    dicomdir.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    dicomdir.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    dicomdir.FileSetID = "TEST"
+    dicomdir.save_as(bad / "DICOMDIR", enforce_file_format=True)
+
+    run = fastsend(
+        *send_args(
+            pynetdicom_scp.host, pynetdicom_scp.port, pynetdicom_scp.ae_title, str(archive.root)
+        ),
+        timeout=60,
+    )
+    assert run.returncode == 1, run.output
+    assert {r.sop_instance_uid for r in pynetdicom_scp.records()} == archive.uids
+    lines = run.stderr.splitlines()
+
+    def line_for(name: str) -> str:
+        found = [line for line in lines if str(bad / name) + ":" in line]
+        assert len(found) == 1, f"{name} not reported once:\n{run.stderr}"
+        return found[0]
+
+    assert line_for("broken.dcm").startswith("FAILED")
+    assert line_for("pipe.dcm").startswith("SKIPPED")
+    assert line_for("preamble.dcm").startswith(("SKIPPED", "FAILED"))
+    assert "(7fe0,0010)" in line_for("short.dcm")
+    assert "DICOMDIR" in line_for("DICOMDIR") and line_for("DICOMDIR").startswith("SKIPPED")
+    # The link loop was not followed: each archive file was found once, not again under loop/.
+    assert str(bad / "loop") not in run.stderr
+    n = len(archive.files)
+    assert f"{n + 5} files: {n} stored" in run.stderr

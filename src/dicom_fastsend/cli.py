@@ -22,6 +22,7 @@ from .config import (
     DEFAULT_MAX_PDU_LENGTH,
     PeerConfig,
     SendConfig,
+    TLSConfig,
 )
 from .dimse import status_text
 
@@ -82,9 +83,52 @@ def _peer_options(function: FC) -> FC:
             help="Maximum PDU length this side receives (0: no limit).",
         ),
     ]
+    options += [
+        click.option("--tls", is_flag=True, help="DICOM TLS (TLS 1.2 or newer, PS3.15 B.9)."),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="CA certificates (PEM) to verify the destination with (default: the system's).",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Our certificate (PEM), for destinations that require one.",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="The private key of --tls-cert, if not in the same file.",
+        ),
+        click.option(
+            "--tls-no-verify",
+            is_flag=True,
+            help="Do not verify the destination's certificate (insecure; says so).",
+        ),
+    ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _tls(
+    tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_no_verify: bool,
+) -> TLSConfig | None:
+    if not (tls or tls_ca or tls_cert or tls_key or tls_no_verify):
+        return None
+    if tls_key is not None and tls_cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    if tls_no_verify:
+        click.echo(
+            "WARNING --tls-no-verify: the destination's certificate is not checked; anyone "
+            "on the network path can pose as it and read the images",
+            err=True,
+        )
+    return TLSConfig(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, verify=not tls_no_verify)
 
 
 def _peer(
@@ -96,6 +140,7 @@ def _peer(
     acse_timeout: float,
     dimse_timeout: float,
     max_pdu: int,
+    **tls: Any,
 ) -> PeerConfig:
     try:
         return PeerConfig(
@@ -107,6 +152,7 @@ def _peer(
             acse_timeout=acse_timeout,
             dimse_timeout=dimse_timeout,
             max_pdu_length=max_pdu,
+            tls=_tls(**tls),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -15,6 +15,16 @@ DEFAULT_DIMSE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """DICOM TLS (PS3.15 B.9, BCP 195): TLS 1.2 or newer, server verified by default."""
+
+    ca_file: Path | None = None  # trust these CAs (default: the system's)
+    cert_file: Path | None = None  # our certificate, for peers that require one
+    key_file: Path | None = None  # its private key (default: inside cert_file)
+    verify: bool = True  # False only on explicit request (--tls-no-verify)
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConfig:
     """Where to send, and how long to wait at each protocol step."""
 
@@ -26,6 +36,7 @@ class PeerConfig:
     acse_timeout: float = DEFAULT_ACSE_TIMEOUT  # A-ASSOCIATE-AC and A-RELEASE-RP
     dimse_timeout: float = DEFAULT_DIMSE_TIMEOUT  # each C-STORE-RSP / C-ECHO-RSP
     max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
+    tls: TLSConfig | None = None
 
     def __post_init__(self) -> None:
         for title in (self.called_ae_title, self.calling_ae_title):

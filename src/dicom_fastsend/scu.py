@@ -113,7 +113,7 @@ class StoreClient:
         )
         association.request(request)
         self._transport = Transport.connect(
-            self.peer.host, self.peer.port, self.peer.connect_timeout
+            self.peer.host, self.peer.port, self.peer.connect_timeout, self.peer.tls
         )
         self._association = association
         association.connection_established()

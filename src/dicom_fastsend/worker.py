@@ -39,7 +39,7 @@ from .scu import (
     Response,
     StoreClient,
 )
-from .transport import ConnectError, TransportError
+from .transport import ConnectError, TLSError, TransportError
 from .ul.pdu import PresentationContextRQ
 
 INTERRUPTED_REASON = "not sent: the run was interrupted"
@@ -297,6 +297,10 @@ class Worker:
             message = describe_association_error(exc, self.config.peer)
             self._association("rejected", message)
             return message, exc.reject.transient
+        except TLSError as exc:
+            # A certificate that fails verification will fail again.
+            self._association("failed", str(exc))
+            return str(exc), False
         except (AssociationError, ConnectError, TransportError) as exc:
             message = describe_association_error(exc, self.config.peer)
             self._association("failed", message)

@@ -36,6 +36,6 @@ fi
 python3 -m pip install -U 'setuptools>=64' wheel cython
 python3 -m pip install -e '.[test]'
 
-ruff check src tests
+ruff check src tests bench examples
 mypy
 python3 -m pytest -q "$@"

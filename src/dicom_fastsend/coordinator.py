@@ -16,10 +16,12 @@ import multiprocessing
 import os
 import selectors
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -83,10 +85,15 @@ class Coordinator:
 
     def __post_init__(self) -> None:
         # fork: a worker starts in milliseconds with everything already imported.
-        # Safe because the coordinator runs no threads (the progress bar is
-        # created without tqdm's monitor thread) and the child touches nothing
-        # it inherited except its own pipe end.
-        self._context = multiprocessing.get_context("fork")
+        # Safe only while this process runs no other thread (the CLI has none:
+        # the progress bar is made without tqdm's monitor thread); a program
+        # that embeds fastsend and has threads gets spawned workers instead.
+        single_threaded = threading.active_count() == 1
+        self._context: ForkContext | SpawnContext = (
+            multiprocessing.get_context("fork")
+            if single_threaded
+            else multiprocessing.get_context("spawn")
+        )
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, _WorkerHandle] = {}
         self._next_worker = 0
@@ -102,7 +109,7 @@ class Coordinator:
     def run(self) -> SendSummary:
         summary = self.summary
         summary.started = time.time()
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = _set_sigint(self._on_sigint)
         try:
             infos = index_inputs(self.config, self._record)
             infos = self._skip_duplicates(infos)
@@ -111,7 +118,7 @@ class Coordinator:
             if infos:
                 self._send_all(infos)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            _set_sigint(previous)
             summary.finished = time.time()
         return summary
 
@@ -227,11 +234,11 @@ class Coordinator:
         )
         # Workers must not see the terminal's Ctrl-C: an ignored SIGINT
         # survives exec and Python keeps it ignored; the coordinator decides.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = _set_sigint(signal.SIG_IGN)
         try:
             process.start()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            _set_sigint(previous)
         child.close()
         handle = _WorkerHandle(worker, process, parent)
         self._workers[worker] = handle
@@ -400,6 +407,13 @@ class Coordinator:
         ):
             self._restarts += 1
             self._start_worker()
+
+
+def _set_sigint(handler: Any) -> Any:
+    """Install a SIGINT handler; only the main thread may (a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
 
 
 def _interrupted(info: FileInfo) -> FileResult:

@@ -291,7 +291,7 @@ def table(results: list[Measurement], description: str) -> str:
         "| receiver | sender | files | files/s | MB/s | vs storescu | vs raw pump | peak RSS MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    pump = find("raw TCP (discard)", "raw pump (sendfile)")
+    pump = next((m for m in results if m.sender == "raw pump (sendfile)"), None)
     for m in results:
         if m.failed:
             lines.append(f"| {m.receiver} | {m.sender} | {m.files} | failed | | | | |")

@@ -23,19 +23,24 @@ class Run:
         return self.stdout + self.stderr
 
 
-def fastsend(*args: str, implementation: str = "cython", timeout: float = 120.0) -> Run:
+def fastsend(
+    *args: str,
+    implementation: str = "cython",
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> Run:
     if args and args[0] == "send" and "--log-dir" not in args:
         # Each run gets its own log dir, so no journal carries over between tests.
         args = (*args, "--log-dir", tempfile.mkdtemp(prefix="fastsend-logs-"))
-    env = dict(os.environ)
-    env.pop("FASTSEND_PURE_PYTHON", None)
+    environment = dict(os.environ, **(env or {}))
+    environment.pop("FASTSEND_PURE_PYTHON", None)
     if implementation == "python":
-        env["FASTSEND_PURE_PYTHON"] = "1"
+        environment["FASTSEND_PURE_PYTHON"] = "1"
     result = subprocess.run(
         [sys.executable, "-m", "dicom_fastsend", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=environment,
         timeout=timeout,
         check=False,
     )

@@ -6,6 +6,7 @@ could be made.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .config import (
     PeerConfig,
     SendConfig,
     TLSConfig,
+    UserCredentials,
 )
 from .dimse import status_text
 
@@ -106,9 +108,40 @@ def _peer_options(function: FC) -> FC:
             help="Do not verify the destination's certificate (insecure; says so).",
         ),
     ]
+    options += [
+        click.option("--user", help="User name for User Identity negotiation (PS3.7 D.3.3.7)."),
+        click.option(
+            "--password-env",
+            metavar="VAR",
+            help="Environment variable holding the password for --user (else it is asked "
+            "for when stdin is a terminal). Never on the command line.",
+        ),
+    ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _user(user: str | None, password_env: str | None) -> UserCredentials | None:
+    if user is None:
+        if password_env is not None:
+            raise click.UsageError("--password-env needs --user")
+        return None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if password is None:
+            raise click.UsageError(f"--password-env {password_env}: that variable is not set")
+        return UserCredentials(user, password)
+    if sys.stdin.isatty():
+        typed = click.prompt(
+            f"Password for {user} (empty: user name only)",
+            hide_input=True,
+            default="",
+            show_default=False,
+            err=True,
+        )
+        return UserCredentials(user, typed or None)
+    return UserCredentials(user)
 
 
 def _tls(
@@ -140,6 +173,8 @@ def _peer(
     acse_timeout: float,
     dimse_timeout: float,
     max_pdu: int,
+    user: str | None,
+    password_env: str | None,
     **tls: Any,
 ) -> PeerConfig:
     try:
@@ -153,6 +188,7 @@ def _peer(
             dimse_timeout=dimse_timeout,
             max_pdu_length=max_pdu,
             tls=_tls(**tls),
+            user=_user(user, password_env),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -25,6 +25,14 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UserCredentials:
+    """User Identity negotiation (PS3.7 D.3.3.7); the password stays out of repr()."""
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConfig:
     """Where to send, and how long to wait at each protocol step."""
 
@@ -37,6 +45,7 @@ class PeerConfig:
     dimse_timeout: float = DEFAULT_DIMSE_TIMEOUT  # each C-STORE-RSP / C-ECHO-RSP
     max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
     tls: TLSConfig | None = None
+    user: UserCredentials | None = None
 
     def __post_init__(self) -> None:
         for title in (self.called_ae_title, self.calling_ae_title):

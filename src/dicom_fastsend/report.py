@@ -171,6 +171,8 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "max_pdu_length": peer.max_pdu_length,
             "log_dir": None if config.log_dir is None else str(config.log_dir),
             "resume": config.resume,
+            "tls": peer.tls is not None,
+            "user": None if peer.user is None else peer.user.username,
             "retries": config.retries,
         },
         "counts": {

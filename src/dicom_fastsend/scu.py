@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__
-from .config import PeerConfig
+from .config import PeerConfig, UserCredentials
 from .contexts import AcceptedContexts, Selection
 from .dimse import (
     TAG_ERROR_COMMENT,
@@ -44,7 +44,14 @@ from .ul.association import (
     ReleaseRequested,
     Role,
 )
-from .ul.pdu import AAssociateRJ, AAssociateRQ, PresentationContextRQ, UserInformation
+from .ul.pdu import (
+    AAssociateRJ,
+    AAssociateRQ,
+    PresentationContextRQ,
+    UserIdentity,
+    UserIdentityType,
+    UserInformation,
+)
 
 IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
 IMPLEMENTATION_VERSION_NAME = f"FASTSEND_{__version__}"[:16]
@@ -75,6 +82,24 @@ class Response:
     status: int
     error_comment: str = ""
     offending_element: tuple[int, ...] = ()
+
+
+def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
+    """The User Identity sub-item for our credentials (PS3.7 D.3.3.7.1).
+
+    A positive response is requested but not required: an acceptor may
+    verify silently, and PS3.7 lets it answer without the sub-item.
+    """
+    if user is None:
+        return None
+    if user.password is None:
+        return UserIdentity(UserIdentityType.USERNAME, user.username.encode("utf-8"), b"", True)
+    return UserIdentity(
+        UserIdentityType.USERNAME_AND_PASSCODE,
+        user.username.encode("utf-8"),
+        user.password.encode("utf-8"),
+        True,
+    )
 
 
 class StoreClient:
@@ -109,6 +134,7 @@ class StoreClient:
                 maximum_length=self.peer.max_pdu_length,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                user_identity=_user_identity(self.peer.user),
             ),
         )
         association.request(request)

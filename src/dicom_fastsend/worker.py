@@ -91,12 +91,19 @@ class RateLimiter:
 def describe_association_error(exc: Exception, peer: PeerConfig) -> str:
     """The error, plus what the user can do about it."""
     if isinstance(exc, AssociationRejectedError):
+        hints = []
+        if peer.user is not None:
+            # Acceptors reject bad credentials with various sources and reasons
+            # (PS3.7 D.3.3.7 does not fix one), so say it whenever we sent some.
+            hints.append(f"Check the user name {peer.user.username!r} and its password.")
         if exc.reject.transient:
-            return f"{exc}. The rejection is transient: try again later."
-        return (
-            f"{exc}. Check that the destination knows called AE title {peer.called_ae_title!r} "
-            f"and calling AE title {peer.calling_ae_title!r}."
-        )
+            hints.append("The rejection is transient: try again later.")
+        else:
+            hints.append(
+                f"Check that the destination knows called AE title {peer.called_ae_title!r} "
+                f"and calling AE title {peer.calling_ae_title!r}."
+            )
+        return f"{exc}. " + " ".join(hints)
     if isinstance(exc, ConnectError):
         return f"{exc}. Check the host and port, and that the destination is running."
     return str(exc)

@@ -49,6 +49,8 @@ class ItemType(IntEnum):
     IMPLEMENTATION_CLASS_UID = 0x52
     ASYNCHRONOUS_OPERATIONS_WINDOW = 0x53
     IMPLEMENTATION_VERSION_NAME = 0x55
+    USER_IDENTITY_RQ = 0x58
+    USER_IDENTITY_AC = 0x59
 
 
 class PresentationContextResult(IntEnum):
@@ -102,6 +104,30 @@ class PresentationContextAC:
         return self.result == PresentationContextResult.ACCEPTANCE
 
 
+class UserIdentityType(IntEnum):
+    """User-Identity-Type of the User Identity sub-item (PS3.7 D.3.3.7.1)."""
+
+    USERNAME = 1
+    USERNAME_AND_PASSCODE = 2
+    KERBEROS = 3
+    SAML = 4
+    JWT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdentity:
+    """User Identity negotiation sub-item of an A-ASSOCIATE-RQ (PS3.7 D.3.3.7.1).
+
+    The secondary field (the passcode) is kept out of repr() so it cannot
+    reach a log or a traceback through this object.
+    """
+
+    identity_type: int
+    primary_field: bytes
+    secondary_field: bytes = field(default=b"", repr=False)
+    positive_response_requested: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class UserInformation:
     """User Information Item (PS3.8 9.3.2.3, Annex D; PS3.7 D.3.3).
@@ -115,6 +141,8 @@ class UserInformation:
     implementation_version_name: str = ""
     # PS3.7 D.3.3.3: (maximum number operations invoked, performed); None = not negotiated
     asynchronous_operations_window: tuple[int, int] | None = None
+    user_identity: UserIdentity | None = None  # in an RQ (PS3.7 D.3.3.7.1)
+    server_response: bytes | None = None  # in an AC, when the acceptor sent one (D.3.3.7.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +342,30 @@ def _encode_user_information(info: UserInformation) -> bytes:
                 info.implementation_version_name.encode("ascii")[:16],
             )
         )
+    if info.user_identity is not None:
+        identity = info.user_identity
+        # PS3.7 D.3.3.7.1: type (1), positive-response-requested (1), primary
+        # field length (2) and field, secondary field length (2) and field.
+        sub_items.append(
+            _item(
+                ItemType.USER_IDENTITY_RQ,
+                struct.pack(
+                    ">BBH", identity.identity_type, int(identity.positive_response_requested),
+                    len(identity.primary_field),
+                )
+                + identity.primary_field
+                + struct.pack(">H", len(identity.secondary_field))
+                + identity.secondary_field,
+            )
+        )  # fmt: skip
+    if info.server_response is not None:
+        # PS3.7 D.3.3.7.2: server-response length (2) and the response.
+        sub_items.append(
+            _item(
+                ItemType.USER_IDENTITY_AC,
+                struct.pack(">H", len(info.server_response)) + info.server_response,
+            )
+        )
     return _item(ItemType.USER_INFORMATION, b"".join(sub_items))
 
 
@@ -415,6 +467,8 @@ def _decode_user_information(value: memoryview) -> UserInformation:
     class_uid = ""
     version_name = ""
     window: tuple[int, int] | None = None
+    identity: UserIdentity | None = None
+    server_response: bytes | None = None
     for sub_type, sub in _iter_items(value, "user information item"):
         if sub_type == ItemType.MAXIMUM_LENGTH:
             if len(sub) != 4:
@@ -429,9 +483,32 @@ def _decode_user_information(value: memoryview) -> UserInformation:
                 raise PDUError(f"asynchronous operations window sub-item is {len(sub)} bytes")
             invoked, performed = struct.unpack(">HH", sub)
             window = (invoked, performed)
-        # Other sub-items (role selection, extended negotiation, user identity)
-        # are not needed by a storage SCU and are skipped, as PS3.7 D.3.3 allows.
-    return UserInformation(maximum_length, class_uid, version_name, window)
+        elif sub_type == ItemType.USER_IDENTITY_AC:
+            if len(sub) < 2 or struct.unpack_from(">H", sub)[0] != len(sub) - 2:
+                raise PDUError(f"user identity response sub-item of {len(sub)} bytes is malformed")
+            server_response = bytes(sub[2:])
+        elif sub_type == ItemType.USER_IDENTITY_RQ:
+            identity = _decode_user_identity(sub)
+        # Other sub-items (role selection, extended negotiation) are not
+        # needed by a storage SCU and are skipped, as PS3.7 D.3.3 allows.
+    return UserInformation(
+        maximum_length, class_uid, version_name, window, identity, server_response
+    )
+
+
+def _decode_user_identity(sub: memoryview) -> UserIdentity:
+    """PS3.7 D.3.3.7.1, with every length checked against what is there."""
+    if len(sub) < 6:
+        raise PDUError(f"user identity sub-item of {len(sub)} bytes is too short")
+    identity_type, positive, primary_length = struct.unpack_from(">BBH", sub)
+    if 4 + primary_length + 2 > len(sub):
+        raise PDUError("user identity primary field runs past its sub-item")
+    primary = bytes(sub[4 : 4 + primary_length])
+    (secondary_length,) = struct.unpack_from(">H", sub, 4 + primary_length)
+    secondary_start = 6 + primary_length
+    if secondary_start + secondary_length != len(sub):
+        raise PDUError("user identity secondary field does not fill its sub-item")
+    return UserIdentity(identity_type, primary, bytes(sub[secondary_start:]), bool(positive))
 
 
 def _decode_association(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssociateAC:

@@ -32,7 +32,11 @@ from .errors import FastsendError
 from .header import FileInfo
 from .hotpath import fragment_pdata
 from .transport import Transport, TransportError, TransportTimeout
-from .uids import IMPLEMENTATION_CLASS_UID_ROOT, VERIFICATION_SOP_CLASS
+from .uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLEMENTATION_CLASS_UID_ROOT,
+    VERIFICATION_SOP_CLASS,
+)
 from .ul.association import (
     Aborted,
     Association,
@@ -340,6 +344,15 @@ class StoreClient:
                     dataset: bytes | memoryview | None = convert_dataset(
                         view, info.transfer_syntax_uid, selection.transfer_syntax
                     )
+                elif (
+                    selection.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+                    and len(view) % 2
+                ):
+                    # A deflate stream can end on an odd byte; DICOM values and
+                    # fragments are even (PS3.5 7.1, A.5), and DCMTK refuses an
+                    # odd fragment. One trailing NUL is what pydicom and DCMTK
+                    # write too: an inflater stops at the end of the stream.
+                    dataset = bytes(view) + b"\x00"
                 else:
                     dataset = view
                 self._send_message(selection.presentation_context_id, command, dataset)

@@ -1,0 +1,130 @@
+"""Compressed and other transfer syntaxes are sent as they are when the peer accepts them.
+
+The files come from pydicom's own test data (installed with pydicom): one per
+transfer syntax, with distinct SOP Instance UIDs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_fastsend.header import HeaderError, read_header
+from dicom_fastsend.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    describe,
+)
+from fastsend_cli import fastsend
+from peers import PynetdicomSCP, StoreSCP
+
+
+def one_file_per_syntax(target: Path) -> dict[str, Path]:
+    """Copy one pydicom test file per non-LE-uncompressed transfer syntax into ``target``."""
+    base = Path(os.path.dirname(get_testdata_file("CT_small.dcm") or ""))
+    chosen: dict[str, Path] = {}
+    uids: set[str] = set()
+    for path in sorted(base.rglob("*.dcm")):
+        try:
+            info = read_header(path)
+        except HeaderError:
+            continue
+        syntax = info.transfer_syntax_uid
+        if syntax in UNCOMPRESSED_LITTLE_ENDIAN or syntax in chosen:
+            continue
+        if info.sop_instance_uid in uids or not info.sop_class_uid.startswith(
+            "1.2.840.10008.5.1.4"
+        ):
+            continue
+        uids.add(info.sop_instance_uid)
+        chosen[syntax] = target / f"{len(chosen):02d}_{path.name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for syntax, destination in chosen.items():
+        source = next(
+            p for p in sorted(base.rglob("*.dcm"))
+            if p.name == destination.name[3:] and _syntax(p) == syntax
+        )  # fmt: skip
+        shutil.copy(source, destination)
+    return chosen
+
+
+def _syntax(path: Path) -> str | None:
+    try:
+        return read_header(path).transfer_syntax_uid
+    except HeaderError:
+        return None
+
+
+def test_every_syntax_arrives_byte_for_byte(
+    tmp_path: Path, pynetdicom_scp_factory: Callable[..., PynetdicomSCP]
+) -> None:
+    files = one_file_per_syntax(tmp_path / "archive")
+    # JPEG Baseline, Extended, Lossless, JPEG-LS, JPEG 2000, RLE, deflated, big endian
+    assert len(files) >= 8, sorted(describe(s) for s in files)
+    scp = pynetdicom_scp_factory(transfer_syntaxes=sorted(files))
+    run = fastsend(
+        "send", "-i", str(tmp_path / "archive"), "-a", scp.ae_title, "-H", scp.host,
+        "-p", str(scp.port), "--retries", "0",
+    )  # fmt: skip
+    assert run.returncode == 0, run.output
+    received = {r.sop_instance_uid: r for r in scp.wait_for(len(files))}
+    for syntax, path in files.items():
+        info = read_header(path)
+        record = received[info.sop_instance_uid]
+        assert record.transfer_syntax == syntax  # sent as it is, not transcoded
+        sent = path.read_bytes()[info.dataset_offset :]
+        if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and len(sent) % 2:
+            sent += b"\x00"  # an odd deflate stream is padded to even length
+        assert record.raw == sent, describe(syntax)
+
+
+def test_storescp_stores_every_syntax_as_it_came(
+    tmp_path: Path, storescp_factory: Callable[..., StoreSCP]
+) -> None:
+    files = one_file_per_syntax(tmp_path / "archive")
+    peer = storescp_factory(tcp_nodelay=True, extra_args=["+xa"])  # accept all it knows
+    run = fastsend(
+        "send", "-i", str(tmp_path / "archive"), "-a", peer.aet, "-H", "127.0.0.1",
+        "-p", str(peer.port), "--retries", "0",
+    )  # fmt: skip
+    assert run.returncode == 0, run.output
+    received = {read_header(p).sop_instance_uid: p for p in peer.files()}
+    for syntax, path in files.items():
+        stored = received[read_header(path).sop_instance_uid]
+        assert read_header(stored).transfer_syntax_uid == syntax
+
+        # DCMTK recalculates group lengths (gggg,0000) and drops Data Set Trailing
+        # Padding (FFFC,FFFC) when it writes a file; all else must be equal. (What
+        # fastsend sends, byte for byte, is checked against pynetdicom above.)
+        def values(file: Path) -> dict[int, object]:
+            return {
+                e.tag: e.value
+                for e in pydicom.dcmread(file)
+                if e.tag.element != 0 and e.tag != 0xFFFCFFFC
+            }
+
+        assert values(stored) == values(path), describe(syntax)
+
+
+def test_compressed_file_to_an_uncompressed_only_peer_fails_with_its_syntax_named(
+    tmp_path: Path, storescp_factory: Callable[..., StoreSCP]
+) -> None:
+    files = one_file_per_syntax(tmp_path / "archive")
+    jpeg = files.get("1.2.840.10008.1.2.4.50")
+    if jpeg is None:
+        pytest.skip("pydicom's test data has no JPEG Baseline file here")
+    peer = storescp_factory(tcp_nodelay=True)  # stock storescp: uncompressed syntaxes only
+    run = fastsend(
+        "send", "-i", str(jpeg), "-a", peer.aet, "-H", "127.0.0.1", "-p", str(peer.port),
+        "--retries", "0",
+    )  # fmt: skip
+    assert run.returncode == 1, run.output
+    [line] = [line for line in run.stderr.splitlines() if str(jpeg) in line]
+    assert "no accepted presentation context" in line
+    assert "JPEG Baseline" in line and "transfer-syntaxes-not-supported" in line

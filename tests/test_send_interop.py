@@ -42,6 +42,8 @@ def test_storescp_receives_every_dataset_byte_for_byte(
     for uid, data in sent.items():
         assert received[uid] == data, f"{uid} differs after the trip through storescp"
     assert f"{len(sent)} stored" in run.stderr
+    ct, mr = (sum(1 for p in archive.files if m in str(p)) for m in ("_CT_", "_MR_"))
+    assert f"SOP classes sent: CT Image Storage {ct}, MR Image Storage {mr}" in run.stderr
 
 
 def test_storescp_with_small_max_pdu_and_implicit_only(

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from . import __version__
 from .config import SendConfig
 from .results import FileResult, Outcome, SendSummary
+from .uids import uid_name
 from .worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
 
 SUMMARY_SCHEMA = Path(__file__).with_name("summary.schema.json")
@@ -304,5 +305,11 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
         f"{summary.associations_failed} failed, {summary.associations_aborted} aborted",
         file=stream,
     )
+    classes = Counter(
+        r.sop_class_uid for r in summary.results if r.outcome in (Outcome.STORED, Outcome.WARNING)
+    )
+    if classes:
+        listed = ", ".join(f"{uid_name(uid)} {count}" for uid, count in classes.most_common())
+        print(f"SOP classes sent: {listed}", file=stream)
     if summary.interrupted:
         print("interrupted: rerun to send the files that were not sent", file=stream)

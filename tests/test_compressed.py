@@ -18,6 +18,8 @@ from pydicom.data import get_testdata_file
 from dicom_fastsend.header import HeaderError, read_header
 from dicom_fastsend.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_LITTLE_ENDIAN,
     describe,
 )
@@ -128,3 +130,53 @@ def test_compressed_file_to_an_uncompressed_only_peer_fails_with_its_syntax_name
     [line] = [line for line in run.stderr.splitlines() if str(jpeg) in line]
     assert "no accepted presentation context" in line
     assert "JPEG Baseline" in line and "transfer-syntaxes-not-supported" in line
+
+
+def test_transcode_if_needed_decompresses_for_an_uncompressed_only_peer(
+    tmp_path: Path, pynetdicom_scp_factory: Callable[..., PynetdicomSCP]
+) -> None:
+    files = one_file_per_syntax(tmp_path / "archive")
+    scp = pynetdicom_scp_factory(transfer_syntaxes=list(UNCOMPRESSED_LITTLE_ENDIAN))
+    logs = tmp_path / "logs"
+    run = fastsend(
+        "send", "-i", str(tmp_path / "archive"), "-a", scp.ae_title, "-H", scp.host,
+        "-p", str(scp.port), "--retries", "0", "--transcode", "if-needed",
+        "--log-dir", str(logs),
+    )  # fmt: skip
+    assert run.returncode in (0, 1), run.output
+    received = {r.sop_instance_uid: r for r in scp.records()}
+    transcoded = 0
+    for syntax, path in files.items():
+        uid = read_header(path).sop_instance_uid
+        line = next((x for x in run.stderr.splitlines() if str(path) in x), "")
+        if syntax == EXPLICIT_VR_BIG_ENDIAN:
+            assert uid not in received and "no accepted presentation context" in line
+            continue
+        if uid not in received:
+            # A codec that cannot decode this file: a per-file failure, named.
+            assert line.startswith("FAILED") and "cannot decompress" in line, line
+            continue
+        record = received[uid]
+        assert record.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN, describe(syntax)
+        original = pydicom.dcmread(path)
+        assert (record.dataset.pixel_array == original.pixel_array).all(), describe(syntax)
+        assert record.dataset.SOPInstanceUID == original.SOPInstanceUID
+        transcoded += 1
+    assert transcoded >= 6, run.stderr
+
+
+def test_transcode_never_is_the_default_and_names_the_option(
+    tmp_path: Path, pynetdicom_scp_factory: Callable[..., PynetdicomSCP]
+) -> None:
+    files = one_file_per_syntax(tmp_path / "archive")
+    scp = pynetdicom_scp_factory(transfer_syntaxes=list(UNCOMPRESSED_LITTLE_ENDIAN))
+    run = fastsend(
+        "send", "-i", str(tmp_path / "archive"), "-a", scp.ae_title, "-H", scp.host,
+        "-p", str(scp.port), "--retries", "0",
+    )  # fmt: skip
+    assert run.returncode == 1, run.output
+    assert scp.records() == []
+    failed = [x for x in run.stderr.splitlines() if x.startswith("FAILED")]
+    assert len(failed) == len(files)
+    hinted = [x for x in failed if "--transcode if-needed" in x]
+    assert len(hinted) == len(files) - 1  # all but big endian, which is not transcoded

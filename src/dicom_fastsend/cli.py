@@ -277,6 +277,14 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     show_default=True,
     help="Seconds before the first retry; doubles with each one (30 s at most).",
 )
+@click.option(
+    "--transcode",
+    type=click.Choice(["never", "if-needed"]),
+    default="never",
+    show_default=True,
+    help="if-needed: decompress compressed files for a destination that takes their "
+    "class only uncompressed (needs dicom-fastsend[codecs]); never: they fail, named.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -290,6 +298,7 @@ def send(
     no_resume: bool,
     retries: int,
     retry_delay: float,
+    transcode: str,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -312,6 +321,7 @@ def send(
         resume=not no_resume,
         retries=retries,
         retry_delay=retry_delay,
+        transcode=transcode == "if-needed",
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)

@@ -73,6 +73,7 @@ class SendConfig:
     resume: bool = True  # skip what the journal says this destination holds
     retries: int = 3  # per file, after transient failures
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
+    transcode: bool = False  # decompress when the peer takes a class only uncompressed
 
     def __post_init__(self) -> None:
         if self.processes < 1:

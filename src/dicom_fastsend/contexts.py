@@ -16,7 +16,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .uids import UNCOMPRESSED_LITTLE_ENDIAN, describe
+from .uids import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    describe,
+)
 from .ul.pdu import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -27,17 +32,29 @@ from .ul.pdu import (
 MAX_CONTEXTS_PER_ASSOCIATION = 128
 
 
-def transfer_syntaxes_for(transfer_syntax: str) -> tuple[str, ...]:
-    """The file's own syntax, plus the uncompressed fallback it can be converted to."""
+def can_transcode(transfer_syntax: str) -> bool:
+    """Compressed or deflated: pydicom can decode it to Explicit VR Little Endian."""
+    return transfer_syntax not in (*UNCOMPRESSED_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
+
+
+def transfer_syntaxes_for(transfer_syntax: str, transcode: bool = False) -> tuple[str, ...]:
+    """The file's own syntax, plus the uncompressed fallback it can be converted to.
+
+    The two uncompressed Little Endian syntaxes fall back to each other; with
+    ``transcode``, a compressed or deflated one falls back to Explicit VR LE.
+    """
     if transfer_syntax in UNCOMPRESSED_LITTLE_ENDIAN:
         (other,) = (ts for ts in UNCOMPRESSED_LITTLE_ENDIAN if ts != transfer_syntax)
         return (transfer_syntax, other)
+    if transcode and can_transcode(transfer_syntax):
+        return (transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN)
     return (transfer_syntax,)
 
 
 def plan_associations(
     pairs: Iterable[tuple[str, str]],
     max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION,
+    transcode: bool = False,
 ) -> list[tuple[PresentationContextRQ, ...]]:
     """Presentation contexts for (SOP class, transfer syntax) pairs, split into associations.
 
@@ -47,7 +64,7 @@ def plan_associations(
     """
     wanted: dict[str, set[str]] = defaultdict(set)
     for sop_class, transfer_syntax in pairs:
-        wanted[sop_class].update(transfer_syntaxes_for(transfer_syntax))
+        wanted[sop_class].update(transfer_syntaxes_for(transfer_syntax, transcode))
     groups: list[list[tuple[str, str]]] = []
     for sop_class in sorted(wanted):
         contexts = [(sop_class, ts) for ts in sorted(wanted[sop_class])]
@@ -99,7 +116,9 @@ class AcceptedContexts:
         self,
         proposed: Sequence[PresentationContextRQ],
         answered: Sequence[PresentationContextAC],
+        transcode: bool = False,
     ) -> None:
+        self._transcode = transcode
         self._proposed = {c.presentation_context_id: c for c in proposed}
         self._answers = {c.presentation_context_id: c for c in answered}
         # (sop class, transfer syntax) -> presentation context id, accepted ones only.
@@ -120,7 +139,8 @@ class AcceptedContexts:
 
     def select(self, sop_class: str, transfer_syntax: str) -> Selection:
         """The context for a file: its own syntax if accepted, else the fallback."""
-        for candidate in transfer_syntaxes_for(transfer_syntax):
+        candidates = transfer_syntaxes_for(transfer_syntax, self._transcode)
+        for candidate in candidates:
             pc_id = self._accepted.get((sop_class, candidate))
             if pc_id is not None:
                 return Selection(pc_id, candidate)
@@ -139,11 +159,12 @@ class AcceptedContexts:
         raise NoAcceptableContext(
             f"no accepted presentation context for SOP class {describe(sop_class)} "
             f"with transfer syntax {describe(transfer_syntax)}"
-            + (
-                ""
-                if len(transfer_syntaxes_for(transfer_syntax)) == 1
-                else " or its uncompressed fallback"
-            )
+            + ("" if len(candidates) == 1 else " or its uncompressed fallback")
             + peer_said
-            + ". Configure the destination to accept this SOP class and transfer syntax."
+            + ". Configure the destination to accept this SOP class and transfer syntax"
+            + (
+                ", or let fastsend decompress it with --transcode if-needed."
+                if can_transcode(transfer_syntax) and not self._transcode
+                else "."
+            )
         )

@@ -202,3 +202,36 @@ def _source_vr(elem: RawDataElement, ds: Dataset, ancestors: list[Dataset]) -> s
     resolved = str(corrected.VR)
     # If the rules cannot decide, UN keeps the bytes and says so honestly.
     return resolved if len(resolved) == 2 else "UN"
+
+
+def transcode_file(path: str) -> bytes:
+    """Decode a compressed or deflated file's data set to Explicit VR Little Endian.
+
+    Used with ``--transcode if-needed`` when the peer accepted the file's SOP
+    class only uncompressed. Decompression uses pydicom's pixel data plugins
+    (``pip install 'dicom-fastsend[codecs]'`` brings pylibjpeg and its
+    plugins); RLE needs only numpy. The whole data set is decoded in memory:
+    this path is for exceptions, not for the bulk of a migration.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many kinds for damaged files
+        raise ConversionError(f"cannot read it to decompress it: {exc}") from exc
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        if syntax.is_compressed:
+            # pydicom would give the decompressed image a new SOP Instance UID;
+            # a migration must store the same instance under its own identity.
+            ds.decompress(generate_instance_uid=False)
+        buffer = DicomBytesIO()
+        buffer.is_little_endian = True
+        buffer.is_implicit_VR = False
+        write_dataset(buffer, ds)
+    except Exception as exc:  # the codecs raise many kinds
+        raise ConversionError(
+            f"cannot decompress {uid_name(str(syntax))} to Explicit VR Little Endian: {exc}. "
+            "The codecs come with pip install 'dicom-fastsend[codecs]'"
+        ) from exc
+    return buffer.getvalue()

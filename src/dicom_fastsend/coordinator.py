@@ -222,6 +222,7 @@ class Coordinator:
             max_rate=self.config.max_rate_mb_s * 1e6,
             retries=self.config.retries,
             retry_delay=self.config.retry_delay,
+            transcode=self.config.transcode,
             journal_path=self.config.journal,
             destination=destination_key(self.config.peer),
             session_id=self.summary.session_id,
@@ -249,7 +250,10 @@ class Coordinator:
     def _send_all(self, infos: list[FileInfo]) -> None:
         config = self.config
         self._plans = tuple(
-            plan_associations((i.sop_class_uid, i.transfer_syntax_uid) for i in infos)
+            plan_associations(
+                ((i.sop_class_uid, i.transfer_syntax_uid) for i in infos),
+                transcode=config.transcode,
+            )
         )
         batches = make_batches(group_by_study(infos), config.processes)
         self._dispatcher = Dispatcher.of(batches)

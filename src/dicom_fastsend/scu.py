@@ -35,6 +35,7 @@ from .transport import Transport, TransportError, TransportTimeout
 from .uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID_ROOT,
+    UNCOMPRESSED_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
 )
 from .ul.association import (
@@ -109,8 +110,9 @@ def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
 class StoreClient:
     """A requestor-side association to one peer."""
 
-    def __init__(self, peer: PeerConfig) -> None:
+    def __init__(self, peer: PeerConfig, transcode: bool = False) -> None:
         self.peer = peer
+        self.transcode = transcode  # compressed files may fall back to Explicit VR LE
         self.contexts: AcceptedContexts | None = None
         self.peer_maximum_length = 0
         self._association: Association | None = None
@@ -153,7 +155,9 @@ class StoreClient:
             for event in self._read_events(max(0.0, deadline - time.monotonic()), "A-ASSOCIATE-AC"):
                 if isinstance(event, AssociationAccepted):
                     self.peer_maximum_length = event.accept.user_information.maximum_length
-                    self.contexts = AcceptedContexts(contexts, event.accept.presentation_contexts)
+                    self.contexts = AcceptedContexts(
+                        contexts, event.accept.presentation_contexts, self.transcode
+                    )
                     return self.contexts
                 if isinstance(event, AssociationRejected):
                     self._close()
@@ -336,25 +340,7 @@ class StoreClient:
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(mapped)[info.dataset_offset :]
             try:
-                if selection.needs_conversion(info.transfer_syntax_uid):
-                    # Imported here: pydicom costs a worker a quarter second to
-                    # import, and most runs never convert anything.
-                    from .convert import convert_dataset
-
-                    dataset: bytes | memoryview | None = convert_dataset(
-                        view, info.transfer_syntax_uid, selection.transfer_syntax
-                    )
-                elif (
-                    selection.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-                    and len(view) % 2
-                ):
-                    # A deflate stream can end on an odd byte; DICOM values and
-                    # fragments are even (PS3.5 7.1, A.5), and DCMTK refuses an
-                    # odd fragment. One trailing NUL is what pydicom and DCMTK
-                    # write too: an inflater stops at the end of the stream.
-                    dataset = bytes(view) + b"\x00"
-                else:
-                    dataset = view
+                dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
                 self._send_message(selection.presentation_context_id, command, dataset)
             finally:
                 dataset = None
@@ -365,6 +351,26 @@ class StoreClient:
             except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
                 pass
         return self._await_response(message_id, CommandField.C_STORE_RSP, "C-STORE-RSP")
+
+
+def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> bytes | memoryview:
+    """The data set bytes for the accepted context: the mapped file itself when possible."""
+    file_syntax = info.transfer_syntax_uid
+    if selection.needs_conversion(file_syntax):
+        # Imported here: pydicom costs a worker a quarter second to import,
+        # and most runs never convert anything.
+        from .convert import convert_dataset, transcode_file
+
+        if file_syntax in UNCOMPRESSED_LITTLE_ENDIAN:
+            return convert_dataset(view, file_syntax, selection.transfer_syntax)
+        return transcode_file(info.path)  # --transcode if-needed chose the fallback
+    if file_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and len(view) % 2:
+        # A deflate stream can end on an odd byte; DICOM values and fragments
+        # are even (PS3.5 7.1, A.5), and DCMTK refuses an odd fragment. One
+        # trailing NUL is what pydicom and DCMTK write too: an inflater stops
+        # at the end of the stream.
+        return bytes(view) + b"\x00"
+    return view
 
 
 class FileChangedError(FastsendError):

@@ -60,6 +60,7 @@ class WorkerConfig:
     max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
     retries: int = 3
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
+    transcode: bool = False
     journal_path: Path | None = None
     destination: str = ""
     session_id: str = ""
@@ -153,7 +154,7 @@ class Worker:
         self.config = config
         self.conn = conn
         self.limiter = limiter
-        self.client = StoreClient(config.peer)
+        self.client = StoreClient(config.peer, config.transcode)
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
         self.in_flight: FileInfo | None = None

@@ -59,3 +59,30 @@ def test_example_script_runs_against_a_sink(
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"stored {len(archive.files)}, warnings 0, failed 0, skipped 0" in run.stdout
+
+
+def test_more_than_128_contexts_go_through_several_associations(
+    archive: SynthArchive, sink: Sink, tmp_path: Path
+) -> None:
+    """130 private SOP classes, each proposed in 2 syntaxes: 260 contexts, 3 associations."""
+    import pydicom
+
+    template = pydicom.dcmread(archive.files[0])
+    root = tmp_path / "many"
+    root.mkdir()
+    uids = set()
+    for n in range(130):
+        sop_class = f"1.2.826.0.1.3680043.10.1447.99.{n + 1}"
+        instance = f"{sop_class}.1"
+        template.SOPClassUID = template.file_meta.MediaStorageSOPClassUID = sop_class
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = instance
+        template.save_as(root / f"{n:03d}.dcm", enforce_file_format=True)
+        uids.add(instance)
+    peer = fs.PeerConfig(host=LOOPBACK, port=sink.port, called_ae_title="SINK")
+    config = fs.SendConfig(peer=peer, inputs=(root,), log_dir=tmp_path / "logs")
+    assert fs.scan(config).associations_needed == 3
+    summary = fs.send(config)
+    assert summary.exit_code == 0
+    assert summary.count(fs.Outcome.STORED) == 130
+    assert set(sink.stats.received_uids) == uids
+    assert summary.associations_opened == sink.stats.associations == 3

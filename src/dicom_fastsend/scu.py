@@ -152,7 +152,7 @@ class StoreClient:
         self._flush()
         deadline = time.monotonic() + self.peer.acse_timeout
         while True:
-            for event in self._read_events(max(0.0, deadline - time.monotonic()), "A-ASSOCIATE-AC"):
+            for event in self._read_events(deadline, self.peer.acse_timeout, "A-ASSOCIATE-AC"):
                 if isinstance(event, AssociationAccepted):
                     self.peer_maximum_length = event.accept.user_information.maximum_length
                     self.contexts = AcceptedContexts(
@@ -182,9 +182,7 @@ class StoreClient:
             self._flush()
             deadline = time.monotonic() + self.peer.acse_timeout
             while association.state.value != "Sta1":
-                for event in self._read_events(
-                    max(0.0, deadline - time.monotonic()), "A-RELEASE-RP"
-                ):
+                for event in self._read_events(deadline, self.peer.acse_timeout, "A-RELEASE-RP"):
                     if isinstance(event, ReleaseRequested):
                         # Release collision (PS3.8 9.2.2): answer, then await the RP.
                         association.release_response()
@@ -222,17 +220,25 @@ class StoreClient:
         if data:
             self._transport.send(data)
 
-    def _read_events(self, timeout: float, waiting_for: str) -> list[Event]:
-        """One read from the socket, turned into events; raises on timeout."""
+    def _read_events(self, deadline: float, limit: float, waiting_for: str) -> list[Event]:
+        """One read from the socket before ``deadline``, turned into events.
+
+        ``limit`` is the configured timeout the deadline came from, for the
+        message; the read itself gets whatever time is left.
+        """
         association, transport = self._association, self._transport
         if association is None or transport is None:
             raise AssociationAbortedError(f"association with {self.name} is closed")
+        remaining = deadline - time.monotonic()
         try:
-            data = transport.receive(timeout)
+            if remaining <= 0:
+                # A zero socket timeout would mean non-blocking, not "expired".
+                raise TransportTimeout(f"{limit:g} s passed")
+            data = transport.receive(remaining)
         except TransportTimeout as exc:
             self.abort()
             raise DimseTimeoutError(
-                f"no {waiting_for} from {self.name} within {timeout:g} s; association aborted"
+                f"no {waiting_for} from {self.name} within {limit:g} s; association aborted"
             ) from exc
         except TransportError as exc:
             self._close()
@@ -270,14 +276,7 @@ class StoreClient:
         # must not restart the timeout with every read.
         deadline = time.monotonic() + self.peer.dimse_timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.abort()
-                raise DimseTimeoutError(
-                    f"no complete {what} from {self.name} within "
-                    f"{self.peer.dimse_timeout:g} s; association aborted"
-                )
-            for event in self._read_events(remaining, what):
+            for event in self._read_events(deadline, self.peer.dimse_timeout, what):
                 if isinstance(event, DataReceived):
                     try:
                         messages = assembler.feed(event.pdata.pdvs)

@@ -91,6 +91,9 @@ class Accept:
     """
 
     max_pdu: int = 4096
+    # Asynchronous Operations Window to grant when one is proposed (PS3.7
+    # D.3.3.3): requests are still answered one by one, in order.
+    window: int | None = None
 
 
 @dataclass(frozen=True)
@@ -505,6 +508,11 @@ class HostileSCP:
                 maximum_length=action.max_pdu,
                 implementation_class_uid="1.2.826.0.1.3680043.10.1083.999",
                 implementation_version_name="HOSTILE_SCP",
+                asynchronous_operations_window=(
+                    (1, action.window)
+                    if action.window and request.user_information.asynchronous_operations_window
+                    else None
+                ),
             ),
         )
 

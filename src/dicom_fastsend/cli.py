@@ -285,6 +285,14 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     help="if-needed: decompress compressed files for a destination that takes their "
     "class only uncompressed (needs dicom-fastsend[codecs]); never: they fail, named.",
 )
+@click.option(
+    "--max-ops",
+    type=click.IntRange(1, 65535),
+    default=1,
+    show_default=True,
+    help="C-STOREs in flight per association when the destination agrees "
+    "(Asynchronous Operations Window, PS3.7 D.3.3.3); otherwise one at a time.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -299,6 +307,7 @@ def send(
     retries: int,
     retry_delay: float,
     transcode: str,
+    max_ops: int,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -322,6 +331,7 @@ def send(
         retries=retries,
         retry_delay=retry_delay,
         transcode=transcode == "if-needed",
+        max_ops=max_ops,
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)

@@ -74,12 +74,15 @@ class SendConfig:
     retries: int = 3  # per file, after transient failures
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
     transcode: bool = False  # decompress when the peer takes a class only uncompressed
+    max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError("--processes must be at least 1")
         if self.max_rate_mb_s < 0:
             raise ValueError("--max-rate must not be negative")
+        if not 1 <= self.max_ops <= 0xFFFF:
+            raise ValueError("--max-ops must be 1 to 65535")
         if self.retries < 0 or self.retry_delay < 0:
             raise ValueError("--retries and --retry-delay must not be negative")
 

@@ -223,6 +223,7 @@ class Coordinator:
             retries=self.config.retries,
             retry_delay=self.config.retry_delay,
             transcode=self.config.transcode,
+            max_ops=self.config.max_ops,
             journal_path=self.config.journal,
             destination=destination_key(self.config.peer),
             session_id=self.summary.session_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from . import __version__
@@ -89,6 +89,19 @@ class Response:
     offending_element: tuple[int, ...] = ()
 
 
+def negotiated_window(proposed: int, answer: tuple[int, int] | None) -> int:
+    """C-STOREs we may keep outstanding after Asynchronous Operations Window negotiation.
+
+    PS3.7 D.3.3.3: the acceptor answers from its side, so its Maximum Number
+    Operations Performed bounds what we invoke; 0 means unlimited (we keep our
+    own bound); no answer means the default, one at a time.
+    """
+    if proposed <= 1 or answer is None:
+        return 1
+    performed = answer[1]
+    return proposed if performed == 0 else max(1, min(proposed, performed))
+
+
 def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
     """The User Identity sub-item for our credentials (PS3.7 D.3.3.7.1).
 
@@ -110,9 +123,13 @@ def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
 class StoreClient:
     """A requestor-side association to one peer."""
 
-    def __init__(self, peer: PeerConfig, transcode: bool = False) -> None:
+    def __init__(self, peer: PeerConfig, transcode: bool = False, max_ops: int = 1) -> None:
         self.peer = peer
         self.transcode = transcode  # compressed files may fall back to Explicit VR LE
+        self.max_ops = max_ops  # the Asynchronous Operations Window we propose
+        self.window = 1  # C-STOREs we may have outstanding, as negotiated
+        self._assembler = MessageAssembler()
+        self._responses: dict[int, Response] = {}  # by Message ID Being Responded To
         self.contexts: AcceptedContexts | None = None
         self.peer_maximum_length = 0
         self._association: Association | None = None
@@ -141,6 +158,9 @@ class StoreClient:
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
                 user_identity=_user_identity(self.peer.user),
+                # PS3.7 D.3.3.3: operations we may invoke, and perform (1: we
+                # perform nothing asynchronously). Absent: one at a time.
+                asynchronous_operations_window=(self.max_ops, 1) if self.max_ops > 1 else None,
             ),
         )
         association.request(request)
@@ -155,6 +175,11 @@ class StoreClient:
             for event in self._read_events(deadline, self.peer.acse_timeout, "A-ASSOCIATE-AC"):
                 if isinstance(event, AssociationAccepted):
                     self.peer_maximum_length = event.accept.user_information.maximum_length
+                    self.window = negotiated_window(
+                        self.max_ops, event.accept.user_information.asynchronous_operations_window
+                    )
+                    self._assembler = MessageAssembler()
+                    self._responses.clear()
                     self.contexts = AcceptedContexts(
                         contexts, event.accept.presentation_contexts, self.transcode
                     )
@@ -270,16 +295,25 @@ class StoreClient:
         finally:
             buffers.clear()  # drop views into the mapped file before it is unmapped
 
-    def _await_response(self, message_id: int, expected: CommandField, what: str) -> Response:
-        assembler = MessageAssembler()
+    def _await_response(
+        self, outstanding: Collection[int], expected: CommandField, what: str
+    ) -> tuple[int, Response]:
+        """The next response to any of the ``outstanding`` Message IDs.
+
+        Responses are kept by Message ID: one read can complete several when
+        operations are pipelined, and none may be lost (PS3.7 D.3.3.3).
+        """
         # One deadline for the whole response: a peer that trickles bytes
         # must not restart the timeout with every read.
         deadline = time.monotonic() + self.peer.dimse_timeout
         while True:
+            for message_id in self._responses:
+                if message_id in outstanding:
+                    return message_id, self._responses.pop(message_id)
             for event in self._read_events(deadline, self.peer.dimse_timeout, what):
                 if isinstance(event, DataReceived):
                     try:
-                        messages = assembler.feed(event.pdata.pdvs)
+                        messages = self._assembler.feed(event.pdata.pdvs)
                     except DIMSEError as exc:
                         self.abort()
                         raise AssociationAbortedError(
@@ -288,14 +322,19 @@ class StoreClient:
                     for message in messages:
                         command = message.command
                         responded_to = command.get_int(TAG_MESSAGE_ID_BEING_RESPONDED_TO)
-                        if command.command_field != expected or responded_to != message_id:
+                        if (
+                            command.command_field != expected
+                            or responded_to is None
+                            or responded_to not in outstanding
+                        ):
                             self.abort()
                             raise AssociationAbortedError(
-                                f"{self.name} answered message {message_id} with command "
-                                f"0x{command.command_field or 0:04x} for message {responded_to}"
+                                f"{self.name} answered with command "
+                                f"0x{command.command_field or 0:04x} for message {responded_to}, "
+                                f"which is not one of ours outstanding ({sorted(outstanding)})"
                             )
                         offending = command.elements.get(TAG_OFFENDING_ELEMENT, ())
-                        return Response(
+                        self._responses[responded_to] = Response(
                             status=command.get_int(TAG_STATUS, 0xFFFF) or 0,
                             error_comment=command.get_str(TAG_ERROR_COMMENT),
                             offending_element=offending if isinstance(offending, tuple) else (),
@@ -321,10 +360,22 @@ class StoreClient:
         selection = self.contexts.select(VERIFICATION_SOP_CLASS, "1.2.840.10008.1.2")
         message_id = self._next_message_id()
         self._send_message(selection.presentation_context_id, c_echo_rq(message_id), None)
-        return self._await_response(message_id, CommandField.C_ECHO_RSP, "C-ECHO-RSP")
+        return self._await_response({message_id}, CommandField.C_ECHO_RSP, "C-ECHO-RSP")[1]
 
     def store(self, info: FileInfo, selection: Selection) -> Response:
-        """C-STORE one file (PS3.7 9.1.1), its data set streamed from the mapped file."""
+        """C-STORE one file and wait for its response."""
+        message_id = self.begin_store(info, selection)
+        return self.finish_store({message_id})[1]
+
+    def finish_store(self, outstanding: Collection[int]) -> tuple[int, Response]:
+        """The next C-STORE-RSP for one of the ``outstanding`` Message IDs."""
+        return self._await_response(outstanding, CommandField.C_STORE_RSP, "C-STORE-RSP")
+
+    def begin_store(self, info: FileInfo, selection: Selection) -> int:
+        """Send one C-STORE-RQ (PS3.7 9.1.1), the data set streamed from the mapped file.
+
+        Returns its Message ID; the response is collected with finish_store.
+        """
         message_id = self._next_message_id()
         command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
         with open(info.path, "rb") as handle:
@@ -349,7 +400,7 @@ class StoreClient:
                 mapped.close()
             except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
                 pass
-        return self._await_response(message_id, CommandField.C_STORE_RSP, "C-STORE-RSP")
+        return message_id
 
 
 def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> bytes | memoryview:

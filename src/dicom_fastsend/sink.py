@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ from .ul.pdu import (
 # PS3.8 9.1.5: how long an acceptor waits for the A-ASSOCIATE-RQ (ARTIM).
 ARTIM_TIMEOUT = 30.0
 STATUS_PROCESSING_FAILURE = 0x0110
+# Asynchronous Operations Window (PS3.7 D.3.3.3): how many C-STOREs a sender
+# may have outstanding with us. We answer them in order as they arrive.
+MAX_OPERATIONS_PERFORMED = 64
 
 
 @dataclass(slots=True)
@@ -54,6 +58,9 @@ class SinkStats:
     instances: int = 0
     bytes: int = 0
     received_uids: list[str] = field(default_factory=list)
+    # Most C-STORE-RQs completed by one read: above 1 only when the sender
+    # pipelines them (--max-ops).
+    max_pipelined: int = 0
 
 
 def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
@@ -96,8 +103,10 @@ class Sink:
         output_dir: Path | None = None,
         maximum_length: int = 131072,
         transfer_syntaxes: Iterable[str] | None = None,
+        response_delay: float = 0.0,
     ) -> None:
         self.ae_title = ae_title
+        self.response_delay = response_delay  # seconds before each C-STORE-RSP (slow storage)
         self.output_dir = output_dir
         self.maximum_length = maximum_length
         self.transfer_syntaxes = set(transfer_syntaxes) if transfer_syntaxes else None
@@ -159,6 +168,12 @@ class Sink:
                         context.transfer_syntaxes[0] if context.transfer_syntaxes else "",
                     )
                 )
+        window = None
+        proposed = request.user_information.asynchronous_operations_window
+        if proposed is not None:
+            # Answered from our side: we invoke nothing, we perform up to N.
+            invoked = proposed[0] or MAX_OPERATIONS_PERFORMED
+            window = (1, min(invoked, MAX_OPERATIONS_PERFORMED))
         return AAssociateAC(
             called_ae_title=request.called_ae_title,
             calling_ae_title=request.calling_ae_title,
@@ -167,6 +182,7 @@ class Sink:
                 maximum_length=self.maximum_length,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                asynchronous_operations_window=window,
             ),
         )
 
@@ -181,6 +197,7 @@ class Sink:
                 timeout = None if association.established else ARTIM_TIMEOUT
                 data = transport.receive(timeout)
                 events = association.receive_data(data) if data else association.connection_closed()
+                completed = 0  # requests completed by this one read
                 for event in events:
                     if isinstance(event, AssociationRequested):
                         answer = self._answer(event.request)
@@ -195,7 +212,9 @@ class Sink:
                             self.stats.associations += 1
                     elif isinstance(event, DataReceived):
                         before = assembler.dataset_bytes
-                        for message in assembler.feed(event.pdata.pdvs):
+                        messages = assembler.feed(event.pdata.pdvs)
+                        completed += len(messages)
+                        for message in messages:
                             self._handle(message, accepted, association, transport, peer_maximum)
                         with self._lock:
                             self.stats.bytes += assembler.dataset_bytes - before
@@ -203,6 +222,8 @@ class Sink:
                         association.release_response()
                     elif isinstance(event, Aborted):
                         break
+                with self._lock:
+                    self.stats.max_pipelined = max(self.stats.max_pipelined, completed)
                 pending = association.data_to_send()
                 if pending:
                     transport.send(pending)
@@ -234,6 +255,8 @@ class Sink:
             with self._lock:
                 self.stats.instances += 1
                 self.stats.received_uids.append(command.get_str(TAG_AFFECTED_SOP_INSTANCE_UID))
+            if self.response_delay:
+                time.sleep(self.response_delay)
             response = c_store_rsp(command, status)
         else:
             raise DIMSEError(f"unsupported command 0x{command.command_field or 0:04x}")

@@ -61,6 +61,7 @@ class WorkerConfig:
     retries: int = 3
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
     transcode: bool = False
+    max_ops: int = 1  # Asynchronous Operations Window to propose (PS3.7 D.3.3.3)
     journal_path: Path | None = None
     destination: str = ""
     session_id: str = ""
@@ -154,7 +155,10 @@ class Worker:
         self.config = config
         self.conn = conn
         self.limiter = limiter
-        self.client = StoreClient(config.peer, config.transcode)
+        self.client = StoreClient(config.peer, config.transcode, config.max_ops)
+        # --max-ops: C-STOREs sent and not yet answered, by Message ID.
+        self.outstanding: dict[int, tuple[FileInfo, float]] = {}
+        self._retry_later: list[FileInfo] = []
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
         self.in_flight: FileInfo | None = None
@@ -202,11 +206,14 @@ class Worker:
                 _block_abort_signal()
                 self.client.abort()
                 self._association("aborted", f"{self.client.name}: aborted (second Ctrl-C)")
+                in_flight = [info for info, _ in self.outstanding.values()]
                 if self.in_flight is not None:
+                    in_flight.append(self.in_flight)
+                for info in in_flight:
                     self._report(
-                        self.in_flight,
+                        info,
                         _unsent(
-                            self.in_flight,
+                            info,
                             "association aborted (second Ctrl-C) while this file was in flight;"
                             " the destination may or may not have stored it",
                             1,
@@ -243,17 +250,110 @@ class Worker:
         unavailable: dict[int, str] = {}
         for position, info in enumerate(files):
             if self.stopping:
+                self._drain(unavailable)
                 for rest in files[position:]:
                     self._report(rest, _unsent(rest, INTERRUPTED_REASON, 0))
                 return
             index = association_for(plans, info.sop_class_uid)
+            if self.outstanding and self.plan_index != index:
+                self._drain(unavailable)  # its responses come on the open association
             if index in unavailable:
-                result = _unsent(info, NO_ASSOCIATION_PREFIX + unavailable[index], 0)
+                self._report(info, _unsent(info, NO_ASSOCIATION_PREFIX + unavailable[index], 0))
+            elif self.client.window > 1 and self.client.is_open and self.plan_index == index:
+                self._pipeline(info, index, unavailable)
             else:
                 self.in_flight = info
                 result = self.send_file(info, index, unavailable)
                 self.in_flight = None
-            self._report(info, result)
+                self._report(info, result)
+        self._drain(unavailable)
+
+    # ------------------------------------------------------------ --max-ops pipeline
+
+    def _pipeline(self, info: FileInfo, index: int, unavailable: dict[int, str]) -> None:
+        """Send without waiting, keeping at most the negotiated window outstanding.
+
+        Responses are matched by Message ID (PS3.7 D.3.3.3). Anything that goes
+        wrong with the association hands the outstanding files to send_file,
+        one at a time with its retries, so pipelining adds no way to lose one.
+        """
+        while len(self.outstanding) >= self.client.window:
+            self._collect_one(index, unavailable)
+            if not self.client.is_open:
+                break
+        assert self.client.contexts is not None
+        if not self.client.is_open:
+            self._report(info, self.send_file(info, index, unavailable))
+            return
+        try:
+            selection = self.client.contexts.select(info.sop_class_uid, info.transfer_syntax_uid)
+        except NoAcceptableContext as exc:
+            self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
+            return
+        self.limiter.acquire(info.size)
+        started = time.perf_counter()
+        try:
+            message_id = self.client.begin_store(info, selection)
+        except AssociationAbortedError as exc:
+            self._lost_association(exc, [info], index, unavailable)
+            return
+        except FileChangedError as exc:
+            self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
+            return
+        except OSError as exc:
+            reason = f"cannot read file: {exc.strerror or exc}"
+            self._report(info, FileResult.of(info, Outcome.FAILED, reason, attempts=1))
+            return
+        except FastsendError as exc:
+            self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
+            return
+        self.outstanding[message_id] = (info, started)
+
+    def _collect_one(self, index: int, unavailable: dict[int, str]) -> None:
+        try:
+            message_id, response = self.client.finish_store(self.outstanding.keys())
+        except AssociationAbortedError as exc:
+            self._lost_association(exc, [], index, unavailable)
+            return
+        info, started = self.outstanding.pop(message_id)
+        result = result_from_response(info, response, time.perf_counter() - started)
+        result.attempts = 1
+        if result.outcome is Outcome.FAILED and is_retryable_status(response.status):
+            self._retry_later.append(info)
+            return
+        self._report(info, result)
+
+    def _lost_association(
+        self,
+        exc: AssociationAbortedError,
+        also: list[FileInfo],
+        index: int,
+        unavailable: dict[int, str],
+    ) -> None:
+        """The association died with files outstanding: send each again, with retries."""
+        self._association("aborted", str(exc))
+        self.plan_index = None
+        lost = [info for info, _ in self.outstanding.values()] + also
+        self.outstanding.clear()
+        for info in lost:
+            self.in_flight = info
+            self._report(info, self.send_file(info, index, unavailable))
+            self.in_flight = None
+
+    def _drain(self, unavailable: dict[int, str]) -> None:
+        """Collect every outstanding response, then resend what asked for a retry."""
+        index = self.plan_index if self.plan_index is not None else 0
+        while self.outstanding:
+            self._collect_one(index, unavailable)
+        retry, self._retry_later = self._retry_later, []
+        for info in retry:
+            # A7xx (out of resources) on the pipeline: try again the careful way.
+            self._report(
+                info,
+                self.send_file(
+                    info, association_for(self.config.plans, info.sop_class_uid), unavailable
+                ),
+            )
 
     def send_file(self, info: FileInfo, index: int, unavailable: dict[int, str]) -> FileResult:
         """One file, retried with backoff after transient failures (``--retries``)."""
@@ -315,7 +415,8 @@ class Worker:
             return message, True
         self.plan_index = index
         self.stats.associations_opened += 1
-        self._association("opened", self.client.name)
+        window = f" (window {self.client.window})" if self.client.window > 1 else ""
+        self._association("opened", self.client.name + window)
         return None
 
     def store(self, info: FileInfo) -> tuple[FileResult, bool]:

@@ -39,6 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # reuse the tests' peer launchers
 
+import delayproxy  # noqa: E402
+
 from dicom_fastsend.synth import write_archive  # noqa: E402
 from peers import find_dcmtk, free_port, start_storescp  # noqa: E402
 
@@ -162,7 +164,7 @@ def pynetdicom_storescu(port: int, aet: str, directory: Path) -> Callable[[], tu
 
 
 def fastsend(
-    port: int, aet: str, directory: Path, processes: int, log_dir: Path
+    port: int, aet: str, directory: Path, processes: int, log_dir: Path, *options: str
 ) -> Callable[[], tuple[float, int]]:
     count = sum(1 for _ in directory.rglob("*.dcm"))
 
@@ -171,7 +173,7 @@ def fastsend(
         # skip what an earlier run stored, and time nothing).
         command = [sys.executable, "-m", "dicom_fastsend", "send", "-i", str(directory), "-r",
                    "-a", aet, "-H", "127.0.0.1", "-p", str(port), "-P", str(processes),
-                   "--no-progress", "--no-resume", "--log-dir", str(log_dir)]  # fmt: skip
+                   "--no-progress", "--no-resume", "--log-dir", str(log_dir), *options]  # fmt: skip
         seconds, rss, output = run_timed(command)
         if f"{count} files: {count} stored" not in output:
             raise RuntimeError(f"fastsend did not store all {count} files: {output[-2000:]}")
@@ -324,8 +326,10 @@ def headline(results: list[Measurement]) -> list[str]:
                 return m.files_per_second if m.seconds else None
         return None
 
+    latency = "fastsend sink via 20 ms RTT proxy"
+    lat_files = next((m.files for m in results if m.receiver.startswith(latency)), 0)
     full = max((m.files for m in results), default=0)
-    small = min((m.files for m in results), default=0)
+    small = min((m.files for m in results if not m.receiver.startswith(latency)), default=0)
     fast, stock, sink = (
         "storescp --ignore TCP_NODELAY=1",
         "storescp --ignore (Nagle on)",
@@ -361,6 +365,21 @@ def headline(results: list[Measurement]) -> list[str]:
             "fastsend -P 1 / pynetdicom storescu",
             rate(fast, "fastsend -P 1", small),
             rate(fast, "pynetdicom storescu", small),
+        ),
+        (
+            "20 ms RTT: fastsend -P 8 / fastsend -P 1",
+            rate(latency, "fastsend -P 8", lat_files),
+            rate(latency, "fastsend -P 1", lat_files),
+        ),
+        (
+            "20 ms RTT: fastsend --max-ops 8 / --max-ops 1",
+            rate(latency, "fastsend -P 1 --max-ops 8", lat_files),
+            rate(latency, "fastsend -P 1", lat_files),
+        ),
+        (
+            "20 ms RTT: fastsend -P 1 --max-ops 8 / storescu",
+            rate(latency, "fastsend -P 1 --max-ops 8", lat_files),
+            rate(latency, "DCMTK storescu", lat_files),
         ),
         (
             "storescu to fastsend sink / storescu to storescp",
@@ -404,6 +423,9 @@ def main() -> None:
     ct_files = sorted(ct_dir.rglob("*.dcm"))
     # Senders that take 40 ms per file, or pynetdicom, get a subset so that a
     # run ends in minutes; their ratios compare the same subset.
+    small_dir = args.data / f"ct64_{count // 2}"
+    if not small_dir.exists():
+        write_archive(small_dir, studies=count // 200, instances_per_study=100, rows=64, columns=64)
     subset_count = min(count, 500)
     subset_dir = args.data / f"ct{subset_count}"
     if not subset_dir.exists():
@@ -459,6 +481,21 @@ def main() -> None:
             for processes in (1, 2):
                 row(sink, full, f"fastsend -P {processes}", ct_files,
                     fastsend(sink.port, sink.aet, ct_dir, processes, logs))  # fmt: skip
+            # Latency: the same sink behind a proxy adding 10 ms each way
+            # (20 ms RTT), with small files so the round trips dominate.
+            proxy_port = free_port()
+            delayproxy.start_in_thread(proxy_port, ("127.0.0.1", sink.port), 0.010)
+            behind = Receiver(
+                "fastsend sink via 20 ms RTT proxy", proxy_port, sink.aet, lambda: None
+            )
+            small_files = sorted(small_dir.rglob("*.dcm"))
+            label = f"{len(small_files)} files of 64x64"
+            row(behind, label, "DCMTK storescu", small_files,
+                storescu(proxy_port, sink.aet, small_dir, tcp_nodelay=True))  # fmt: skip
+            for processes, options in ((1, ()), (1, ("--max-ops", "8")), (8, ())):
+                name = f"fastsend -P {processes}" + (" --max-ops 8" if options else "")
+                send = fastsend(proxy_port, sink.aet, small_dir, processes, logs, *options)
+                row(behind, label, name, small_files, send)
         finally:
             sink.stop()
 

@@ -86,3 +86,15 @@ def test_more_than_128_contexts_go_through_several_associations(
     assert summary.count(fs.Outcome.STORED) == 130
     assert set(sink.stats.received_uids) == uids
     assert summary.associations_opened == sink.stats.associations == 3
+
+
+def test_ctrl_c_while_indexing_sends_nothing_and_says_so(archive: SynthArchive) -> None:
+    from dicom_fastsend.coordinator import Coordinator
+
+    peer = fs.PeerConfig(host=LOOPBACK, port=free_port(), called_ae_title="NOBODY")
+    coordinator = Coordinator(fs.SendConfig(peer=peer, inputs=(archive.root,), log_dir=None))
+    coordinator.interrupts = 1  # as if Ctrl-C came before the first file was read
+    summary = coordinator.run()
+    assert summary.interrupted and summary.exit_code == 130
+    assert summary.associations_opened == 0 and summary.results == []
+    assert "interrupted (Ctrl-C) while indexing" in summary.events[0]

@@ -218,3 +218,33 @@ def test_max_rate_limits_all_workers_together(
     # A lower bound only: the limiter must not let 2 workers double the rate.
     assert elapsed >= 0.8 * total / (rate * 1e6), f"{total} bytes in {elapsed:.2f} s"
     assert load_summary(tmp_path / "logs")["configuration"]["max_rate_mb_s"] == rate
+
+
+def test_rate_budget_survives_a_holder_killed_mid_update(tmp_path: Path) -> None:
+    """A worker SIGKILLed while it holds the --max-rate lock must not stall the others."""
+    import fcntl
+    import multiprocessing
+
+    from dicom_fastsend.worker import RateLimiter
+
+    lock_path = tmp_path / "rate.lock"
+    lock_path.touch()
+    shared = multiprocessing.get_context("fork").RawValue("d", 0.0)
+    ready = multiprocessing.get_context("fork").Event()
+
+    def hold_forever() -> None:
+        fd = os.open(lock_path, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ready.set()
+        time.sleep(60)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold_forever)
+    holder.start()
+    assert ready.wait(10)
+    os.kill(holder.pid or 0, signal.SIGKILL)
+    holder.join(10)
+    limiter = RateLimiter(shared, str(lock_path), bytes_per_second=1e9)
+    started = time.monotonic()
+    limiter.acquire(1000)  # would block forever on a lock the dead holder kept
+    assert time.monotonic() - started < 5
+    assert shared.value > 0

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import selectors
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,10 +40,17 @@ from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
 Reporter = Callable[[FileResult], None]
 
 
-def index_inputs(config: SendConfig, report: Reporter) -> list[FileInfo]:
-    """Headers of the sendable files; a result goes to ``report`` for each input that is not."""
+def index_inputs(
+    config: SendConfig, report: Reporter, should_stop: Callable[[], bool] = lambda: False
+) -> list[FileInfo]:
+    """Headers of the sendable files; a result goes to ``report`` for each input that is not.
+
+    ``should_stop`` is asked between files, so Ctrl-C works during a long walk.
+    """
     infos: list[FileInfo] = []
     for item in discover(config.inputs, config.recursive):
+        if should_stop():
+            break
         if isinstance(item, MissingInput):
             result = FileResult(item.path, Outcome.FAILED, item.reason)
         else:
@@ -100,7 +107,8 @@ class Coordinator:
         self._restarts = 0
         self._stopping = False
         self._aborting = False
-        self._shared_rate: Synchronized[float] | None = None
+        self._shared_rate: Any = None  # RawValue("d"): the --max-rate budget
+        self._rate_lock: str | None = None
         self._dispatcher = Dispatcher()
         self._plans: tuple[Any, ...] = ()
 
@@ -111,7 +119,17 @@ class Coordinator:
         summary.started = time.time()
         previous = _set_sigint(self._on_sigint)
         try:
-            infos = index_inputs(self.config, self._record)
+            infos = index_inputs(self.config, self._record, lambda: self.interrupts > 0)
+            if self.interrupts:
+                summary.interrupted = True
+                self._event(
+                    "warning",
+                    f"interrupted (Ctrl-C) while indexing, after {len(infos)} readable files; "
+                    "nothing was sent",
+                )
+                for info in infos:
+                    self._record(_interrupted(info))
+                return summary
             infos = self._skip_duplicates(infos)
             if self.config.journal is not None:
                 infos = self._resume(infos, self.config.journal)
@@ -145,15 +163,16 @@ class Coordinator:
 
     def _resume(self, infos: list[FileInfo], path: Path) -> list[FileInfo]:
         """Skip what the journal says this destination already holds, unless changed."""
+        if not self.config.resume:
+            self.hooks.log("info", f"journal {path}: not consulted (--no-resume), still written")
+            return infos
         journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
         try:
-            stored = journal.stored() if self.config.resume else {}
+            stored = journal.stored()
         finally:
             journal.close()
         self.hooks.log(
-            "info",
-            f"journal {path}: {len(stored)} instance(s) already stored at this destination"
-            + ("" if self.config.resume else " (ignored: --no-resume)"),
+            "info", f"journal {path}: {len(stored)} instance(s) already stored at this destination"
         )
         pending: list[FileInfo] = []
         for info in infos:
@@ -220,6 +239,7 @@ class Coordinator:
             peer=self.config.peer,
             plans=self._plans,
             max_rate=self.config.max_rate_mb_s * 1e6,
+            rate_lock_path=self._rate_lock,
             retries=self.config.retries,
             retry_delay=self.config.retry_delay,
             transcode=self.config.transcode,
@@ -234,8 +254,9 @@ class Coordinator:
             name=f"fastsend-worker-{worker}",
             daemon=True,
         )
-        # Workers must not see the terminal's Ctrl-C: an ignored SIGINT
-        # survives exec and Python keeps it ignored; the coordinator decides.
+        # Workers must not see the terminal's Ctrl-C; the coordinator decides.
+        # An ignored SIGINT is inherited by a forked worker, and a spawned one
+        # keeps it across exec (Python leaves an ignored SIGINT ignored).
         previous = _set_sigint(signal.SIG_IGN)
         try:
             process.start()
@@ -259,7 +280,11 @@ class Coordinator:
         batches = make_batches(group_by_study(infos), config.processes)
         self._dispatcher = Dispatcher.of(batches)
         if config.max_rate_mb_s > 0:
-            self._shared_rate = self._context.Value("d", 0.0)
+            # Guarded by flock on this file rather than a multiprocessing lock,
+            # which a SIGKILLed worker could leave held (see RateLimiter).
+            self._shared_rate = self._context.RawValue("d", 0.0)
+            lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
+            os.close(lock_fd)
         self.hooks.started(len(infos), sum(i.size for i in infos))
         self.hooks.log(
             "info",
@@ -296,6 +321,8 @@ class Coordinator:
                     f"not sent: no worker process left ({self._restarts} restarted after dying)",
                 )
             )
+        if self._rate_lock is not None:
+            os.unlink(self._rate_lock)
         for handle in self._workers.values():
             handle.process.join(timeout=5)
             self.summary.workers.append(

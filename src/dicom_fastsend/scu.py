@@ -48,6 +48,7 @@ from .ul.association import (
     ReleaseConfirmed,
     ReleaseRequested,
     Role,
+    State,
 )
 from .ul.pdu import (
     AAssociateRJ,
@@ -206,7 +207,7 @@ class StoreClient:
             association.release()
             self._flush()
             deadline = time.monotonic() + self.peer.acse_timeout
-            while association.state.value != "Sta1":
+            while association.state is not State.STA1:
                 for event in self._read_events(deadline, self.peer.acse_timeout, "A-RELEASE-RP"):
                     if isinstance(event, ReleaseRequested):
                         # Release collision (PS3.8 9.2.2): answer, then await the RP.
@@ -273,7 +274,7 @@ class StoreClient:
             self._flush()
         except TransportError:
             pass  # an A-ABORT we could not deliver; the connection is going anyway
-        if association.transport_should_close or association.state.value == "Sta1":
+        if association.transport_should_close or association.state is State.STA1:
             transport.close()
         return events
 

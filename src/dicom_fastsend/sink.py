@@ -35,6 +35,7 @@ from .ul.association import (
     DataReceived,
     ReleaseRequested,
     Role,
+    State,
 )
 from .ul.pdu import (
     AAssociateAC,
@@ -193,7 +194,7 @@ class Sink:
         accepted: dict[int, str] = {}
         peer_maximum = 0
         try:
-            while association.state.value != "Sta1":
+            while association.state is not State.STA1:
                 timeout = None if association.established else ARTIM_TIMEOUT
                 data = transport.receive(timeout)
                 events = association.receive_data(data) if data else association.connection_closed()
@@ -227,7 +228,7 @@ class Sink:
                 pending = association.data_to_send()
                 if pending:
                     transport.send(pending)
-                if association.transport_should_close or association.state.value == "Sta13":
+                if association.transport_should_close or association.state is State.STA13:
                     break
         except (TransportError, DIMSEError):
             association.abort()

@@ -4,7 +4,7 @@ It talks to the coordinator over its own pipe (``multiprocessing.Pipe``):
 ``("ready", worker)`` asks for a batch; the coordinator answers
 ``("batch", Batch)`` or ``("stop",)``. Each file's FileResult goes back as
 soon as it is known, with a blocking send, so a worker killed at any moment
-has reported everything but the file in flight.
+has reported everything but the file in flight (the files, with --max-ops).
 
 Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
 SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
@@ -13,15 +13,16 @@ association at once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .config import PeerConfig
 from .contexts import NoAcceptableContext, association_for
@@ -35,7 +36,6 @@ from .scu import (
     AssociationAbortedError,
     AssociationError,
     AssociationRejectedError,
-    FileChangedError,
     Response,
     StoreClient,
 )
@@ -58,6 +58,7 @@ class WorkerConfig:
     peer: PeerConfig
     plans: tuple[tuple[PresentationContextRQ, ...], ...]
     max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
+    rate_lock_path: str | None = None  # the flock file that guards the shared budget
     retries: int = 3
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
     transcode: bool = False
@@ -72,20 +73,27 @@ class RateLimiter:
 
     A shared "next free moment" on the system-wide monotonic clock: each file
     reserves ``size / rate`` seconds after it, so the workers together never
-    average more than the rate, whatever their number.
+    average more than the rate, whatever their number. The update is guarded
+    by flock(2) on a lock file, not a multiprocessing lock: the kernel drops a
+    flock when its holder dies, so a worker killed mid-update cannot leave the
+    others waiting forever.
     """
 
-    def __init__(self, shared: Synchronized[float] | None, bytes_per_second: float) -> None:
-        self._shared = shared
+    def __init__(self, shared: Any, lock_path: str | None, bytes_per_second: float) -> None:
+        self._shared = shared  # a multiprocessing RawValue("d")
         self._rate = bytes_per_second
+        self._lock = os.open(lock_path, os.O_RDWR) if lock_path and shared is not None else None
 
     def acquire(self, size: int) -> None:
-        if self._shared is None or self._rate <= 0:
+        if self._lock is None or self._rate <= 0:
             return
-        with self._shared.get_lock():
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
             now = time.monotonic()
             start = max(now, self._shared.value)
             self._shared.value = start + size / self._rate
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
         if start > now:
             time.sleep(start - now)
 
@@ -113,6 +121,9 @@ def describe_association_error(exc: Exception, peer: PeerConfig) -> str:
 
 def result_from_response(info: FileInfo, response: Response, seconds: float) -> FileResult:
     category = status_category(response.status)
+    timing = {"status": response.status, "seconds": seconds}
+    if category is StatusCategory.SUCCESS:  # the common case: no text to build
+        return FileResult.of(info, Outcome.STORED, "", bytes_sent=info.size, **timing)
     detail = status_text(response.status)
     if response.error_comment:
         detail += f" ({response.error_comment})"
@@ -120,22 +131,10 @@ def result_from_response(info: FileInfo, response: Response, seconds: float) -> 
         detail += " offending element " + ", ".join(
             f"({t >> 16:04x},{t & 0xFFFF:04x})" for t in response.offending_element
         )
-    if category is StatusCategory.SUCCESS:
-        outcome, reason = Outcome.STORED, ""
-    elif category is StatusCategory.WARNING:
-        outcome, reason = Outcome.WARNING, f"stored with warning {detail}"
-    else:
-        outcome, reason = Outcome.FAILED, detail
-    return FileResult(
-        info.path,
-        outcome,
-        reason,
-        status=response.status,
-        sop_instance_uid=info.sop_instance_uid,
-        sop_class_uid=info.sop_class_uid,
-        bytes_sent=0 if outcome is Outcome.FAILED else info.size,
-        seconds=seconds,
-    )
+    if category is StatusCategory.WARNING:
+        reason = f"stored with warning {detail}"
+        return FileResult.of(info, Outcome.WARNING, reason, bytes_sent=info.size, **timing)
+    return FileResult.of(info, Outcome.FAILED, detail, **timing)
 
 
 def is_retryable_status(status: int) -> bool:
@@ -291,21 +290,17 @@ class Worker:
             self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
             return
         self.limiter.acquire(info.size)
+        if self.stopping:  # Ctrl-C during the --max-rate wait: not sent, not in flight
+            self._report(info, _unsent(info, INTERRUPTED_REASON, 0))
+            return
         started = time.perf_counter()
         try:
             message_id = self.client.begin_store(info, selection)
         except AssociationAbortedError as exc:
             self._lost_association(exc, [info], index, unavailable)
             return
-        except FileChangedError as exc:
-            self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
-            return
-        except OSError as exc:
-            reason = f"cannot read file: {exc.strerror or exc}"
-            self._report(info, FileResult.of(info, Outcome.FAILED, reason, attempts=1))
-            return
-        except FastsendError as exc:
-            self._report(info, FileResult.of(info, Outcome.FAILED, str(exc), attempts=1))
+        except (OSError, FastsendError) as exc:
+            self._report(info, FileResult.of(info, Outcome.FAILED, _file_error(exc), attempts=1))
             return
         self.outstanding[message_id] = (info, started)
 
@@ -442,14 +437,17 @@ class Worker:
             self._association("aborted", str(exc))
             self.plan_index = None
             return failed(f"association lost while sending: {exc}"), True
-        except FileChangedError as exc:
-            return failed(str(exc)), False
-        except OSError as exc:
-            return failed(f"cannot read file: {exc.strerror or exc}"), False
-        except FastsendError as exc:
-            return failed(str(exc)), False
+        except (OSError, FastsendError) as exc:
+            return failed(_file_error(exc)), False
         result = result_from_response(info, response, time.perf_counter() - started)
         return result, result.outcome is Outcome.FAILED and is_retryable_status(response.status)
+
+
+def _file_error(exc: OSError | FastsendError) -> str:
+    """Why one file could not be sent (unreadable, changed, not convertible ...)."""
+    if isinstance(exc, OSError):
+        return f"cannot read file: {exc.strerror or exc}"
+    return str(exc)
 
 
 def _block_abort_signal() -> None:
@@ -465,7 +463,7 @@ def _unsent(info: FileInfo, reason: str, attempt: int) -> FileResult:
 def worker_main(
     config: WorkerConfig,
     conn: Connection,
-    shared_rate: Synchronized[float] | None,
+    shared_rate: Any,
 ) -> None:
     """Entry point of a worker process."""
     worker: Worker | None = None
@@ -480,7 +478,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, graceful)
     signal.signal(signal.SIGUSR2, abort)
-    worker = Worker(config, conn, RateLimiter(shared_rate, config.max_rate))
+    worker = Worker(config, conn, RateLimiter(shared_rate, config.rate_lock_path, config.max_rate))
     try:
         worker.run()
     except (EOFError, BrokenPipeError):

@@ -698,3 +698,21 @@ def test_ac_round_trip(
     decoded = decode_pdu(raw[0], body(raw))
     assert decoded == ac
     assert encode(decoded) == raw
+
+
+def test_pdu_reader_returns_whole_pdus_as_views_of_the_fed_bytes() -> None:
+    # Two whole PDUs and the first 10 bytes of a third, in one feed.
+    release = encode(AReleaseRQ())
+    pdata = encode(PDataTF((PDV(1, False, True, memoryview(b"x" * 100)),)))
+    data = pdata + release + pdata[:10]
+    reader = PDUReader(16384)
+    reader.feed(data)
+    first = reader.next_pdu()
+    assert first is not None and first[0] == 0x04
+    assert first[1].obj is data  # a view, no copy
+    assert reader.next_pdu() is not None  # the A-RELEASE-RQ
+    assert reader.next_pdu() is None and reader.buffered == 10
+    reader.feed(pdata[10:])  # the split PDU is completed from the buffer
+    third = reader.next_pdu()
+    assert third is not None and bytes(third[1]) == pdata[6:]
+    assert reader.buffered == 0

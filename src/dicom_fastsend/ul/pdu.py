@@ -608,28 +608,35 @@ class PDUReader:
     ``maximum_length`` is the Maximum Length this side announced: a P-DATA-TF
     longer than that is a protocol violation, and refusing it before buffering
     keeps a hostile peer from making us allocate without bound.
+
+    PDUs that arrive whole within one ``feed`` are returned as views into the
+    fed bytes, without a copy; only a PDU split across feeds is assembled in
+    a buffer. (A receiver of gigabytes would otherwise copy every byte three
+    times.)
     """
 
     def __init__(self, maximum_length: int) -> None:
         self.maximum_length = maximum_length
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # a PDU split across feeds, being completed
+        self._data = memoryview(b"")  # the latest feed, read from _offset on
+        self._offset = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        rest = self._data[self._offset :]
+        if self._buffer or len(rest):
+            self._buffer += rest
+            self._buffer += data
+            self._data, self._offset = memoryview(b""), 0
+        else:
+            # Views of the fed data are handed out, so it must not change later.
+            self._data = memoryview(data if isinstance(data, bytes) else bytes(data))
+            self._offset = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._data) - self._offset
 
-    def next_pdu(self) -> tuple[int, memoryview] | None:
-        """The next complete PDU's (type, variable field), or None if incomplete.
-
-        Raises PDUError for a length beyond the negotiated or hard limits, so
-        the caller can abort before the rest arrives.
-        """
-        if len(self._buffer) < PDU_HEADER_LENGTH:
-            return None
-        pdu_type, _, length = _HEADER.unpack_from(self._buffer, 0)
+    def _check(self, pdu_type: int, length: int) -> None:
         if pdu_type not in PDUType._value2member_map_:
             raise PDUError(f"unknown PDU type 0x{pdu_type:02x}")
         if pdu_type == PDUType.P_DATA_TF:
@@ -641,10 +648,33 @@ class PDUReader:
             raise PDUError(
                 f"PDU type 0x{pdu_type:02x} says {length} bytes, beyond the limit of {limit}"
             )
-        total = PDU_HEADER_LENGTH + length
-        if len(self._buffer) < total:
+
+    def next_pdu(self) -> tuple[int, memoryview] | None:
+        """The next complete PDU's (type, variable field), or None if incomplete.
+
+        Raises PDUError for a length beyond the negotiated or hard limits, so
+        the caller can abort before the rest arrives.
+        """
+        if self._buffer:
+            if len(self._buffer) < PDU_HEADER_LENGTH:
+                return None
+            pdu_type, _, length = _HEADER.unpack_from(self._buffer, 0)
+            self._check(pdu_type, length)
+            total = PDU_HEADER_LENGTH + length
+            if len(self._buffer) < total:
+                return None
+            # Copied out, so the view stays valid while the buffer moves on.
+            body = bytes(self._buffer[PDU_HEADER_LENGTH:total])
+            del self._buffer[:total]
+            return pdu_type, memoryview(body)
+        available = len(self._data) - self._offset
+        if available < PDU_HEADER_LENGTH:
             return None
-        # Copy the PDU out so the returned views stay valid while the buffer moves on.
-        body = bytes(self._buffer[PDU_HEADER_LENGTH:total])
-        del self._buffer[:total]
-        return pdu_type, memoryview(body)
+        pdu_type, _, length = _HEADER.unpack_from(self._data, self._offset)
+        self._check(pdu_type, length)
+        total = PDU_HEADER_LENGTH + length
+        if available < total:
+            return None
+        start = self._offset + PDU_HEADER_LENGTH
+        self._offset += total
+        return pdu_type, self._data[start : self._offset]

@@ -43,8 +43,9 @@ def send(
 ) -> SendSummary:
     """Send everything under the configured inputs; never raises for a bad file.
 
-    Writes the session log and JSON summary under ``config.log_dir`` (unless
-    it is None), also when interrupted.
+    Writes the session log, the JSON summary and (if anything failed) the
+    failures CSV under ``config.log_dir`` unless it is None, also when
+    interrupted; the workers write the journal (``config.journal``).
     """
     summary = SendSummary(session_id=new_session_id())
     log_path = summary_path = failures_path = None

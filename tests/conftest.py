@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dicom_fastsend.sink import Sink
 from peers import (
     Orthanc,
     PynetdicomSCP,
@@ -22,6 +23,13 @@ from peers import (
     start_storescp,
 )
 from peers import free_port as _free_port
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """fastsend's own Storage SCP (AE SINK), discarding, in this process."""
+    with Sink(ae_title="SINK") as receiver:
+        yield receiver
 
 
 @pytest.fixture

@@ -513,6 +513,12 @@ class PynetdicomSCP:
     port: int = 0
     dimse_timeout: float = 30.0
     network_timeout: float = 30.0
+    ssl_context: Any = None  # an ssl.SSLContext: DICOM TLS (PS3.15 B.9)
+    require_called_aet: bool = False  # reject associations not addressed to ae_title
+    # User Identity (PS3.7 D.3.3.7): check(primary, secondary) -> accepted;
+    # what was offered is kept in user_attempts.
+    check_user: Callable[[bytes, bytes], bool] | None = None
+    user_attempts: list[tuple[bytes, bytes]] = field(default_factory=list, init=False)
     received: list[Received] = field(default_factory=list, init=False)
     associations: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -528,6 +534,7 @@ class PynetdicomSCP:
         ae.maximum_pdu_size = self.max_pdu
         ae.dimse_timeout = self.dimse_timeout
         ae.network_timeout = self.network_timeout
+        ae.require_called_aet = self.require_called_aet
         # pynetdicom's SCP limit on accepted contexts is the requestor's to
         # respect; as acceptor it may support any number.
         for context in AllStoragePresentationContexts:
@@ -543,9 +550,21 @@ class PynetdicomSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
         ]
-        self._server = ae.start_server((LOOPBACK, self.port), block=False, evt_handlers=handlers)
+        if self.check_user is not None:
+            handlers.append((evt.EVT_USER_ID, self._on_user_id))
+        self._server = ae.start_server(
+            (LOOPBACK, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+        )
         self.port = int(self._server.server_address[1])
         return self
+
+    def _on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
+        assert self.check_user is not None
+        offered = (bytes(event.primary_field), bytes(event.secondary_field or b""))
+        with self._lock:
+            self.user_attempts.append(offered)
+        accepted = self.check_user(*offered)
+        return accepted, (b"welcome" if accepted else None)
 
     def _on_accepted(self, event: Any) -> None:
         with self._lock:
@@ -606,6 +625,13 @@ class PynetdicomSCP:
         tb: TracebackType | None,
     ) -> None:
         self.shutdown()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file, without preamble and File Meta."""
+    from dicom_fastsend.header import read_header
+
+    return path.read_bytes()[read_header(path).dataset_offset :]
 
 
 # --------------------------------------------------------------------------

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import dicom_fastsend as fs
 from dicom_fastsend.sink import Sink
 from peers import LOOPBACK, SynthArchive, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(ae_title="SINK") as receiver:
-        yield receiver
 
 
 def test_send_scan_and_echo_from_python(archive: SynthArchive, sink: Sink, tmp_path: Path) -> None:

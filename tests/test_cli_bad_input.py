@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,26 +89,11 @@ def test_connection_refused_on_send_exits_3(archive: SynthArchive) -> None:
     assert f"{len(archive.files)} failed" in run.stderr
 
 
-@pytest.fixture
-def strict_scp() -> Iterator[int]:
-    """A pynetdicom SCP that only answers to the called AE title STRICT."""
-    from pynetdicom import AE, AllStoragePresentationContexts
-
-    ae = AE(ae_title="STRICT")
-    ae.require_called_aet = True
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax)
-    server = ae.start_server((LOOPBACK, 0), block=False)
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-
-
 def test_association_rejected_is_explained_and_exits_3(
-    archive: SynthArchive, strict_scp: int
+    archive: SynthArchive, pynetdicom_scp_factory: Callable[..., PynetdicomSCP]
 ) -> None:
-    run = fastsend(*send_args(LOOPBACK, strict_scp, "WRONG_AET", str(archive.root)))
+    strict = pynetdicom_scp_factory(ae_title="STRICT", require_called_aet=True)
+    run = fastsend(*send_args(LOOPBACK, strict.port, "WRONG_AET", str(archive.root)))
     assert run.returncode == 3, run.output
     assert "rejected" in run.stderr
     # result, source and reason in the standard's words (PS3.8 9.3.4)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,6 @@ def big_archive(tmp_path: Path) -> SynthArchive:
         rows=128,
         columns=128,
     )
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(ae_title="SINK") as receiver:
-        yield receiver
 
 
 def start_fastsend(

@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 
 from dicom_fastsend.config import PeerConfig
 from dicom_fastsend.journal import Journal, default_journal_path, destination_key
@@ -24,12 +23,6 @@ from dicom_fastsend.results import FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend
 from peers import PynetdicomSCP, StoreSCP, SynthArchive, make_archive
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink(ae_title="SINK") as receiver:
-        yield receiver
 
 
 def send(archive: SynthArchive, port: int, ae: str, logs: Path, *options: str) -> dict[str, Any]:

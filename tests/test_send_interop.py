@@ -17,14 +17,8 @@ import pytest
 from dicom_fastsend.header import read_header
 from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from fastsend_cli import IMPLEMENTATIONS, fastsend, send_args
-from peers import Orthanc, PynetdicomSCP, StoreSCP, SynthArchive
+from peers import Orthanc, PynetdicomSCP, StoreSCP, SynthArchive, dataset_bytes
 from test_convert import assert_same_values
-
-
-def dataset_bytes(path: Path) -> bytes:
-    """The data set of a Part 10 file, without preamble and File Meta."""
-    info = read_header(path)
-    return path.read_bytes()[info.dataset_offset :]
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import trustme
 
 from dicom_fastsend.header import read_header
 from fastsend_cli import fastsend
-from peers import LOOPBACK, StoreSCP, SynthArchive
+from peers import LOOPBACK, PynetdicomSCP, StoreSCP, SynthArchive, dataset_bytes
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,6 @@ def send(archive: SynthArchive, host: str, port: int, ae: str, *tls: str) -> tup
     return run.returncode, run.stderr
 
 
-def dataset_bytes(path: Path) -> bytes:
-    return path.read_bytes()[read_header(path).dataset_offset :]
-
-
 def test_storescp_over_tls_receives_every_dataset_byte_for_byte(
     archive: SynthArchive, storescp_factory: Callable[..., StoreSCP], pki: PKI
 ) -> None:
@@ -117,41 +113,11 @@ def test_echo_over_tls(storescp_factory: Callable[..., StoreSCP], pki: PKI) -> N
     assert "0x0000 Success" in run.stdout
 
 
-@pytest.fixture
-def tls_pynetdicom(pki: PKI) -> Iterator[Callable[..., tuple[int, list[str]]]]:
-    """start(**context options) -> (port, received SOP Instance UIDs, filled as they come)."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
-    servers = []
-
-    def start(**options: object) -> tuple[int, list[str]]:
-        received: list[str] = []
-
-        def on_store(event: evt.Event) -> int:
-            received.append(str(event.request.AffectedSOPInstanceUID))
-            return 0x0000
-
-        ae = AE(ae_title="TLSSCP")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax)
-        server = ae.start_server(
-            (LOOPBACK, 0),
-            block=False,
-            ssl_context=pki.context(**options),
-            evt_handlers=[(evt.EVT_C_STORE, on_store)],
-        )
-        servers.append(server)
-        return int(server.server_address[1]), received
-
-    yield start
-    for server in servers:
-        server.shutdown()
-
-
 def test_client_certificate_for_a_peer_that_requires_one(
-    archive: SynthArchive, tls_pynetdicom: Callable[..., tuple[int, list[str]]], pki: PKI
+    archive: SynthArchive, pynetdicom_scp_factory: Callable[..., PynetdicomSCP], pki: PKI
 ) -> None:
-    port, received = tls_pynetdicom(require_client=True)
+    scp = pynetdicom_scp_factory(ae_title="TLSSCP", ssl_context=pki.context(require_client=True))
+    port = scp.port
     code, stderr = send(
         archive,
         LOOPBACK,
@@ -163,7 +129,7 @@ def test_client_certificate_for_a_peer_that_requires_one(
         str(pki.client_pem),
     )
     assert code == 0, stderr
-    assert set(received) == archive.uids
+    assert {r.sop_instance_uid for r in scp.records()} == archive.uids
 
     code, stderr = send(archive, LOOPBACK, port, "TLSSCP", "--tls-ca", str(pki.ca))
     assert code == 3, stderr

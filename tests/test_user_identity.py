@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from dicom_fastsend.ul.pdu import (
     encode,
 )
 from fastsend_cli import fastsend
-from peers import LOOPBACK, SynthArchive
+from peers import LOOPBACK, PynetdicomSCP, SynthArchive
 
 SECRET = "correct horse battery staple"
 
@@ -52,34 +52,13 @@ def test_user_identity_sub_item_bytes() -> None:
 
 
 @pytest.fixture
-def checking_scp() -> Iterator[tuple[int, list[tuple[bytes, bytes]], list[str]]]:
+def checking_scp(pynetdicom_scp_factory: Callable[..., PynetdicomSCP]) -> PynetdicomSCP:
     """A pynetdicom SCP accepting only alice with SECRET; records what it was given."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-    attempts: list[tuple[bytes, bytes]] = []
-    stored: list[str] = []
+    def check(primary: bytes, secondary: bytes) -> bool:
+        return primary == b"alice" and secondary == SECRET.encode()
 
-    def on_user_id(event: Any) -> tuple[bool, bytes | None]:
-        attempts.append((bytes(event.primary_field), bytes(event.secondary_field or b"")))
-        ok = event.primary_field == b"alice" and event.secondary_field == SECRET.encode()
-        return ok, (b"welcome" if ok else None)
-
-    def on_store(event: Any) -> int:
-        stored.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
-
-    ae = AE(ae_title="AUTHSCP")
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax)
-    server = ae.start_server(
-        (LOOPBACK, 0),
-        block=False,
-        evt_handlers=[(evt.EVT_USER_ID, on_user_id), (evt.EVT_C_STORE, on_store)],
-    )
-    try:
-        yield int(server.server_address[1]), attempts, stored
-    finally:
-        server.shutdown()
+    return pynetdicom_scp_factory(ae_title="AUTHSCP", check_user=check)
 
 
 def run_send(archive: SynthArchive, port: int, logs: Path, password: str, *extra: str) -> Any:
@@ -92,14 +71,13 @@ def run_send(archive: SynthArchive, port: int, logs: Path, password: str, *extra
 
 def test_right_credentials_store_and_the_password_stays_secret(
     archive: SynthArchive,
-    checking_scp: tuple[int, list[tuple[bytes, bytes]], list[str]],
+    checking_scp: PynetdicomSCP,
     tmp_path: Path,
 ) -> None:
-    port, attempts, stored = checking_scp
-    run = run_send(archive, port, tmp_path / "logs", SECRET)
+    run = run_send(archive, checking_scp.port, tmp_path / "logs", SECRET)
     assert run.returncode == 0, run.output
-    assert set(stored) == archive.uids
-    assert attempts[0] == (b"alice", SECRET.encode())
+    assert {r.sop_instance_uid for r in checking_scp.records()} == archive.uids
+    assert checking_scp.user_attempts[0] == (b"alice", SECRET.encode())
     # Nowhere the user can read: output, log, summary, journal.
     assert SECRET not in run.output
     for path in (tmp_path / "logs").iterdir():
@@ -110,15 +88,14 @@ def test_right_credentials_store_and_the_password_stays_secret(
 
 def test_wrong_password_is_rejected_with_a_hint(
     archive: SynthArchive,
-    checking_scp: tuple[int, list[tuple[bytes, bytes]], list[str]],
+    checking_scp: PynetdicomSCP,
     tmp_path: Path,
 ) -> None:
-    port, _, stored = checking_scp
-    run = run_send(archive, port, tmp_path / "logs", "Tr0ub4dor&3")
+    run = run_send(archive, checking_scp.port, tmp_path / "logs", "Tr0ub4dor&3")
     assert run.returncode == 3, run.output
     assert "rejected" in run.stderr and "Check the user name 'alice'" in run.stderr
     assert "Tr0ub4dor&3" not in run.stderr
-    assert stored == []
+    assert checking_scp.records() == []
 
 
 def test_password_env_must_exist(archive: SynthArchive) -> None:

@@ -18,10 +18,24 @@ __version__ = "0.1.0"
 
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from .config import PeerConfig, SendConfig, TLSConfig  # noqa: E402
 from .results import FileResult, Outcome, SendSummary, WorkerStats  # noqa: E402
-from .scan import ScanReport  # noqa: E402
+
+if TYPE_CHECKING:
+    from .survey import ScanReport
+
+
+def __getattr__(name: str) -> Any:
+    # ScanReport lives in survey.py, with the coordinator; importing that for every
+    # `import dicom_fastsend` (fastsend -V, a worker) would cost ~0.1 s.
+    if name == "ScanReport":
+        from .survey import ScanReport
+
+        return ScanReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EchoResult",
@@ -57,7 +71,7 @@ def send(config: SendConfig, on_result: Callable[[FileResult], None] | None = No
 
 def scan(config: SendConfig) -> ScanReport:
     """What `send` would send: files, studies, SOP classes, syntaxes, bytes; no peer."""
-    from .scan import scan as run
+    from .survey import scan as run
 
     return run(config)
 

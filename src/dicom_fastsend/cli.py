@@ -353,8 +353,8 @@ def scan(inputs: tuple[Path, ...], input_list: Path | None, recursive: bool, as_
     """Show what `send` would send: files, studies, SOP classes, syntaxes, bytes."""
     import json
 
-    from .scan import format_report
-    from .scan import scan as run_scan
+    from .survey import format_report
+    from .survey import scan as run_scan
 
     # The peer is not contacted; PeerConfig only satisfies SendConfig.
     config = SendConfig(

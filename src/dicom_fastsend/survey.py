@@ -1,4 +1,9 @@
-"""`fastsend scan`: what a send would do, without sending (discover, index, group)."""
+"""`fastsend scan` (and `dicom_fastsend.scan`): what a send would do, without sending.
+
+Named survey, not scan, so that importing it cannot replace the package's
+`scan` function with this module (Python sets a loaded submodule as an
+attribute of its package).
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dicom_fastsend.header import FileInfo
-from dicom_fastsend.plan import Dispatcher, group_by_study, make_batches
+from dicom_fastsend.plan import Dispatcher, group_by_study, make_batches, pack_tasks
 
 
 def info(path: str, study: str, size: int) -> FileInfo:
@@ -125,3 +125,36 @@ def test_stop_returns_what_will_not_be_sent() -> None:
     left = dispatcher.stop()
     assert {f.path for f in left} | {f.path for f in first.files} == {f.path for f in files}
     assert dispatcher.next_for(1) is None
+
+
+@given(
+    sizes=st.dictionaries(
+        st.text("abc", min_size=1, max_size=3),
+        st.lists(st.integers(1, 1000), min_size=1, max_size=8),
+        max_size=12,
+    ),
+    count=st.integers(1, 9),
+)
+def test_pack_tasks_holds_every_batch_once_and_balances(
+    sizes: dict[str, list[int]], count: int
+) -> None:
+    batches = make_batches(group_by_study(archive(sizes)), 2)
+    tasks = pack_tasks(batches, count)
+    assert len(tasks) == min(count, len(batches))
+    packed = [b.batch_id for task in tasks for b in task]
+    assert sorted(packed) == sorted(b.batch_id for b in batches)
+    assert all(task for task in tasks)
+    # Greedy on sorted sizes: no task exceeds another by more than its largest batch.
+    totals = [sum(b.size for b in task) for task in tasks]
+    assert totals == sorted(totals, reverse=True)
+    if totals:
+        largest = max(b.size for b in batches)
+        assert totals[0] - totals[-1] <= largest
+
+
+def test_pack_tasks_keeps_several_studies_per_task() -> None:
+    batches = make_batches(group_by_study(archive({str(n): [10] for n in range(8)})), 2)
+    tasks = pack_tasks(batches, 2)
+    assert [len(task) for task in tasks] == [4, 4]
+    # Each task lists its batches in plan order, so associations follow the plan.
+    assert all([b.batch_id for b in task] == sorted(b.batch_id for b in task) for task in tasks)

@@ -6,6 +6,7 @@ could be made.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -293,6 +294,13 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     help="C-STOREs in flight per association when the destination agrees "
     "(Asynchronous Operations Window, PS3.7 D.3.3.3); otherwise one at a time.",
 )
+@click.option(
+    "--cluster",
+    metavar="tcp://HOST:8786",
+    help="Run the workers as tasks on this Dask scheduler's workers instead of local "
+    "processes (needs dicom-fastsend[cluster]; every worker must see the files at the "
+    "same paths). -P is then ignored: the cluster's worker threads set the parallelism.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -308,11 +316,17 @@ def send(
     retry_delay: float,
     transcode: str,
     max_ops: int,
+    cluster: str | None,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
 ) -> None:
     """Send DICOM files with C-STORE."""
+    if cluster is not None and importlib.util.find_spec("distributed") is None:
+        raise click.UsageError(
+            "--cluster needs Dask's distributed package, which is not installed. "
+            "Install it with: pip install 'dicom-fastsend[cluster]'"
+        )
     from .report import ConsoleReporter, ProgressBar, summarize
     from .sender import send as run_send
     from .sender import session_paths
@@ -332,6 +346,7 @@ def send(
         retry_delay=retry_delay,
         transcode=transcode == "if-needed",
         max_ops=max_ops,
+        cluster=cluster,
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)

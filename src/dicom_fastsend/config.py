@@ -75,6 +75,7 @@ class SendConfig:
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
     transcode: bool = False  # decompress when the peer takes a class only uncompressed
     max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
+    cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
 
     def __post_init__(self) -> None:
         if self.processes < 1:

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import selectors
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -33,7 +34,7 @@ from .contexts import plan_associations
 from .discover import MissingInput, discover
 from .header import FileInfo, HeaderError, read_header
 from .journal import Journal, destination_key, file_unchanged
-from .plan import Dispatcher, group_by_study, make_batches
+from .plan import Batch, Dispatcher, group_by_study, make_batches
 from .results import FileResult, Outcome, SendSummary, WorkerStats
 from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
 
@@ -111,6 +112,7 @@ class Coordinator:
         self._rate_lock: str | None = None
         self._dispatcher = Dispatcher()
         self._plans: tuple[Any, ...] = ()
+        self._client: Any = None  # a distributed.Client with --cluster
 
     # ------------------------------------------------------------ public
 
@@ -119,6 +121,17 @@ class Coordinator:
         summary.started = time.time()
         previous = _set_sigint(self._on_sigint)
         try:
+            if self.config.cluster is not None:
+                # Before the walk, which can take long: an unreachable cluster
+                # should stop the run at once, naming the address.
+                from .cluster import ClusterError, connect
+
+                try:
+                    self._client = connect(self.config.cluster, self.config.peer.connect_timeout)
+                except ClusterError as exc:
+                    summary.error = str(exc)
+                    self.hooks.log("error", summary.error)
+                    return summary
             infos = index_inputs(self.config, self._record, lambda: self.interrupts > 0)
             if self.interrupts:
                 summary.interrupted = True
@@ -137,6 +150,8 @@ class Coordinator:
                 self._send_all(infos)
         finally:
             _set_sigint(previous)
+            if self._client is not None:
+                self._client.close()
             summary.finished = time.time()
         return summary
 
@@ -234,23 +249,9 @@ class Coordinator:
         worker = self._next_worker
         self._next_worker += 1
         parent, child = self._context.Pipe(duplex=True)
-        config = WorkerConfig(
-            worker=worker,
-            peer=self.config.peer,
-            plans=self._plans,
-            max_rate=self.config.max_rate_mb_s * 1e6,
-            rate_lock_path=self._rate_lock,
-            retries=self.config.retries,
-            retry_delay=self.config.retry_delay,
-            transcode=self.config.transcode,
-            max_ops=self.config.max_ops,
-            journal_path=self.config.journal,
-            destination=destination_key(self.config.peer),
-            session_id=self.summary.session_id,
-        )
         process = self._context.Process(
             target=worker_main,
-            args=(config, child, self._shared_rate),
+            args=(self._worker_config(worker), child, self._shared_rate),
             name=f"fastsend-worker-{worker}",
             daemon=True,
         )
@@ -277,6 +278,9 @@ class Coordinator:
                 transcode=config.transcode,
             )
         )
+        if self._client is not None:
+            self._send_on_cluster(infos)
+            return
         batches = make_batches(group_by_study(infos), config.processes)
         self._dispatcher = Dispatcher.of(batches)
         if config.max_rate_mb_s > 0:
@@ -285,13 +289,7 @@ class Coordinator:
             self._shared_rate = self._context.RawValue("d", 0.0)
             lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
             os.close(lock_fd)
-        self.hooks.started(len(infos), sum(i.size for i in infos))
-        self.hooks.log(
-            "info",
-            f"{len(infos)} files in {len({i.study_instance_uid for i in infos})} studies, "
-            f"{len(batches)} batches, {len(self._plans)} planned association(s), "
-            f"{config.processes} worker process(es)",
-        )
+        self._announce(infos, batches, f"{config.processes} worker process(es)")
         for _ in range(min(config.processes, len(batches))):
             self._start_worker()
         while any(not h.done for h in self._workers.values()):
@@ -326,8 +324,71 @@ class Coordinator:
         for handle in self._workers.values():
             handle.process.join(timeout=5)
             self.summary.workers.append(
-                handle.stats or WorkerStats(handle.worker, handle.process.pid or 0)
+                handle.stats
+                or WorkerStats(handle.worker, handle.process.pid or 0, host=socket.gethostname())
             )
+
+    def _announce(self, infos: list[FileInfo], batches: list[Batch], where: str) -> None:
+        self.hooks.started(len(infos), sum(i.size for i in infos))
+        self.hooks.log(
+            "info",
+            f"{len(infos)} files in {len({i.study_instance_uid for i in infos})} studies, "
+            f"{len(batches)} batches, {len(self._plans)} planned association(s), {where}",
+        )
+
+    def _worker_config(self, worker: int) -> WorkerConfig:
+        return WorkerConfig(
+            worker=worker,
+            peer=self.config.peer,
+            plans=self._plans,
+            max_rate=self.config.max_rate_mb_s * 1e6,
+            rate_lock_path=self._rate_lock,
+            retries=self.config.retries,
+            retry_delay=self.config.retry_delay,
+            transcode=self.config.transcode,
+            max_ops=self.config.max_ops,
+            journal_path=self.config.journal,
+            destination=destination_key(self.config.peer),
+            session_id=self.summary.session_id,
+        )
+
+    def _send_on_cluster(self, infos: list[FileInfo]) -> None:
+        from .cluster import ClusterHooks, ClusterRun
+
+        assert self.config.cluster is not None
+        journal = None
+        if self.config.journal is not None:
+            journal = Journal(
+                self.config.journal, destination_key(self.config.peer), self.summary.session_id
+            )
+        hooks = ClusterHooks(
+            record=self._record,
+            association=self._association,
+            event=self._event,
+            log=self.hooks.log,
+            interrupts=self._cluster_interrupts,
+        )
+        run = ClusterRun(self._client, self.config.cluster, self.summary.session_id, hooks, journal)
+        batches = make_batches(group_by_study(infos), run.slots)
+        self._announce(infos, batches, f"on the Dask cluster {self.config.cluster}")
+        try:
+            run.run(batches, self._worker_config(0), self.config.max_rate_mb_s * 1e6)
+        finally:
+            if journal is not None:
+                journal.close()
+            self.summary.workers.extend(run.workers)
+            self.summary.cluster = run.summary()
+
+    def _cluster_interrupts(self) -> int:
+        if self.interrupts and not self._stopping:
+            self._stopping = True
+            self.summary.interrupted = True
+            self._event(
+                "warning",
+                "interrupted (Ctrl-C): the cluster's tasks stop after the files in flight; "
+                "Ctrl-C again to cancel them at once",
+            )
+        return self.interrupts
 
     def _drain(self, handle: _WorkerHandle) -> int:
         """Handle every message waiting on a worker's pipe; return how many."""
@@ -414,6 +475,7 @@ class Coordinator:
                 if r.worker == handle.worker and r.outcome in (Outcome.STORED, Outcome.WARNING)
             ),
             exit=f"died ({how})",
+            host=socket.gethostname(),
         )
         retry, given_up = self._dispatcher.worker_lost(handle.worker)
         message = f"worker {handle.worker} (pid {handle.process.pid}) died ({how})"

@@ -173,3 +173,24 @@ class Dispatcher:
     @property
     def idle(self) -> bool:
         return not self.pending and not self.held
+
+
+def pack_tasks(batches: Sequence[Batch], count: int) -> list[tuple[Batch, ...]]:
+    """Group batches into at most ``count`` tasks of about equal bytes (--cluster).
+
+    A cluster task keeps one association across the batches it holds, so a
+    task is several studies, not one. Greedy: each batch, largest first, goes
+    to the task with the fewest bytes so far; the tasks come back largest
+    first, each with its batches in their original order.
+    """
+    if count < 1:
+        raise ValueError("at least one task is needed")
+    bins: list[list[Batch]] = [[] for _ in range(min(count, len(batches)))]
+    sizes = [0] * len(bins)
+    for batch in sorted(batches, key=lambda b: (-b.size, b.batch_id)):
+        lightest = min(range(len(bins)), key=lambda i: (sizes[i], i))
+        bins[lightest].append(batch)
+        sizes[lightest] += batch.size
+    tasks = [tuple(sorted(b, key=lambda batch: batch.batch_id)) for b in bins if b]
+    tasks.sort(key=lambda task: (-sum(b.size for b in task), task[0].batch_id))
+    return tasks

@@ -175,6 +175,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "tls": peer.tls is not None,
             "user": None if peer.user is None else peer.user.username,
             "retries": config.retries,
+            "cluster": config.cluster,
         },
         "counts": {
             "found": found,
@@ -207,6 +208,8 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
         "journal": None if config.journal is None else str(config.journal),
         "interrupted": summary.interrupted,
         "exit_code": summary.exit_code,
+        "error": summary.error or None,
+        "cluster": summary.cluster,
         "events": summary.events,
         "workers": [
             {
@@ -219,6 +222,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
                 "peak_rss_bytes": w.peak_rss_bytes,
                 "associations_opened": w.associations_opened,
                 "exit": w.exit,
+                "host": w.host,
             }
             for w in summary.workers
         ],
@@ -287,6 +291,8 @@ def write_summary(path: Path, document: dict[str, Any]) -> None:
 
 
 def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
+    if summary.error:
+        print(f"ERROR {summary.error}", file=stream)
     for message in dict.fromkeys(summary.association_errors):
         print(f"ERROR {message}", file=stream)
     for event in summary.events:

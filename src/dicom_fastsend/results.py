@@ -58,6 +58,7 @@ class WorkerStats:
     peak_rss_bytes: int = 0
     associations_opened: int = 0
     exit: str = "running"  # "finished", "interrupted", "aborted" or "died (exit code N)"
+    host: str = ""  # where it ran (--cluster: the Dask worker's host)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,8 @@ class SendSummary:
     association_errors: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
     interrupted: bool = False
+    error: str = ""  # why the run could not start at all (e.g. no Dask scheduler): exit 3
+    cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
     started: float = 0.0
     finished: float = 0.0
 
@@ -94,10 +97,10 @@ class SendSummary:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 3 no association could be made, 1 some failed, else 0."""
+        """130 interrupted, 3 no association (or cluster) could be had, 1 some failed, else 0."""
         if self.interrupted:
             return 130
-        if self.no_association:
+        if self.no_association or self.error:
             return 3
         return 1 if self.count(Outcome.FAILED) else 0
 

@@ -57,7 +57,12 @@ def send(
         "info",
         f"session {summary.session_id}: fastsend to {config.peer.called_ae_title}@"
         f"{config.peer.host}:{config.peer.port} from {', '.join(map(str, config.inputs))}"
-        f" with {config.processes} process(es), hot path {IMPLEMENTATION}",
+        + (
+            f" on the Dask cluster {config.cluster}"
+            if config.cluster
+            else f" with {config.processes} process(es)"
+        )
+        + f", hot path {IMPLEMENTATION}",
     )
 
     def on_result(result: FileResult) -> None:

@@ -17,12 +17,13 @@ import fcntl
 import os
 import resource
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from .config import PeerConfig
 from .contexts import NoAcceptableContext, association_for
@@ -46,6 +47,14 @@ INTERRUPTED_REASON = "not sent: the run was interrupted"
 # Files that could not go because no association could be made share one message,
 # which the console prints once instead of once per file.
 NO_ASSOCIATION_PREFIX = "not sent, no association: "
+
+
+class Channel(Protocol):
+    """How a worker talks to its coordinator: a Pipe end, or a cluster task's stand-in."""
+
+    def send(self, obj: Any) -> None: ...
+
+    def recv(self) -> Any: ...
 
 
 class AbortRequested(BaseException):
@@ -150,7 +159,7 @@ def backoff(attempt: int, base: float) -> float:
 class Worker:
     """The sending loop of one worker; usable in-process by tests."""
 
-    def __init__(self, config: WorkerConfig, conn: Connection, limiter: RateLimiter) -> None:
+    def __init__(self, config: WorkerConfig, conn: Channel, limiter: RateLimiter) -> None:
         self.config = config
         self.conn = conn
         self.limiter = limiter
@@ -161,7 +170,7 @@ class Worker:
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
         self.in_flight: FileInfo | None = None
-        self.stats = WorkerStats(config.worker, os.getpid())
+        self.stats = WorkerStats(config.worker, os.getpid(), host=socket.gethostname())
         self.journal: Journal | None = None
         if config.journal_path is not None:
             self.journal = Journal(config.journal_path, config.destination, config.session_id)

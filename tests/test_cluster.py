@@ -1,0 +1,251 @@
+"""--cluster: the same send on a real Dask cluster (distributed.LocalCluster on loopback).
+
+Two worker processes with one thread each, as `dask worker --nworkers 2
+--nthreads 1` would run them on two hosts. The peers are real: storescp in
+--fork mode, Orthanc, and fastsend's own sink for the worker-loss test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from dicom_fastsend.config import PeerConfig, SendConfig
+from dicom_fastsend.coordinator import Coordinator, Hooks
+from dicom_fastsend.journal import Journal, destination_key
+from dicom_fastsend.results import Outcome
+from dicom_fastsend.sink import Sink
+from fastsend_cli import fastsend, send_args
+from invariants import assert_nothing_lost, load_summary
+from peers import Orthanc, StoreSCP, SynthArchive, free_port, make_archive
+
+LOOPBACK = "127.0.0.1"
+
+
+def start_cluster() -> LocalCluster:
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host=LOOPBACK,
+        dashboard_address=f"{LOOPBACK}:0",
+        silence_logs=logging.ERROR,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with start_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def medium_archive(tmp_path: Path) -> SynthArchive:
+    """10 studies of 4 instances: several tasks per Dask worker."""
+    return make_archive(
+        tmp_path / "archive", explicit_studies=8, implicit_studies=2, instances_per_study=4
+    )
+
+
+def journal_stored(summary: dict[str, object], peer: PeerConfig) -> set[str]:
+    """Paths the run's journal records as stored at this destination."""
+    path = Path(str(summary["journal"]))
+    journal = Journal(path, destination_key(peer), "check")
+    try:
+        return set(journal.stored())
+    finally:
+        journal.close()
+
+
+def hosts_of(summary: dict[str, object]) -> set[str]:
+    cluster = summary["cluster"]
+    assert isinstance(cluster, dict)
+    return {a["host"] for task in cluster["tasks"] for a in task["attempts"]}
+
+
+def test_each_instance_stored_once_by_storescp_fork(
+    cluster: LocalCluster,
+    medium_archive: SynthArchive,
+    storescp_factory: Callable[..., StoreSCP],
+    tmp_path: Path,
+) -> None:
+    storescp = storescp_factory(fork=True, extra_args=["+uf"])
+    logs = tmp_path / "logs"
+    run = fastsend(
+        *send_args(LOOPBACK, storescp.port, storescp.aet, str(medium_archive.root)),
+        "--cluster", cluster.scheduler_address, "--log-dir", str(logs),
+    )  # fmt: skip
+    assert run.returncode == 0, run.output + storescp.output()
+    # --fork: one storescp child per association; +uf: a second store of the
+    # same instance would land in a second file instead of overwriting.
+    files = storescp.files()
+    assert len(files) == len(medium_archive.files), "an instance was stored twice or not at all"
+    assert storescp.sop_instance_uids() == medium_archive.uids
+    summary = load_summary(logs)
+    stored = assert_nothing_lost(summary, [str(p) for p in medium_archive.files], logs)
+    assert len(stored) == len(medium_archive.files)
+    peer = PeerConfig(LOOPBACK, storescp.port, storescp.aet)
+    assert journal_stored(summary, peer) == stored
+    assert summary["configuration"]["cluster"] == cluster.scheduler_address
+    tasks = summary["cluster"]["tasks"]
+    assert len(tasks) > 2  # several tasks per worker, each with whole studies
+    batches = [b for t in tasks for b in t["batches"]]
+    assert sum(b["files"] for b in batches) == len(medium_archive.files)
+    assert all(t["state"] == "finished" and len(t["attempts"]) == 1 for t in tasks)
+    # Both Dask workers took tasks.
+    workers = {a["worker"] for t in tasks for a in t["attempts"]}
+    assert workers == set(cluster.scheduler_info["workers"])
+    assert hosts_of(summary) == {os.uname().nodename}
+    assert sum(w["files"] for w in summary["workers"]) == len(medium_archive.files)
+
+
+def test_to_orthanc_through_the_python_api(
+    cluster: LocalCluster, medium_archive: SynthArchive, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    import dicom_fastsend as fs
+
+    peer = fs.PeerConfig(LOOPBACK, orthanc.dicom_port, orthanc.aet)
+    config = fs.SendConfig(
+        peer=peer,
+        inputs=(medium_archive.root,),
+        recursive=True,
+        log_dir=tmp_path / "logs",
+        cluster=cluster.scheduler_address,
+        max_ops=4,
+    )
+    seen: list[str] = []
+    summary = fs.send(config, lambda result: seen.append(result.path))
+    assert summary.exit_code == 0, summary.events
+    assert orthanc.sop_instance_uids() == medium_archive.uids
+    assert int(orthanc.statistics()["CountInstances"]) == len(medium_archive.files)
+    assert sorted(seen) == sorted(str(p) for p in medium_archive.files)
+    written = load_summary(tmp_path / "logs")
+    stored = assert_nothing_lost(written, seen, tmp_path / "logs")
+    assert journal_stored(written, peer) == stored
+
+    # Resume: the coordinator's journal skips everything on the second run.
+    again = fs.send(config)
+    assert again.count(Outcome.SKIPPED) == len(medium_archive.files)
+    assert int(orthanc.statistics()["CountInstances"]) == len(medium_archive.files)
+
+
+def test_a_lost_dask_worker_loses_nothing(tmp_path: Path) -> None:
+    archive = make_archive(
+        tmp_path / "archive", explicit_studies=10, implicit_studies=2, instances_per_study=5
+    )
+    logs = tmp_path / "logs"
+    # 30 ms per C-STORE-RSP: 60 files over 2 workers take about 1 s, time to kill one.
+    with (
+        start_cluster() as cluster,
+        Client(cluster.scheduler_address) as client,
+        Sink(ae_title="SINK", response_delay=0.03) as sink,
+    ):
+        pids: dict[str, int] = client.run(os.getpid)
+        command = [
+            sys.executable, "-m", "dicom_fastsend",
+            *send_args(LOOPBACK, sink.port, "SINK", str(archive.root)),
+            "--cluster", cluster.scheduler_address, "--log-dir", str(logs), "--no-progress",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sink.stats.instances < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sink.stats.instances >= 10, "the run did not get going"
+        victim = min(pids.values())
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+        received = Counter(sink.stats.received_uids)
+    assert process.returncode == 0, stderr.decode()
+    assert set(received) == archive.uids
+    summary = load_summary(logs)
+    stored = assert_nothing_lost(summary, [str(p) for p in archive.files], logs)
+    assert len(stored) == len(archive.files)
+    rerun = [t for t in summary["cluster"]["tasks"] if len(t["attempts"]) > 1]
+    assert rerun, "no task ran again after the kill"
+    assert any(a["pid"] == victim for t in rerun for a in t["attempts"])
+    assert any("was lost" in e for e in summary["events"])
+    assert any(w["exit"] == "died (Dask worker lost)" for w in summary["workers"])
+    # A rerun sends only files without an outcome; what the lost worker had
+    # sent but not yet published (at most one flush interval's worth) may come twice.
+    duplicates = sum(n - 1 for n in received.values())
+    assert duplicates <= 8, received
+    peer = PeerConfig(LOOPBACK, sink.port, "SINK")
+    assert journal_stored(summary, peer) == stored
+
+
+def test_a_file_a_worker_cannot_read_is_a_per_file_failure(
+    cluster: LocalCluster, tmp_path: Path, sink: Sink
+) -> None:
+    archive = make_archive(tmp_path / "archive", explicit_studies=2, implicit_studies=0)
+    # Indexed by the coordinator, gone by the time a worker opens it: as a
+    # worker without the coordinator's storage mounted would find it.
+    missing = archive.files[0]
+    config = SendConfig(
+        peer=PeerConfig(LOOPBACK, sink.port, "SINK"),
+        inputs=(archive.root,),
+        recursive=True,
+        log_dir=tmp_path / "logs",
+        cluster=cluster.scheduler_address,
+        retries=0,
+    )
+    hooks = Hooks(started=lambda files, size: missing.unlink())
+    summary = Coordinator(config, hooks).run()
+    assert summary.exit_code == 1
+    [failed] = [r for r in summary.results if r.outcome is Outcome.FAILED]
+    assert failed.path == str(missing)
+    assert "cannot read file" in failed.reason
+    assert "every Dask worker must see the files" in failed.reason
+    assert summary.count(Outcome.STORED) == len(archive.files) - 1
+    assert sink.stats.instances == len(archive.files) - 1
+
+
+def test_an_unreachable_scheduler_exits_3_naming_it(archive: SynthArchive) -> None:
+    address = f"tcp://{LOOPBACK}:{free_port()}"
+    run = fastsend(
+        *send_args(LOOPBACK, free_port(), "ANY", str(archive.root)),
+        "--cluster", address, "--connect-timeout", "2",
+    )  # fmt: skip
+    assert run.returncode == 3, run.output
+    assert f"cannot reach the Dask scheduler at {address}" in run.stderr
+
+
+def test_without_distributed_the_message_says_what_to_install(archive: SynthArchive) -> None:
+    # A None entry in sys.modules makes `import distributed` fail, as if not installed.
+    code = (
+        "import sys; sys.modules['distributed'] = None; "
+        "import importlib.util; importlib.util.find_spec = lambda name, *a: None; "
+        "from dicom_fastsend.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code,
+         *send_args(LOOPBACK, free_port(), "ANY", str(archive.root)),
+         "--cluster", "tcp://127.0.0.1:8786"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'dicom-fastsend[cluster]'" in result.stderr
+
+
+def test_a_local_send_does_not_import_dask(archive: SynthArchive, sink: Sink) -> None:
+    code = (
+        "import sys; from pathlib import Path; import dicom_fastsend as fs; "
+        f"peer = fs.PeerConfig('{LOOPBACK}', {sink.port}, 'SINK'); "
+        f"s = fs.send(fs.SendConfig(peer=peer, inputs=(Path({str(archive.root)!r}),), "
+        "recursive=True, log_dir=None)); "
+        "print(s.exit_code, 'distributed' in sys.modules, 'dask' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["0", "False", "False"], result.stderr
+    assert sink.stats.instances == len(archive.files)

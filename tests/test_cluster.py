@@ -249,3 +249,37 @@ def test_a_local_send_does_not_import_dask(archive: SynthArchive, sink: Sink) ->
     )
     assert result.stdout.split() == ["0", "False", "False"], result.stderr
     assert sink.stats.instances == len(archive.files)
+
+
+def test_ctrl_c_stops_the_cluster_tasks_and_accounts_for_every_file(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    archive = make_archive(
+        tmp_path / "archive", explicit_studies=10, implicit_studies=2, instances_per_study=5
+    )
+    logs = tmp_path / "logs"
+    with Sink(ae_title="SINK", response_delay=0.05) as sink:
+        command = [
+            sys.executable, "-m", "dicom_fastsend",
+            *send_args(LOOPBACK, sink.port, "SINK", str(archive.root)),
+            "--cluster", cluster.scheduler_address, "--log-dir", str(logs), "--no-progress",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sink.stats.instances < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        received = set(sink.stats.received_uids)
+    assert process.returncode == 130, stderr.decode()
+    summary = load_summary(logs)
+    assert summary["interrupted"] is True
+    stored = assert_nothing_lost(summary, [str(p) for p in archive.files], logs)
+    assert 0 < len(stored) < len(archive.files)
+    # What the summary calls stored is what the sink received, and no more was sent
+    # than the files in flight when the tasks saw the stop.
+    stored_uids = {archive.sop_instance_uids[Path(p)] for p in stored}
+    assert stored_uids == received
+    assert all(
+        e["reason"].startswith("not sent: the run was interrupted") for e in summary["skipped"]
+    )

@@ -89,3 +89,26 @@ def test_ctrl_c_while_indexing_sends_nothing_and_says_so(archive: SynthArchive) 
     assert summary.interrupted and summary.exit_code == 130
     assert summary.associations_opened == 0 and summary.results == []
     assert "interrupted (Ctrl-C) while indexing" in summary.events[0]
+
+
+def test_a_local_send_and_its_summary_import_neither_dask_nor_pydicom(
+    archive: SynthArchive, sink: Sink
+) -> None:
+    # Each costs about half a second of start-up, which every whole run would pay:
+    # Dask is for --cluster only, pydicom for conversions only (UID names come
+    # from its table file, loaded alone).
+    code = (
+        "import io, sys; from pathlib import Path; import dicom_fastsend as fs; "
+        "from dicom_fastsend.report import summarize; "
+        f"peer = fs.PeerConfig('{LOOPBACK}', {sink.port}, 'SINK'); "
+        f"s = fs.send(fs.SendConfig(peer=peer, inputs=(Path({str(archive.root)!r}),), "
+        "recursive=True, log_dir=None)); "
+        "out = io.StringIO(); summarize(s, out); "
+        "print(s.exit_code, 'CT Image Storage' in out.getvalue(), "
+        "sorted({'distributed', 'dask', 'pydicom'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["0", "True", "[]"], result.stdout + result.stderr
+    assert sink.stats.instances == len(archive.files)

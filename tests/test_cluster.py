@@ -236,21 +236,6 @@ def test_without_distributed_the_message_says_what_to_install(archive: SynthArch
     assert "pip install 'dicom-fastsend[cluster]'" in result.stderr
 
 
-def test_a_local_send_does_not_import_dask(archive: SynthArchive, sink: Sink) -> None:
-    code = (
-        "import sys; from pathlib import Path; import dicom_fastsend as fs; "
-        f"peer = fs.PeerConfig('{LOOPBACK}', {sink.port}, 'SINK'); "
-        f"s = fs.send(fs.SendConfig(peer=peer, inputs=(Path({str(archive.root)!r}),), "
-        "recursive=True, log_dir=None)); "
-        "print(s.exit_code, 'distributed' in sys.modules, 'dask' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.stdout.split() == ["0", "False", "False"], result.stderr
-    assert sink.stats.instances == len(archive.files)
-
-
 def test_ctrl_c_stops_the_cluster_tasks_and_accounts_for_every_file(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

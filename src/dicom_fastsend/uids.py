@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+
 # PS3.7 Annex A.2.1: the only DICOM application context name.
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -41,13 +45,32 @@ def uid_name(uid: str) -> str:
     """A human name for a transfer syntax or SOP class UID, or the UID itself."""
     if uid in TRANSFER_SYNTAX_NAMES:
         return TRANSFER_SYNTAX_NAMES[uid]
-    try:
-        from pydicom.uid import UID
+    entry = _uid_dictionary().get(uid)
+    return str(entry[0]) if entry and entry[0] else uid
 
-        name = str(UID(uid).name)
-    except Exception:  # pragma: no cover - pydicom's dictionary is optional here
-        return uid
-    return name if name and name != uid else uid
+
+@functools.cache
+def _uid_dictionary() -> dict[str, tuple[str, ...]]:
+    """pydicom's table of UIDs (PS3.6 Annex A), loaded without importing pydicom.
+
+    ``import pydicom`` takes about 0.4 s (its pixel handlers load numpy and
+    more); a sender that names a SOP class in its last summary line would pay
+    that on every run. The table is a plain dict literal in one file, which
+    loads on its own in about a millisecond.
+    """
+    try:
+        spec = importlib.util.find_spec("pydicom")
+        locations = list(spec.submodule_search_locations or ()) if spec else []
+        source = importlib.util.spec_from_file_location(
+            "_fastsend_uid_dict", Path(locations[0]) / "_uid_dict.py"
+        )
+        assert source is not None and source.loader is not None
+        module = importlib.util.module_from_spec(source)
+        source.loader.exec_module(module)
+        table: dict[str, tuple[str, ...]] = module.UID_dictionary
+        return table
+    except Exception:  # pragma: no cover - a pydicom without the file: UIDs stay UIDs
+        return {}
 
 
 def describe(uid: str) -> str:

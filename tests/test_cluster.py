@@ -73,6 +73,23 @@ def hosts_of(summary: dict[str, object]) -> set[str]:
     return {a["host"] for task in cluster["tasks"] for a in task["attempts"]}
 
 
+def start_slow_send(
+    archive: SynthArchive, sink: Sink, scheduler: str, logs: Path, wait_for: int
+) -> subprocess.Popen[bytes]:
+    """`fastsend send --cluster` in a subprocess, returned once the sink has ``wait_for``."""
+    command = [
+        sys.executable, "-m", "dicom_fastsend",
+        *send_args(LOOPBACK, sink.port, "SINK", str(archive.root)),
+        "--cluster", scheduler, "--log-dir", str(logs), "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while sink.stats.instances < wait_for and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.stats.instances >= wait_for, "the run did not get going"
+    return process
+
+
 def test_each_instance_stored_once_by_storescp_fork(
     cluster: LocalCluster,
     medium_archive: SynthArchive,
@@ -151,16 +168,7 @@ def test_a_lost_dask_worker_loses_nothing(tmp_path: Path) -> None:
         Sink(ae_title="SINK", response_delay=0.03) as sink,
     ):
         pids: dict[str, int] = client.run(os.getpid)
-        command = [
-            sys.executable, "-m", "dicom_fastsend",
-            *send_args(LOOPBACK, sink.port, "SINK", str(archive.root)),
-            "--cluster", cluster.scheduler_address, "--log-dir", str(logs), "--no-progress",
-        ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while sink.stats.instances < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert sink.stats.instances >= 10, "the run did not get going"
+        process = start_slow_send(archive, sink, cluster.scheduler_address, logs, wait_for=10)
         victim = min(pids.values())
         os.kill(victim, signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
@@ -244,15 +252,7 @@ def test_ctrl_c_stops_the_cluster_tasks_and_accounts_for_every_file(
     )
     logs = tmp_path / "logs"
     with Sink(ae_title="SINK", response_delay=0.05) as sink:
-        command = [
-            sys.executable, "-m", "dicom_fastsend",
-            *send_args(LOOPBACK, sink.port, "SINK", str(archive.root)),
-            "--cluster", cluster.scheduler_address, "--log-dir", str(logs), "--no-progress",
-        ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while sink.stats.instances < 6 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        process = start_slow_send(archive, sink, cluster.scheduler_address, logs, wait_for=6)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
         received = set(sink.stats.received_uids)

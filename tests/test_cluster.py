@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 
@@ -189,6 +190,36 @@ def test_a_lost_dask_worker_loses_nothing(tmp_path: Path) -> None:
     assert duplicates <= 8, received
     peer = PeerConfig(LOOPBACK, sink.port, "SINK")
     assert journal_stored(summary, peer) == stored
+
+
+def test_a_task_dask_gives_up_on_is_reported_failed_file_by_file(tmp_path: Path) -> None:
+    archive = make_archive(
+        tmp_path / "archive", explicit_studies=10, implicit_studies=2, instances_per_study=5
+    )
+    logs = tmp_path / "logs"
+    # allowed-failures 0: the first lost worker makes its task fail (KilledWorker)
+    # instead of running again, as after repeated losses with the default of 3.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        start_cluster() as cluster,
+        Client(cluster.scheduler_address) as client,
+        Sink(ae_title="SINK", response_delay=0.03) as sink,
+    ):
+        pids: dict[str, int] = client.run(os.getpid)
+        process = start_slow_send(archive, sink, cluster.scheduler_address, logs, wait_for=10)
+        os.kill(min(pids.values()), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+        received = set(sink.stats.received_uids)
+    assert process.returncode == 1, stderr.decode()
+    summary = load_summary(logs)
+    stored = assert_nothing_lost(summary, [str(p) for p in archive.files], logs)
+    failed = summary["failures"]
+    assert failed and len(stored) + len(failed) == len(archive.files)
+    assert all("failed: KilledWorker: Dask workers died" in f["reason"] for f in failed), failed[0][
+        "reason"
+    ]
+    assert {archive.sop_instance_uids[Path(p)] for p in stored} <= received
+    assert [t for t in summary["cluster"]["tasks"] if t["state"] == "failed"]
 
 
 def test_a_file_a_worker_cannot_read_is_a_per_file_failure(

@@ -399,7 +399,7 @@ class ClusterRun:
                 self.workers.append(report.stats)
             for attempt, seen in state.attempts.items():
                 if attempt != report.attempt:
-                    self.workers.append(_lost_stats(task_id, seen))
+                    self.workers.append(_lost_stats(task_id, seen, "died (Dask worker lost)"))
             why = ""
         else:
             state.state = "cancelled" if future.status == "cancelled" else "failed"
@@ -408,8 +408,9 @@ class ClusterRun:
             except Exception as exc:  # cancelled futures raise instead of returning
                 error = exc
             why = _describe_task_error(error)
+            ended = "interrupted" if state.state == "cancelled" else "died (Dask task failed)"
             for seen in state.attempts.values():
-                self.workers.append(_lost_stats(task_id, seen))
+                self.workers.append(_lost_stats(task_id, seen, ended))
         for info in state.files:
             if info.path in self._reported:
                 continue
@@ -463,14 +464,15 @@ class ClusterRun:
         }
 
 
-def _lost_stats(task_id: int, attempt: TaskReport) -> WorkerStats:
+def _lost_stats(task_id: int, attempt: TaskReport, ended: str) -> WorkerStats:
+    """Statistics of an attempt that returned nothing, from the outcomes it published."""
     done = [r for r in attempt.results if r.outcome in (Outcome.STORED, Outcome.WARNING)]
     return WorkerStats(
         task_id,
         attempt.pid,
         files=len(done),
         bytes_sent=sum(r.bytes_sent for r in done),
-        exit="died (Dask worker lost)",
+        exit=ended,
         host=attempt.host,
     )
 
@@ -479,8 +481,8 @@ def _describe_task_error(error: BaseException | None) -> str:
     name = type(error).__name__
     if name == "KilledWorker":
         return (
-            f"{error}: Dask workers died running it more often than distributed's "
-            "allowed-failures; the files without an outcome are reported failed, rerun to send them"
+            f"KilledWorker: Dask workers died running it more often than distributed's "
+            f"allowed-failures ({error}); rerun to send the files that have no outcome"
         )
     if isinstance(error, ModuleNotFoundError):
         return f"{error}: install dicom-fastsend on every Dask worker"

@@ -34,6 +34,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_fastsend import synth
+
+# DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name.
+from dicom_fastsend.benchmark import find_dcmtk
 from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 LOOPBACK = "127.0.0.1"
@@ -142,30 +145,6 @@ def _bind_failed(log: Path) -> bool:
 
 # --------------------------------------------------------------------------
 # DCMTK
-
-
-def find_dcmtk(tool: str) -> str | None:
-    """The path of DCMTK's `tool`, or None.
-
-    pynetdicom installs console scripts called ``storescp``/``storescu`` too,
-    which can come first on PATH (e.g. under pyenv); only a binary that
-    reports a DCMTK version counts.
-    """
-    candidates: list[str] = []
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
-        path = os.path.join(directory, tool)
-        if os.path.isfile(path) and os.access(path, os.X_OK) and path not in candidates:
-            candidates.append(path)
-    for path in candidates:
-        try:
-            out = subprocess.run(
-                [path, "--version"], capture_output=True, timeout=10, check=False
-            ).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if b"$dcmtk:" in out:
-            return path
-    return None
 
 
 def require_dcmtk(tool: str) -> str:

@@ -431,22 +431,32 @@ def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
         )
 
 
+def _synthetic_options(function: FC) -> FC:
+    """The synthetic data set of `demo` and `bench`: studies x instances of size x size."""
+    options = [
+        click.option("--studies", default=4, show_default=True, type=click.IntRange(1, 1000)),
+        click.option(
+            "--instances",
+            default=25,
+            show_default=True,
+            type=click.IntRange(1, 10000),
+            help="Instances per study.",
+        ),
+        click.option(
+            "--size",
+            default=256,
+            show_default=True,
+            type=click.IntRange(8, 4096),
+            help="Rows and columns of each synthetic 16-bit image.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @main.command()
-@click.option("--studies", default=4, show_default=True, type=click.IntRange(1, 1000))
-@click.option(
-    "--instances",
-    default=25,
-    show_default=True,
-    type=click.IntRange(1, 10000),
-    help="Instances per study.",
-)
-@click.option(
-    "--size",
-    default=256,
-    show_default=True,
-    type=click.IntRange(8, 4096),
-    help="Rows and columns of each synthetic image.",
-)
+@_synthetic_options
 @click.option("-P", "--processes", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("-v", "--verbose", is_flag=True)
 def demo(studies: int, instances: int, size: int, processes: int, verbose: bool) -> None:
@@ -485,3 +495,100 @@ def demo(studies: int, instances: int, size: int, processes: int, verbose: bool)
         summarize(summary)
         click.echo(f"the sink received {receiver.stats.instances} instances", err=True)
     sys.exit(summary.exit_code)
+
+
+@main.command()
+@_synthetic_options
+@click.option("-P", "--processes", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--max-ops", default=1, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option("-H", "--host", help="Send to this peer instead of the built-in sink.")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), help="The peer's port (with --host).")
+@click.option(
+    "-a", "--called-ae", default="ANY-SCP", show_default=True, help="The peer's AE title."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="The full comparison with DCMTK storescu, pynetdicom, a raw TCP pump, storescp, "
+    "Orthanc and the sink (needs DCMTK; 15 minutes or more, --quick: a few).",
+)
+@click.option("--quick", is_flag=True, help="With --compare: smaller data sets.")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --compare: where the generated files are kept "
+    "(default: ~/.cache/dicom-fastsend/bench).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --compare: the results JSON (default: results.json in --data).",
+)
+def bench(
+    studies: int,
+    instances: int,
+    size: int,
+    processes: int,
+    max_ops: int,
+    runs: int,
+    host: str | None,
+    port: int | None,
+    called_ae: str,
+    as_json: bool,
+    compare: bool,
+    quick: bool,
+    data: Path | None,
+    out: Path | None,
+) -> None:
+    """Send synthetic studies to the built-in sink (or --host) and report the rate.
+
+    Exit status 0 only if every run stored every file (and the sink received
+    each); with --compare, run the full comparison instead.
+    """
+    import json
+
+    from . import benchmark
+
+    if compare:
+        if host is not None or port is not None:
+            raise click.UsageError("--compare starts its own receivers; drop --host/--port")
+        directory = data or benchmark.default_data_dir()
+        options = benchmark.CompareOptions(
+            data=directory,
+            out=out or directory / ("results-quick.json" if quick else "results.json"),
+            sizes=benchmark.CompareSizes.quick() if quick else benchmark.CompareSizes(),
+            runs=runs,
+        )
+        try:
+            result = benchmark.run_compare(options, lambda line: click.echo(line, err=True))
+        except benchmark.ToolMissing as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(result.text)
+        click.echo(f"results: {options.out}", err=True)
+        return
+    if quick or data is not None or out is not None:
+        raise click.UsageError("--quick, --data and --out go with --compare")
+    if (host is None) != (port is None):
+        raise click.UsageError("--host and --port go together")
+    peer = None
+    if host is not None and port is not None:
+        try:
+            peer = PeerConfig(host=host, port=port, called_ae_title=called_ae)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+    options_ = benchmark.BenchOptions(
+        studies=studies,
+        instances=instances,
+        size=size,
+        processes=processes,
+        max_ops=max_ops,
+        runs=runs,
+        peer=peer,
+    )
+    report = benchmark.run_bench(options_, lambda line: click.echo(line, err=True))
+    click.echo(
+        json.dumps(report.as_dict(), indent=2) if as_json else benchmark.format_bench(report)
+    )
+    sys.exit(report.exit_code)

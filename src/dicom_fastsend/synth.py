@@ -8,6 +8,8 @@ a benchmark or a test sends exactly the same archive.
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from dicom_fastsend.uids import (
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+MULTIFRAME_GRAYSCALE_WORD_SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7.3"
 
 SOP_CLASS_FOR_MODALITY: dict[str, str] = {
     "CT": CT_IMAGE_STORAGE,
@@ -253,6 +256,60 @@ def write_archive(
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
+
+
+def write_multiframe(
+    path: str | Path,
+    *,
+    frames: int,
+    rows: int = 512,
+    columns: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write one Multi-frame Grayscale Word Secondary Capture image (Explicit VR LE).
+
+    The pixel data is streamed one frame at a time after the header that
+    pydicom writes, so a file of several hundred MB needs one frame of memory.
+    It is written under a temporary name and renamed when complete: an
+    interrupted run never leaves a short file that looks finished.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+    frame_bytes = rows * columns * 2
+    if frame_bytes * frames > 0xFFFFFFFE:
+        # PS3.5 7.1.2: an explicit element length is 32 bits (FFFFFFFF is "undefined").
+        raise ValueError(f"{frames} frames of {rows}x{columns} do not fit one Pixel Data element")
+    key = ("multiframe", str(seed), str(frames), str(rows), str(columns))
+    ds = make_instance(
+        modality="SC",
+        study_uid=synth_uid("study", *key),
+        series_uid=synth_uid("series", *key),
+        instance_number=1,
+        rows=rows,
+        columns=columns,
+        seed=seed,
+    )
+    del ds.PixelData
+    ds.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = UID(MULTIFRAME_GRAYSCALE_WORD_SC_IMAGE_STORAGE)
+    # Multi-frame module (PS3.3 C.7.6.6): frames are indexed by Frame Time.
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x00181063
+    ds.FrameTime = "40"
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".part")
+    rng = np.random.default_rng([seed, frames, rows, columns])
+    with open(temporary, "wb") as handle:
+        ds.save_as(handle, enforce_file_format=True)
+        # (7FE0,0010) OW in Explicit VR LE: tag, VR, 2 reserved bytes, 32-bit length
+        # (PS3.5 7.1.2); it is the data set's last element, so it goes after the rest.
+        handle.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frame_bytes * frames))
+        for _ in range(frames):
+            frame = rng.integers(0, 1 << 12, size=(rows, columns), dtype=np.uint16)
+            handle.write(frame.astype("<u2").tobytes())
+    os.replace(temporary, target)
+    return target
 
 
 def _ts_tag(transfer_syntax: str) -> str:

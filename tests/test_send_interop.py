@@ -160,3 +160,32 @@ def test_statuses_are_reported_per_file(
     # The run went on; A7xx (out of resources) was retried, the others were not.
     retried = 3 if status == 0xA700 else 0
     assert len(scp.records()) == len(archive.files) + retried
+
+
+def test_a_large_file_streams_in_windows_byte_for_byte_with_bounded_memory(
+    tmp_path: Path, archive: SynthArchive, storescp: StoreSCP
+) -> None:
+    from dicom_fastsend.scu import STREAM_WINDOW
+    from dicom_fastsend.synth import write_multiframe
+    from invariants import load_summary
+
+    def worker_peak_rss(path: Path, logs: Path) -> int:
+        run = fastsend(
+            *send_args(storescp.host, storescp.port, storescp.aet, str(path)),
+            "--log-dir", str(logs),
+        )  # fmt: skip
+        assert run.returncode == 0, run.output + storescp.output()
+        [worker] = load_summary(logs)["workers"]
+        return int(worker["peak_rss_bytes"])
+
+    # 72 frames of 512x512x16 bit: 36 MB, two whole windows and part of a third.
+    path = write_multiframe(tmp_path / "multiframe.dcm", frames=72)
+    size = path.stat().st_size
+    assert size > 2 * STREAM_WINDOW
+    peak = worker_peak_rss(path, tmp_path / "logs")
+    [received] = storescp.files()
+    assert dataset_bytes(received) == dataset_bytes(path)
+    # Without windows the whole file stays mapped, counted in the worker's RSS,
+    # until its last byte is sent; with them, about one window does.
+    base = worker_peak_rss(archive.files[0], tmp_path / "logs-base")
+    assert peak - base < size / 2, f"peak RSS {peak} for a {size}-byte file, {base} for a small one"

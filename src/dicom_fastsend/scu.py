@@ -279,22 +279,64 @@ class StoreClient:
         return events
 
     def _send_message(
-        self, presentation_context_id: int, command: Command, dataset: bytes | memoryview | None
+        self,
+        presentation_context_id: int,
+        command: Command,
+        dataset: bytes | memoryview | None,
+        mapped: tuple[mmap.mmap, int] | None = None,
     ) -> None:
+        """Send a DIMSE message; ``mapped`` is (the map, the data set's offset in it).
+
+        A large data set from a mapped file goes in windows of STREAM_WINDOW
+        bytes, and each window's pages leave this process once the kernel has
+        copied them, so a worker's memory does not grow with the file.
+        """
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
         buffers: list[object] = list(
             fragment_pdata(command.encode(), presentation_context_id, True, maximum)
         )
+        command_buffers = len(buffers)
         if dataset is not None:
             buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
         try:
-            self._transport.send_buffers(self._association.send_pdata(buffers))
+            if mapped is None or dataset is None or len(dataset) <= STREAM_WINDOW:
+                self._transport.send_buffers(self._association.send_pdata(buffers))
+            else:
+                self._send_windows(buffers, command_buffers, *mapped)
         except TransportError as exc:
             self._close()
             raise AssociationAbortedError(str(exc)) from exc
         finally:
             buffers.clear()  # drop views into the mapped file before it is unmapped
+
+    def _send_windows(
+        self, buffers: list[object], first: int, mapped: mmap.mmap, offset: int
+    ) -> None:
+        """Send the PDU buffers a window at a time, dropping each window's pages.
+
+        ``buffers[:first]`` are the command's PDUs; from ``first`` on come
+        (header, fragment) pairs whose fragments are consecutive slices of
+        the data set, which starts at ``offset`` in ``mapped``. MADV_DONTNEED
+        on a read-only file mapping only unmaps: the page cache keeps the
+        data, and nothing here reads those pages again.
+        """
+        assert self._association is not None and self._transport is not None
+        sent = offset  # the mapped bytes the kernel has taken
+        dropped = offset - offset % mmap.PAGESIZE  # the first page still mapped
+        start, window = 0, 0
+        for index in range(first + 1, len(buffers), 2):
+            window += len(buffers[index])  # type: ignore[arg-type]
+            last = index == len(buffers) - 1
+            if window < STREAM_WINDOW and not last:
+                continue
+            self._transport.send_buffers(self._association.send_pdata(buffers[start : index + 1]))
+            sent += window
+            start, window = index + 1, 0
+            whole_pages = sent - sent % mmap.PAGESIZE
+            if whole_pages > dropped and hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_DONTNEED, dropped, whole_pages - dropped)
+                dropped = whole_pages
 
     def _await_response(
         self, outstanding: Collection[int], expected: CommandField, what: str
@@ -392,7 +434,9 @@ class StoreClient:
             view = memoryview(mapped)[info.dataset_offset :]
             try:
                 dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
-                self._send_message(selection.presentation_context_id, command, dataset)
+                # Windows apply only when the data set is the mapped file itself.
+                streamed = (mapped, info.dataset_offset) if dataset is view else None
+                self._send_message(selection.presentation_context_id, command, dataset, streamed)
             finally:
                 dataset = None
                 view.release()
@@ -402,6 +446,11 @@ class StoreClient:
             except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
                 pass
         return message_id
+
+
+# Data sets larger than this are sent in windows of about this many bytes,
+# each dropped from the worker's memory once sent (see _send_windows).
+STREAM_WINDOW = 16 * 1024 * 1024
 
 
 def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> bytes | memoryview:

@@ -873,6 +873,10 @@ def headline(results: Sequence[Measurement], indexing: Sequence[IndexingMeasurem
          ("ct_subset", STOCK, "fastsend -P 1"), ("ct_subset", STOCK, STORESCU)),
         ("fastsend -P 1 / storescu, stock Orthanc (Nagle on)",
          ("orthanc", ORTHANC, "fastsend -P 1"), ("orthanc", ORTHANC, STORESCU)),
+        ("64x64: fastsend -P 1 / storescu, stock Orthanc (Nagle on)",
+         ("orthanc_small", ORTHANC, "fastsend -P 1"), ("orthanc_small", ORTHANC, STORESCU)),
+        ("64x64: fastsend -P 2 / storescu, stock Orthanc (Nagle on)",
+         ("orthanc_small", ORTHANC, "fastsend -P 2"), ("orthanc_small", ORTHANC, STORESCU)),
         ("fastsend -P 1 / pynetdicom storescu", ("ct_subset", FAST, "fastsend -P 1"),
          ("ct_subset", FAST, "pynetdicom storescu")),
         ("20 ms RTT: fastsend -P 8 / fastsend -P 1", ("small", LATENCY, "fastsend -P 8"),
@@ -941,10 +945,16 @@ class CompareSizes:
     mr: int = 5000  # 256x256 MR, sending and the indexing comparison
     multiframe_mb: int = 500  # one multi-frame file of about this many MB
     orthanc: int = 100  # CT files to the stock Orthanc (storescu: ~22 files/s there)
+    # 64x64 CT files to the stock Orthanc: what it costs to store a file there
+    # (an fsync, an SQLite commit) bounds how much any sender can gain.
+    orthanc_small: int = 200
 
     @classmethod
     def quick(cls) -> CompareSizes:
-        return cls(ct=200, ct_subset=200, small=100, mr=500, multiframe_mb=50, orthanc=30)
+        return cls(
+            ct=200, ct_subset=200, small=100, mr=500, multiframe_mb=50, orthanc=30,
+            orthanc_small=30,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -1040,6 +1050,10 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
     multiframe_dir = multiframe[0].parent
     orthanc_set = _archive(data / f"ct{sizes.orthanc}", sizes.orthanc, "CT", 512, say)
     orthanc_dir = data / f"ct{sizes.orthanc}"
+    orthanc_small_set = _archive(
+        data / f"ct64_{sizes.orthanc_small}", sizes.orthanc_small, "CT", 64, say
+    )
+    orthanc_small_dir = data / f"ct64_{sizes.orthanc_small}"
 
     # Bytecode for fastsend's modules, as `pip install` writes it: from a
     # source checkout under PYTHONDONTWRITEBYTECODE=1 every timed command would
@@ -1113,6 +1127,13 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
                              False))  # fmt: skip
                 row(orthanc, "orthanc", orthanc_set, "fastsend -P 1",
                     fastsend(orthanc.port, orthanc.aet, orthanc_dir, 1, logs))  # fmt: skip
+                row(orthanc, "orthanc_small", orthanc_small_set, STORESCU,
+                    storescu(dcmtk["storescu"], orthanc.port, orthanc.aet, orthanc_small_dir,
+                             False))  # fmt: skip
+                for processes in (1, 2):
+                    row(orthanc, "orthanc_small", orthanc_small_set, f"fastsend -P {processes}",
+                        fastsend(orthanc.port, orthanc.aet, orthanc_small_dir, processes,
+                                 logs))  # fmt: skip
 
         with _running(sink_receiver(work)) as sink:
             row(sink, "ct", ct, STORESCU,

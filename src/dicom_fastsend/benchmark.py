@@ -1129,11 +1129,11 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
                     fastsend(orthanc.port, orthanc.aet, orthanc_dir, 1, logs))  # fmt: skip
                 row(orthanc, "orthanc_small", orthanc_small_set, STORESCU,
                     storescu(dcmtk["storescu"], orthanc.port, orthanc.aet, orthanc_small_dir,
-                             False))  # fmt: skip
+                             False), "files of 64x64")  # fmt: skip
                 for processes in (1, 2):
                     row(orthanc, "orthanc_small", orthanc_small_set, f"fastsend -P {processes}",
-                        fastsend(orthanc.port, orthanc.aet, orthanc_small_dir, processes,
-                                 logs))  # fmt: skip
+                        fastsend(orthanc.port, orthanc.aet, orthanc_small_dir, processes, logs),
+                        "files of 64x64")  # fmt: skip
 
         with _running(sink_receiver(work)) as sink:
             row(sink, "ct", ct, STORESCU,

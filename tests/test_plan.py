@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dicom_fastsend.header import FileInfo
-from dicom_fastsend.plan import Dispatcher, group_by_study, make_batches, pack_tasks
+from dicom_fastsend.plan import Batch, Dispatcher, group_by_study, make_batches, pack_tasks
 
 
 def info(path: str, study: str, size: int) -> FileInfo:
@@ -50,15 +50,46 @@ def test_one_process_never_splits_a_study() -> None:
     assert len(batches) == 2
 
 
-def test_a_study_above_the_fair_share_is_split_evenly() -> None:
-    # One study holds 90% of the bytes; with 4 workers its share is 25%.
+def test_a_study_above_a_quarter_of_the_fair_share_is_split_evenly() -> None:
+    # One study holds 90% of the bytes; with 4 workers a slice is at most
+    # 1000 / 4 / 4 = 62.5 bytes: the huge study goes in 15 slices of 6 files.
     files = archive({"huge": [10] * 90, "s1": [10] * 5, "s2": [10] * 5})
     batches = make_batches(group_by_study(files), 4)
     huge = [b for b in batches if b.study_instance_uid == "huge"]
-    assert len(huge) == 4  # ceil(900 / 250)
-    assert all(b.size <= 250 for b in huge)
+    assert len(huge) == 15  # ceil(900 / 62.5)
+    assert all(b.size == 60 for b in huge)
+    assert len([b for b in batches if b.study_instance_uid != "huge"]) == 2  # kept whole
     sent = [f.path for b in huge for f in b.files]
     assert sent == sorted(sent) and len(sent) == 90  # order kept, nothing lost
+
+
+def simulate_pull(batches: list[Batch], workers: int) -> dict[int, int]:
+    """Simulated time, one unit per byte: whoever is free first pulls the next batch.
+
+    Returns when each worker found nothing left to take.
+    """
+    dispatcher = Dispatcher.of(batches)
+    busy_until = dict.fromkeys(range(workers), 0)
+    finished: dict[int, int] = {}
+    while busy_until:
+        worker = min(busy_until, key=lambda w: busy_until[w])
+        if worker in dispatcher.held:
+            dispatcher.batch_done(worker)
+        batch = dispatcher.next_for(worker)
+        if batch is None:
+            finished[worker] = busy_until.pop(worker)
+            continue
+        busy_until[worker] += batch.size
+    assert dispatcher.idle
+    return finished
+
+
+def test_equal_studies_fewer_than_twice_the_workers_still_balance() -> None:
+    # The bench's 20 ms RTT case: 10 studies of 100 small files, 8 workers.
+    files = archive({f"s{i}": [1] * 100 for i in range(10)})
+    finish = simulate_pull(make_batches(group_by_study(files), 8), 8)
+    # Whole studies would end at 200 (two workers take two); slices end at the mean.
+    assert max(finish.values()) == 125
 
 
 @given(
@@ -80,29 +111,16 @@ def test_every_file_is_in_exactly_one_batch(sizes: dict[str, list[int]], workers
 
 
 def test_pull_dispatch_balances_fake_workers() -> None:
-    """Simulated time: a worker that finishes first pulls next (LPT list scheduling)."""
+    """LPT list scheduling: within 4/3 of the optimum, itself at least total / 3."""
     files = archive({f"s{i}": [i + 1] * 10 for i in range(20)})
-    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 3))
-    busy_until = {0: 0, 1: 0, 2: 0}
-    while True:
-        worker = min(busy_until, key=lambda w: busy_until[w])
-        if worker in dispatcher.held:
-            dispatcher.batch_done(worker)
-        batch = dispatcher.next_for(worker)
-        if batch is None:
-            if dispatcher.idle or all(w not in dispatcher.held for w in busy_until):
-                break
-            busy_until[worker] = max(busy_until.values()) + 1
-            continue
-        busy_until[worker] += batch.size
+    finish = simulate_pull(make_batches(group_by_study(files), 3), 3)
     total = sum(f.size for f in files)
-    # LPT is within 4/3 of the optimum, itself at least total/3.
-    assert max(busy_until.values()) <= total / 3 * 4 / 3 + 1
+    assert max(finish.values()) <= total / 3 * 4 / 3 + 1
 
 
 def test_a_lost_worker_hands_back_only_unfinished_files_once() -> None:
     files = archive({"a": [1] * 4, "b": [1] * 2})
-    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 2))
+    dispatcher = Dispatcher.of(make_batches(group_by_study(files), 1))  # whole studies
     batch = dispatcher.next_for(7)
     assert batch is not None and batch.study_instance_uid == "a"
     dispatcher.file_done(7, batch.files[0].path)

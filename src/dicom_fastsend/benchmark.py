@@ -692,10 +692,11 @@ def sink_receiver(workdir: Path) -> Receiver:
     def stop() -> None:
         # SIGINT: the sink's own way to stop (it prints its counts).
         process.send_signal(signal.SIGINT)
-        try:
+        # A sink that has not stopped 10 s later is terminated rather than
+        # failing the whole comparison at its end (seen once, not reproduced).
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
-        finally:
-            _stop_group(process)
+        _stop_group(process)
 
     return Receiver("fastsend sink", port, "SINK", stop)
 

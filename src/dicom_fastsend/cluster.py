@@ -228,7 +228,7 @@ def run_task(task: ClusterTask) -> TaskReport:
         worker.run()
     # A graceful stop leaves batches unsent; they are reported, not dropped.
     for info in channel.remaining():
-        unsent = FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON)
+        unsent = FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id)
         channel.send(("result", task.task_id, unsent))
     channel.flush()
     # The Dask worker is a shared, long-lived process: count this thread's CPU only.

@@ -512,7 +512,7 @@ def demo(studies: int, instances: int, size: int, processes: int, verbose: bool)
     "--compare",
     is_flag=True,
     help="The full comparison with DCMTK storescu, pynetdicom, a raw TCP pump, storescp, "
-    "Orthanc and the sink (needs DCMTK; 15 minutes or more, --quick: a few).",
+    "Orthanc and the sink (needs DCMTK; about 10 minutes here, --quick: about 2).",
 )
 @click.option("--quick", is_flag=True, help="With --compare: smaller data sets.")
 @click.option(

@@ -30,23 +30,26 @@ hosts, and SQLite must not be shared over a network file system.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pickle
 import queue
 import resource
 import socket
 import tempfile
-import time
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .errors import FastsendError
 from .header import FileInfo
 from .journal import Journal
-from .plan import Batch, pack_tasks
+from .plan import SLICES_PER_WORKER, Batch, group_by_study, make_batches, pack_tasks
 from .results import FileResult, Outcome, WorkerStats
 from .worker import INTERRUPTED_REASON, RateLimiter, Worker, WorkerConfig
 
@@ -58,10 +61,16 @@ INSTALL_HINT = "pip install 'dicom-fastsend[cluster]'"
 # a slow one finishes (Dask hands out queued tasks as threads free up), few
 # enough that opening one association per task costs nothing that matters.
 TASKS_PER_SLOT = 4
-# How often a running task publishes its new outcomes (seconds). The events
-# feed the progress bar and journal; the Variable bounds what a lost worker
-# makes us send twice.
+# Files per task at most (about): a task republishes all its outcomes so far
+# into its Variable, so a task of a million files would pickle a growing list
+# every FLUSH_INTERVAL. Large archives get more, smaller tasks instead.
+MAX_FILES_PER_TASK = 500
+# How often a running task publishes its new outcomes (seconds), from a thread
+# of its own. The events feed the progress bar and journal; the Variable
+# bounds what a lost worker makes us send twice.
 FLUSH_INTERVAL = 0.2
+# The schemes distributed's comm layer knows; anything else is a typo.
+SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
 # How long to wait for the first Dask worker when the scheduler has none yet.
 WAIT_FOR_WORKERS = 30.0
 READ_ERROR_PREFIX = "cannot read file"
@@ -80,6 +89,11 @@ def connect(address: str, timeout: float) -> Client:
             f"--cluster {address} needs Dask's distributed package, which is not installed "
             f"({exc}). Install it with: {INSTALL_HINT}"
         ) from None
+    if "://" in address and not address.startswith(SCHEMES):
+        raise ClusterError(
+            f"--cluster {address}: not a Dask scheduler address; use tcp://HOST:8786 "
+            "(or tls://HOST:8786 with TLS)"
+        )
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -111,6 +125,7 @@ class ClusterTask:
     topic: str  # the event topic the coordinator subscribes to
     progress: str  # the Variable holding this task's outcomes so far
     stop: str  # the Event set on Ctrl-C
+    version: str = __version__  # the coordinator's; a worker with another refuses
 
 
 @dataclass(slots=True)
@@ -129,7 +144,12 @@ class TaskReport:
 
 
 class _TaskChannel:
-    """Stands in for the worker's pipe: batches come from the task, outcomes go to Dask."""
+    """Stands in for the worker's pipe: batches come from the task, outcomes go to Dask.
+
+    A thread of its own publishes new outcomes every FLUSH_INTERVAL, also
+    while the worker waits on a slow C-STORE or a retry's backoff, and it
+    passes a Ctrl-C on the coordinator (the stop Event) to the worker.
+    """
 
     def __init__(self, task: ClusterTask, report: TaskReport, done: list[FileResult]) -> None:
         from distributed import Event, Variable, get_worker
@@ -139,10 +159,15 @@ class _TaskChannel:
         self._dask_worker = get_worker()
         self._progress = Variable(task.progress)
         self._stop = Event(task.stop)
+        self._lock = threading.Lock()  # guards the lists below
+        self._publishing = threading.Lock()  # one publication at a time, in order
         self._results = list(done)  # cumulative, what the Variable holds
         self._new_results: list[FileResult] = list(done)  # re-reported by a rerun
         self._new_messages: list[tuple[int, str, str]] = []
-        self._flushed = 0.0
+        self._closed = threading.Event()
+        self._publisher = threading.Thread(
+            target=self._publish_periodically, name="fastsend-publish", daemon=True
+        )
         self.worker: Worker | None = None
         paths = {r.path for r in done}
         self._batches = deque(
@@ -151,26 +176,40 @@ class _TaskChannel:
             if (files := tuple(f for f in b.files if f.path not in paths))
         )
 
+    def start(self, worker: Worker) -> None:
+        self.worker = worker
+        self.flush()  # at once: the coordinator learns where the task runs
+        self._publisher.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._publisher.is_alive():
+            self._publisher.join()
+        self.flush()
+
+    def _publish_periodically(self) -> None:
+        while not self._closed.wait(FLUSH_INTERVAL):
+            self.flush()
+
     def send(self, message: Any) -> None:
         kind = message[0]
-        if kind == "result":
-            result: FileResult = message[2]
-            if result.reason.startswith(READ_ERROR_PREFIX):
-                result.reason += (
-                    f" (on {self._report.host}; with --cluster, every Dask worker must see "
-                    "the files at the paths the coordinator indexed)"
-                )
-            self._results.append(result)
-            self._new_results.append(result)
-            self._report.results.append(result)
-        elif kind == "association":
-            entry = (len(self._report.messages), message[2], message[3])
-            self._report.messages.append(entry)
-            self._new_messages.append(entry)
-        elif kind == "stats":
-            self._report.stats = message[2]
-        if time.monotonic() - self._flushed >= FLUSH_INTERVAL:
-            self.flush()
+        with self._lock:
+            if kind == "result":
+                result: FileResult = message[2]
+                if result.reason.startswith(READ_ERROR_PREFIX):
+                    result.reason += (
+                        f" (on {self._report.host}; with --cluster, every Dask worker must see "
+                        "the files at the paths the coordinator indexed)"
+                    )
+                self._results.append(result)
+                self._new_results.append(result)
+                self._report.results.append(result)
+            elif kind == "association":
+                entry = (len(self._report.messages), message[2], message[3])
+                self._report.messages.append(entry)
+                self._new_messages.append(entry)
+            elif kind == "stats":
+                self._report.stats = message[2]
 
     def recv(self) -> tuple[Any, ...]:
         if self._stop.is_set() or not self._batches:
@@ -182,22 +221,23 @@ class _TaskChannel:
 
     def flush(self) -> None:
         """Publish new outcomes: the Variable first, so a rerun never misses one we announced."""
-        self._flushed = time.monotonic()
-        if self._new_results:
-            self._progress.set(pickle.dumps(self._results))
-        report = self._report
-        event = TaskReport(
-            report.task_id,
-            report.attempt,
-            report.host,
-            report.address,
-            report.pid,
-            self._new_results,
-            self._new_messages,
-        )
-        self._dask_worker.log_event(self._task.topic, pickle.dumps(event))
-        self._new_results, self._new_messages = [], []
-        if self.worker is not None and self._stop.is_set():
+        with self._publishing:
+            with self._lock:
+                results, self._new_results = self._new_results, []
+                messages, self._new_messages = self._new_messages, []
+                cumulative = pickle.dumps(self._results) if results else b""
+            stopping = self._stop.is_set()
+            if cumulative and not stopping:
+                # Not after a stop: the coordinator may be gone and have deleted
+                # the Variable, which this would create again, for nobody.
+                self._progress.set(cumulative)
+            report = self._report
+            event = TaskReport(
+                report.task_id, report.attempt, report.host, report.address, report.pid,
+                results, messages,
+            )  # fmt: skip
+            self._dask_worker.log_event(self._task.topic, pickle.dumps(event))
+        if stopping and self.worker is not None:
             self.worker.stopping = True  # Ctrl-C on the coordinator: after the file in flight
 
 
@@ -211,6 +251,11 @@ def run_task(task: ClusterTask) -> TaskReport:
     """The body of one Dask task: the local worker loop over the task's batches."""
     from distributed import Variable, get_worker
 
+    if task.version != __version__:
+        raise RuntimeError(
+            f"dicom-fastsend {__version__} on this Dask worker, {task.version} on the "
+            "coordinator: install the same version everywhere"
+        )
     dask_worker = get_worker()
     report = TaskReport(
         task.task_id, uuid.uuid4().hex, socket.gethostname(), dask_worker.address, os.getpid()
@@ -219,18 +264,27 @@ def run_task(task: ClusterTask) -> TaskReport:
     done: list[FileResult] = pickle.loads(Variable(task.progress).get())
     report.results.extend(done)
     channel = _TaskChannel(task, report, done)
-    channel.flush()  # at once: the coordinator learns where the task runs
     cpu = resource.getrusage(resource.RUSAGE_THREAD)
-    with tempfile.NamedTemporaryFile(prefix="fastsend-rate-", suffix=".lock") as lock:
-        limiter = RateLimiter(_Budget(), lock.name, task.config.max_rate)
+    with contextlib.ExitStack() as stack:
+        limiter = RateLimiter(None, None, 0.0)
+        if task.config.max_rate > 0:
+            lock = stack.enter_context(
+                tempfile.NamedTemporaryFile(prefix="fastsend-rate-", suffix=".lock")
+            )
+            limiter = RateLimiter(_Budget(), lock.name, task.config.max_rate)
+            stack.callback(limiter.close)
         worker = Worker(task.config, channel, limiter)
-        channel.worker = worker
-        worker.run()
-    # A graceful stop leaves batches unsent; they are reported, not dropped.
-    for info in channel.remaining():
-        unsent = FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id)
-        channel.send(("result", task.task_id, unsent))
-    channel.flush()
+        channel.start(worker)
+        try:
+            worker.run()
+            # A graceful stop leaves batches unsent; they are reported, not dropped.
+            for info in channel.remaining():
+                unsent = FileResult.of(
+                    info, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id
+                )
+                channel.send(("result", task.task_id, unsent))
+        finally:
+            channel.close()
     # The Dask worker is a shared, long-lived process: count this thread's CPU only.
     used = resource.getrusage(resource.RUSAGE_THREAD)
     stats = report.stats or worker.stats
@@ -303,7 +357,7 @@ class ClusterRun:
         Event(stop, client=self.client).clear()
         self.client.subscribe_topic(topic, self._inbox.put)
         futures: dict[Future[TaskReport], int] = {}
-        for task_id, task_batches in enumerate(pack_tasks(batches, slots * TASKS_PER_SLOT)):
+        for task_id, task_batches in enumerate(pack_tasks(batches, self.task_count(batches))):
             task = ClusterTask(
                 task_id,
                 task_batches,
@@ -328,10 +382,35 @@ class ClusterRun:
         try:
             self._loop(futures, stop)
         finally:
-            self.client.unsubscribe_topic(topic)
+            # Each step on its own: a scheduler that has gone away must not
+            # hide why the run ended, nor stop the other steps.
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(topic)
             for state in self._tasks.values():
-                Variable(state.task.progress, client=self.client).delete()
-            Event(stop, client=self.client).clear()
+                with contextlib.suppress(Exception):
+                    Variable(state.task.progress, client=self.client).delete()
+            if all(state.state == "finished" for state in self._tasks.values()):
+                with contextlib.suppress(Exception):
+                    Event(stop, client=self.client).clear()  # deletes it
+            else:
+                # A task Dask could not interrupt (second Ctrl-C) is still
+                # running somewhere: the stop stays set so it ends after its file
+                # in flight. Its name is this session's alone.
+                with contextlib.suppress(Exception):
+                    Event(stop, client=self.client).set()
+
+    def plan(self, infos: Sequence[FileInfo]) -> list[Batch]:
+        """Study batches fine enough for tasks of at most about MAX_FILES_PER_TASK files."""
+        per_share = MAX_FILES_PER_TASK * SLICES_PER_WORKER
+        return make_batches(
+            group_by_study(infos), max(self.slots, math.ceil(len(infos) / per_share))
+        )
+
+    def task_count(self, batches: Sequence[Batch]) -> int:
+        """About TASKS_PER_SLOT tasks per worker thread, and none of more than
+        MAX_FILES_PER_TASK files when the batches allow it."""
+        files = sum(len(b.files) for b in batches)
+        return max(self.slots * TASKS_PER_SLOT, math.ceil(files / MAX_FILES_PER_TASK))
 
     def _loop(self, futures: dict[Future[TaskReport], int], stop: str) -> None:
         from distributed import Event
@@ -353,7 +432,12 @@ class ClusterRun:
             except queue.Empty:
                 continue
             if isinstance(item, tuple):  # (timestamp, message): a progress event
-                self._merge(pickle.loads(item[1]))
+                try:
+                    report = pickle.loads(item[1])
+                except Exception as exc:  # a worker with other code; its task says more
+                    self.hooks.log("warning", f"cluster: unreadable progress event: {exc!r}")
+                    continue
+                self._merge(report)
                 continue
             left.discard(item)
             self._finished(futures[item], item)
@@ -391,8 +475,14 @@ class ClusterRun:
 
     def _finished(self, task_id: int, future: Future[TaskReport]) -> None:
         state = self._tasks[task_id]
+        report: TaskReport | None = None
+        error: BaseException | None = None
         if future.status == "finished":
-            report: TaskReport = future.result()
+            try:
+                report = future.result()
+            except Exception as exc:  # e.g. the result cannot be unpickled here
+                error = exc
+        if report is not None:
             self._merge(report)
             state.state = "finished"
             if report.stats is not None:
@@ -403,11 +493,16 @@ class ClusterRun:
             why = ""
         else:
             state.state = "cancelled" if future.status == "cancelled" else "failed"
-            try:
-                error: BaseException | None = future.exception(timeout=5)
-            except Exception as exc:  # cancelled futures raise instead of returning
-                error = exc
-            why = _describe_task_error(error)
+            if future.status == "cancelled":
+                why = (
+                    "the Dask task was cancelled (second Ctrl-C, or by the scheduler or "
+                    "another client)"
+                )
+            else:
+                if error is None:
+                    with contextlib.suppress(Exception):
+                        error = future.exception(timeout=5)
+                why = _describe_task_error(error)
             ended = "interrupted" if state.state == "cancelled" else "died (Dask task failed)"
             for seen in state.attempts.values():
                 self.workers.append(_lost_stats(task_id, seen, ended))

@@ -381,7 +381,7 @@ class Coordinator:
             interrupts=self._cluster_interrupts,
         )
         run = ClusterRun(self._client, self.config.cluster, self.summary.session_id, hooks, journal)
-        batches = make_batches(group_by_study(infos), run.slots)
+        batches = run.plan(infos)
         self._announce(infos, batches, f"on the Dask cluster {self.config.cluster}")
         try:
             run.run(batches, self._worker_config(0), self.config.max_rate_mb_s * 1e6)

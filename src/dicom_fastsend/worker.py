@@ -93,6 +93,11 @@ class RateLimiter:
         self._rate = bytes_per_second
         self._lock = os.open(lock_path, os.O_RDWR) if lock_path and shared is not None else None
 
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     def acquire(self, size: int) -> None:
         if self._lock is None or self._rate <= 0:
             return

@@ -269,7 +269,8 @@ class SinkProcess:
         return count
 
     def close(self) -> None:
-        self._conn.send("stop")
+        with contextlib.suppress(OSError):  # already gone: nothing to stop
+            self._conn.send("stop")
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
@@ -277,6 +278,10 @@ class SinkProcess:
 
 def _sink_child(conn: Connection, ae_title: str) -> None:
     from .sink import Sink
+
+    # Ctrl-C is the sender's to handle (it stops the run); the sink is stopped
+    # by the parent once the run has wound down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     with Sink(host=LOOPBACK, port=0, ae_title=ae_title) as sink:
         conn.send(sink.port)
@@ -349,6 +354,9 @@ def run_bench(options: BenchOptions, say: Say = lambda line: None) -> BenchRepor
                 say(format_run(number, options.runs, len(files), run))
                 for problem in dict.fromkeys(summary.association_errors):
                     say(f"ERROR {problem}")
+                if summary.interrupted:
+                    say("interrupted (Ctrl-C): no more runs")
+                    break
     return report
 
 

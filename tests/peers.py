@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from pydicom.dataset import Dataset
 from dicom_fastsend import synth
 
 # DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name.
-from dicom_fastsend.benchmark import find_dcmtk
+from dicom_fastsend.benchmark import find_dcmtk, find_orthanc
 from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 LOOPBACK = "127.0.0.1"
@@ -276,13 +275,6 @@ def run_dcmtk(tool: str, *args: str, tcp_nodelay: bool = True, timeout: float = 
 
 # --------------------------------------------------------------------------
 # Orthanc
-
-
-def find_orthanc() -> str | None:
-    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 @dataclass

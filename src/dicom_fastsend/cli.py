@@ -323,9 +323,11 @@ def send(
 ) -> None:
     """Send DICOM files with C-STORE."""
     if cluster is not None and importlib.util.find_spec("distributed") is None:
+        from .cluster import INSTALL_HINT
+
         raise click.UsageError(
-            "--cluster needs Dask's distributed package, which is not installed. "
-            "Install it with: pip install 'dicom-fastsend[cluster]'"
+            f"--cluster needs Dask's distributed package, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
         )
     from .report import ConsoleReporter, ProgressBar, summarize
     from .sender import send as run_send

@@ -159,9 +159,10 @@ class _TaskChannel:
         self._dask_worker = get_worker()
         self._progress = Variable(task.progress)
         self._stop = Event(task.stop)
-        self._lock = threading.Lock()  # guards the lists below
+        # Guards report.results (cumulative: what the Variable holds) and the
+        # two lists of what is new since the last publication.
+        self._lock = threading.Lock()
         self._publishing = threading.Lock()  # one publication at a time, in order
-        self._results = list(done)  # cumulative, what the Variable holds
         self._new_results: list[FileResult] = list(done)  # re-reported by a rerun
         self._new_messages: list[tuple[int, str, str]] = []
         self._closed = threading.Event()
@@ -201,15 +202,12 @@ class _TaskChannel:
                         f" (on {self._report.host}; with --cluster, every Dask worker must see "
                         "the files at the paths the coordinator indexed)"
                     )
-                self._results.append(result)
-                self._new_results.append(result)
                 self._report.results.append(result)
+                self._new_results.append(result)
             elif kind == "association":
                 entry = (len(self._report.messages), message[2], message[3])
                 self._report.messages.append(entry)
                 self._new_messages.append(entry)
-            elif kind == "stats":
-                self._report.stats = message[2]
 
     def recv(self) -> tuple[Any, ...]:
         if self._stop.is_set() or not self._batches:
@@ -225,7 +223,7 @@ class _TaskChannel:
             with self._lock:
                 results, self._new_results = self._new_results, []
                 messages, self._new_messages = self._new_messages, []
-                cumulative = pickle.dumps(self._results) if results else b""
+                cumulative = pickle.dumps(self._report.results) if results else b""
             stopping = self._stop.is_set()
             if cumulative and not stopping:
                 # Not after a stop: the coordinator may be gone and have deleted
@@ -287,11 +285,9 @@ def run_task(task: ClusterTask) -> TaskReport:
             channel.close()
     # The Dask worker is a shared, long-lived process: count this thread's CPU only.
     used = resource.getrusage(resource.RUSAGE_THREAD)
-    stats = report.stats or worker.stats
-    stats.cpu_user_seconds = used.ru_utime - cpu.ru_utime
-    stats.cpu_system_seconds = used.ru_stime - cpu.ru_stime
-    stats.host = report.host
-    report.stats = stats
+    report.stats = worker.stats
+    report.stats.cpu_user_seconds = used.ru_utime - cpu.ru_utime
+    report.stats.cpu_system_seconds = used.ru_stime - cpu.ru_stime
     return report
 
 
@@ -341,12 +337,10 @@ class ClusterRun:
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._stopping = False
         self._aborting = False
-
-    @property
-    def slots(self) -> int:
-        """Worker threads across the cluster: how many tasks run at once."""
-        threads: dict[str, int] = self.client.nthreads()
-        return max(1, sum(threads.values()))
+        # Worker threads across the cluster, as the run starts: how many tasks run at once.
+        threads: dict[str, int] = client.nthreads()
+        self.dask_workers = len(threads)
+        self.slots = max(1, sum(threads.values()))
 
     def run(self, batches: Sequence[Batch], config: WorkerConfig, max_rate: float) -> None:
         from distributed import Event, Variable
@@ -377,7 +371,7 @@ class ClusterRun:
         self.hooks.log(
             "info",
             f"cluster {self.address}: {len(futures)} tasks for {slots} worker thread(s) on "
-            f"{len(self.client.nthreads())} Dask worker(s)",
+            f"{self.dask_workers} Dask worker(s)",
         )
         try:
             self._loop(futures, stop)
@@ -530,7 +524,7 @@ class ClusterRun:
         """Where each batch ran: the summary's ``cluster`` section."""
         return {
             "scheduler": self.address,
-            "dask_workers": len(self.client.nthreads()),
+            "dask_workers": self.dask_workers,
             "tasks": [
                 {
                     "task": task_id,

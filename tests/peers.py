@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from dicom_fastsend import synth
 
 # DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name.
-from dicom_fastsend.benchmark import find_dcmtk, find_orthanc
+from dicom_fastsend.benchmark import find_dcmtk, find_orthanc, orthanc_config
 from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 LOOPBACK = "127.0.0.1"
@@ -344,36 +344,6 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def orthanc_config(
-    workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC", **overrides: Any
-) -> dict[str, Any]:
-    """A self-contained Orthanc configuration: nothing shared with a system service."""
-    config: dict[str, Any] = {
-        "Name": f"fastsend-test-{dicom_port}",
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"),
-        "Plugins": [],
-        "HttpServerEnabled": True,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "SslEnabled": False,
-        "OrthancExplorerEnabled": False,
-        "WebDavEnabled": False,
-        "DicomServerEnabled": True,
-        "DicomAet": aet,
-        "DicomPort": dicom_port,
-        "DicomCheckCalledAet": False,
-        "DicomModalities": {},
-        "OrthancPeers": {},
-        "SaveJobs": False,
-        "StorageCompression": False,
-        "HttpThreadsCount": 8,
-    }
-    config.update(overrides)
-    return config
 
 
 def start_orthanc(

@@ -649,6 +649,40 @@ class OrthancREST:
             self.call("DELETE", f"/patients/{patient}")
 
 
+def orthanc_config(
+    workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC", **overrides: Any
+) -> dict[str, Any]:
+    """A self-contained Orthanc configuration: nothing shared with a system service.
+
+    Its DICOM side is Orthanc's defaults (Nagle on, its own PDU size), so the
+    bench measures a stock Orthanc; the tests' peers pass ``overrides``.
+    """
+    config: dict[str, Any] = {
+        "Name": f"fastsend-{dicom_port}",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "Plugins": [],
+        "HttpServerEnabled": True,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "SslEnabled": False,
+        "OrthancExplorerEnabled": False,
+        "WebDavEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomAet": aet,
+        "DicomPort": dicom_port,
+        "DicomCheckCalledAet": False,
+        "DicomModalities": {},
+        "OrthancPeers": {},
+        "SaveJobs": False,
+        "StorageCompression": False,
+        "HttpThreadsCount": 8,
+    }
+    config.update(overrides)
+    return config
+
+
 def orthanc_receiver(binary: str, workdir: Path) -> Receiver:
     """A stock Orthanc (its defaults: Nagle on, its own PDU size), storing to disk.
 
@@ -659,22 +693,7 @@ def orthanc_receiver(binary: str, workdir: Path) -> Receiver:
     directory = workdir / "orthanc"
     directory.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
-    config = {
-        "Name": f"fastsend-bench-{dicom_port}",
-        "StorageDirectory": str(directory / "storage"),
-        "IndexDirectory": str(directory / "index"),
-        "Plugins": [],
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "OrthancExplorerEnabled": False,
-        "DicomServerEnabled": True,
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "DicomModalities": {},
-        "OrthancPeers": {},
-        "SaveJobs": False,
-    }
+    config = orthanc_config(directory, dicom_port=dicom_port, http_port=http_port)
     config_path = directory / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     rest = OrthancREST(http_port)

@@ -378,3 +378,33 @@ def test_an_address_that_is_not_a_dask_scheduler_is_refused_at_once() -> None:
     with pytest.raises(ClusterError, match="not a Dask scheduler address"):
         connect("http://127.0.0.1:1", 2)
     assert time.monotonic() - started < 1
+
+
+def test_a_worker_with_another_version_refuses_the_task(
+    cluster: LocalCluster, archive: SynthArchive, sink: Sink
+) -> None:
+    info = read_header(archive.files[0])
+    task = ClusterTask(
+        0,
+        (Batch(0, "", (info,)),),
+        WorkerConfig(worker=0, peer=PeerConfig(LOOPBACK, sink.port, "SINK"), plans=()),
+        topic="fastsend-test-version-events",
+        progress="fastsend-test-version-progress",
+        stop="fastsend-test-version-stop",
+        version="0.0.0",
+    )
+    with Client(cluster.scheduler_address) as client:
+        with pytest.raises(RuntimeError, match="0.0.0 on the coordinator: install the same"):
+            client.submit(run_task, task, pure=False).result(timeout=60)
+    assert sink.stats.instances == 0
+
+
+def test_a_scheduler_without_workers_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dicom_fastsend.cluster.WAIT_FOR_WORKERS", 1.0)
+    with LocalCluster(
+        n_workers=0, processes=True, host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0"
+    ) as empty:
+        with pytest.raises(ClusterError, match="has no workers after 1 s.*dask worker"):
+            connect(empty.scheduler_address, 5)

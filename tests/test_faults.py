@@ -327,6 +327,52 @@ def test_no_c_store_rsp_fires_the_dimse_timeout_and_the_run_goes_on(
     assert_others_stored(run, scp, archive, faulted)
 
 
+def test_each_outcome_is_journalled_while_the_next_c_store_waits(
+    archive: SynthArchive, tmp_path: Path
+) -> None:
+    """A worker journals a file's outcome once the next C-STORE-RQ is sent, not after
+    its response: killed then, the journal holds every answered file but none other."""
+    import sqlite3
+
+    log_dir = tmp_path / "logs"
+    with HostileSCP(Script(stores={2: NoResponse()})) as scp:
+        command = [
+            sys.executable, "-m", "dicom_fastsend", "send", "-i", str(archive.root), "-r",
+            "-a", scp.ae_title, "-H", "127.0.0.1", "-p", str(scp.port), "--log-dir",
+            str(log_dir), "--no-progress", "-P", "1", "--dimse-timeout", "120",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + QUICK
+            answered: set[str] = set()
+            journalled: set[str] = set()
+            # Until the unanswered C-STORE has arrived whole and every answered
+            # one is in the journal; with the outcome held until the next
+            # response, this waits out the deadline (the peer never answers).
+            while not answered or journalled != answered:
+                assert time.monotonic() < deadline, (answered, journalled)
+                time.sleep(0.05)
+                if not any(s.fault and s.complete for s in scp.store_records()):
+                    continue
+                answered = {s.sop_instance_uid for s in scp.store_records() if s.status == 0}
+                for journal in log_dir.glob("fastsend_journal_*.sqlite"):
+                    db = sqlite3.connect(journal)
+                    try:
+                        rows = db.execute(
+                            "SELECT sop_instance_uid FROM instances WHERE outcome = 'stored'"
+                        )
+                        journalled = {uid for (uid,) in rows}
+                    finally:
+                        db.close()
+            # The third of the first study: the second one's outcome is the one held.
+            assert len(answered) == 2, answered
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=10)
+
+
 def test_a_trickled_never_ending_response_still_fires_the_dimse_timeout(
     archive: SynthArchive, tmp_path: Path
 ) -> None:

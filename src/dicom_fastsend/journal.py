@@ -3,10 +3,12 @@
 A rerun against the same destination skips what the journal says was stored
 (unless the file changed since, by size or mtime) and sends the rest again.
 
-Who writes: each worker records a file's outcome *before* it starts the next
-C-STORE, so if everything is killed at once, the only instances whose outcome
-is lost are the ones in flight, at most one per worker. The coordinator
-writes the outcomes it decides itself (unreadable files, interrupted ones).
+Who writes: each worker records a file's outcome as soon as the next
+C-STORE-RQ is on the wire (while the peer stores that one), so if everything
+is killed at once, the only instances whose outcome is lost are the one in
+flight and the one answered just before it, at most two per worker; a rerun
+sends those again. The coordinator writes the outcomes it decides itself
+(unreadable files, interrupted ones).
 
 Durability: WAL mode, one short transaction per outcome. With
 ``synchronous=NORMAL`` a committed outcome survives the death of the process

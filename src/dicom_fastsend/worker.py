@@ -2,9 +2,12 @@
 
 It talks to the coordinator over its own pipe (``multiprocessing.Pipe``):
 ``("ready", worker)`` asks for a batch; the coordinator answers
-``("batch", Batch)`` or ``("stop",)``. Each file's FileResult goes back as
-soon as it is known, with a blocking send, so a worker killed at any moment
-has reported everything but the file in flight (the files, with --max-ops).
+``("batch", Batch)`` or ``("stop",)``. Each file's FileResult is journalled
+and goes back with a blocking send. Without --max-ops, that happens once the
+next file's C-STORE-RQ is on the wire, while the peer stores it, so the
+bookkeeping costs nothing in the round trip; a worker killed at any moment
+has reported everything but the file in flight and the one answered just
+before it (the files in flight, with --max-ops).
 
 Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
 SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
@@ -98,6 +101,10 @@ class RateLimiter:
             os.close(self._lock)
             self._lock = None
 
+    @property
+    def limited(self) -> bool:
+        return self._lock is not None and self._rate > 0
+
     def acquire(self, size: int) -> None:
         if self._lock is None or self._rate <= 0:
             return
@@ -175,6 +182,8 @@ class Worker:
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
         self.in_flight: FileInfo | None = None
+        # The last file's outcome, reported once the next C-STORE-RQ is sent.
+        self._answered: tuple[FileInfo, FileResult] | None = None
         self.stats = WorkerStats(config.worker, os.getpid(), host=socket.gethostname())
         self.journal: Journal | None = None
         if config.journal_path is not None:
@@ -186,6 +195,25 @@ class Worker:
         self.conn.send(message)
 
     def _report(self, info: FileInfo, result: FileResult) -> None:
+        """Report now, after any outcome held back: outcomes go out in order."""
+        self._report_answered()
+        self._report_now(info, result)
+
+    def _report_later(self, info: FileInfo, result: FileResult) -> None:
+        """Hold an outcome until the next C-STORE-RQ is on the wire (see store)."""
+        self._report_answered()
+        self._answered = (info, result)
+
+    def _report_answered(self) -> None:
+        if self._answered is not None:
+            # Cleared first: a second Ctrl-C landing in between leaves the
+            # file unreported (the coordinator counts it interrupted, and a
+            # rerun sends it again), never reported twice.
+            info, result = self._answered
+            self._answered = None
+            self._report_now(info, result)
+
+    def _report_now(self, info: FileInfo, result: FileResult) -> None:
         """Journal first, then tell the coordinator: a kill between the two loses nothing."""
         result.worker = self.config.worker
         if self.journal is not None:
@@ -210,6 +238,7 @@ class Worker:
                         break
                     batch: Batch = message[1]
                     self.send_batch(batch)
+                    self._report_answered()
                     self._send("batch_done", self.config.worker, batch.batch_id)
                 self.client.release()
                 if self.plan_index is not None:
@@ -218,6 +247,7 @@ class Worker:
             except AbortRequested:
                 _block_abort_signal()
                 self.client.abort()
+                self._report_answered()
                 self._association("aborted", f"{self.client.name}: aborted (second Ctrl-C)")
                 in_flight = [info for info, _ in self.outstanding.values()]
                 if self.in_flight is not None:
@@ -236,6 +266,7 @@ class Worker:
         finally:
             # Nothing may interrupt the last reports to the coordinator.
             _block_abort_signal()
+            self._report_answered()
             self._finish_stats()
             if self.journal is not None:
                 self.journal.close()
@@ -278,7 +309,7 @@ class Worker:
                 self.in_flight = info
                 result = self.send_file(info, index, unavailable)
                 self.in_flight = None
-                self._report(info, result)
+                self._report_later(info, result)
         self._drain(unavailable)
 
     # ------------------------------------------------------------ --max-ops pipeline
@@ -370,6 +401,9 @@ class Worker:
         while True:
             attempt += 1
             result, retryable = self._attempt(info, index)
+            # Sent by now, unless the attempt failed before its C-STORE-RQ
+            # went out; the last outcome must not wait out a retry's backoff.
+            self._report_answered()
             result.attempts = attempt
             if not retryable or attempt > self.config.retries or self.stopping:
                 if result.reason.startswith(NO_ASSOCIATION_PREFIX):
@@ -437,6 +471,9 @@ class Worker:
             selection = self.client.contexts.select(info.sop_class_uid, info.transfer_syntax_uid)
         except NoAcceptableContext as exc:
             return failed(str(exc)), False
+        if self.limiter.limited:
+            # A --max-rate wait can be long; no outcome should wait through it.
+            self._report_answered()
         self.limiter.acquire(info.size)
         if self.stopping:
             # Ctrl-C came while this file waited for its share of --max-rate:
@@ -444,17 +481,32 @@ class Worker:
             return _unsent(info, INTERRUPTED_REASON, 0), False
         started = time.perf_counter()
         try:
-            response = self.client.store(info, selection)
+            message_id = self.client.begin_store(info, selection)
         except AssociationAbortedError as exc:
-            # The association is gone (A-ABORT, reset, timeout, protocol
-            # error); a retry opens a new one.
-            self._association("aborted", str(exc))
-            self.plan_index = None
-            return failed(f"association lost while sending: {exc}"), True
+            return self._lost_while_sending(info, exc), True
+        except (OSError, FastsendError) as exc:
+            return failed(_file_error(exc)), False
+        # While the peer stores this file, journal and report the last one:
+        # that bookkeeping then costs nothing in the round trip. (Outside the
+        # try: a broken pipe to the coordinator is not this file's failure.)
+        self._report_answered()
+        try:
+            response = self.client.finish_store({message_id})[1]
+        except AssociationAbortedError as exc:
+            return self._lost_while_sending(info, exc), True
         except (OSError, FastsendError) as exc:
             return failed(_file_error(exc)), False
         result = result_from_response(info, response, time.perf_counter() - started)
         return result, result.outcome is Outcome.FAILED and is_retryable_status(response.status)
+
+    def _lost_while_sending(self, info: FileInfo, exc: AssociationAbortedError) -> FileResult:
+        """The association is gone (A-ABORT, reset, timeout, protocol error).
+
+        A retry opens a new one.
+        """
+        self._association("aborted", str(exc))
+        self.plan_index = None
+        return FileResult.of(info, Outcome.FAILED, f"association lost while sending: {exc}")
 
 
 def _file_error(exc: OSError | FastsendError) -> str:

@@ -42,6 +42,16 @@ def implementation(
     yield
 
 
+@pytest.fixture(params=[header.HEAD_LENGTH, 1024, 200], ids=["head", "head1024", "head200"])
+def head_length(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run on every file as one longer than the first read too: with a short head,
+    read_header takes the head walk and its fallbacks (a head of 200 bytes ends
+    inside the File Meta Information; one of 1024 holds the pixel data's header
+    but not its value)."""
+    monkeypatch.setattr(header, "HEAD_LENGTH", request.param)
+    return int(request.param)
+
+
 def _ct(*, with_sequence: bool = False, pixels: int = 512) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -97,7 +107,7 @@ def _save(ds: Dataset, path: Path, transfer_syntax: UID) -> Path:
 )
 @pytest.mark.parametrize("with_sequence", [False, True], ids=["flat", "sequence"])
 def test_read_header_matches_pydicom(
-    tmp_path: Path, transfer_syntax: UID, with_sequence: bool
+    tmp_path: Path, transfer_syntax: UID, with_sequence: bool, head_length: int
 ) -> None:
     path = _save(_ct(with_sequence=with_sequence), tmp_path / "ct.dcm", transfer_syntax)
     info = read_header(path)
@@ -126,7 +136,7 @@ def test_read_header_matches_pydicom(
     assert actual == expected
 
 
-def test_read_header_raw_data_set_without_meta(tmp_path: Path) -> None:
+def test_read_header_raw_data_set_without_meta(tmp_path: Path, head_length: int) -> None:
     for implicit_vr, uid in ((False, ExplicitVRLittleEndian), (True, ImplicitVRLittleEndian)):
         path = tmp_path / f"raw-{uid}.dcm"
         ds = _ct()
@@ -140,7 +150,9 @@ def test_read_header_raw_data_set_without_meta(tmp_path: Path) -> None:
         assert info.study_instance_uid == ds.StudyInstanceUID
 
 
-def test_read_header_falls_back_to_meta_uids_and_tolerates_short_trailer(tmp_path: Path) -> None:
+def test_read_header_falls_back_to_meta_uids_and_tolerates_short_trailer(
+    tmp_path: Path, head_length: int
+) -> None:
     ds = _ct()
     del ds.StudyInstanceUID
     path = _save(ds, tmp_path / "ct.dcm", ExplicitVRLittleEndian)
@@ -197,7 +209,7 @@ def test_preamble_and_prefix_only(tmp_path: Path) -> None:
     _expect(path, "unreadable", "Transfer Syntax UID (0002,0010)")
 
 
-def test_truncated_in_pixel_data(tmp_path: Path) -> None:
+def test_truncated_in_pixel_data(tmp_path: Path, head_length: int) -> None:
     path = _save(_ct(pixels=4096), tmp_path / "ct.dcm", ExplicitVRLittleEndian)
     data = path.read_bytes()
     path.write_bytes(data[:-1000])
@@ -205,7 +217,35 @@ def test_truncated_in_pixel_data(tmp_path: Path) -> None:
     assert "says 4096 bytes, only 3096 remain" in error.reason
 
 
-def test_missing_sop_instance_uid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("trailer", [0, 5], ids=["exact", "stray-bytes"])
+def test_a_long_file_is_read_from_its_head_without_mapping_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trailer: int
+) -> None:
+    """Pixel data ending at the end of the file settles the walk from the first read;
+    anything after it (here 5 stray bytes) sends read_header to the full walk."""
+    pixels = 4 * header.HEAD_LENGTH
+    path = _save(_ct(pixels=pixels), tmp_path / "ct.dcm", ExplicitVRLittleEndian)
+    with open(path, "ab") as handle:
+        handle.write(b"\x00" * trailer)
+    mapped: list[int] = []
+    real_mmap = header.mmap.mmap
+
+    def counting_mmap(*args: Any, **kwargs: Any) -> Any:
+        mapped.append(1)
+        return real_mmap(*args, **kwargs)
+
+    monkeypatch.setattr(header.mmap, "mmap", counting_mmap)
+    info = read_header(path)
+    assert info.sop_instance_uid == "1.2.826.0.1.3680043.8.498.11"
+    assert info.size == path.stat().st_size > header.HEAD_LENGTH
+    assert len(mapped) == (1 if trailer else 0)
+    # Cut inside the pixel data, beyond the head: still caught, by the full walk.
+    path.write_bytes(path.read_bytes()[: -(trailer + 1000)])
+    error = _expect(path, "unreadable", "element (7fe0,0010) at offset")
+    assert f"says {pixels} bytes, only {pixels - 1000} remain" in error.reason
+
+
+def test_missing_sop_instance_uid(tmp_path: Path, head_length: int) -> None:
     ds = _ct()
     del ds.SOPInstanceUID
     ds.file_meta = FileMetaDataset()
@@ -218,7 +258,7 @@ def test_missing_sop_instance_uid(tmp_path: Path) -> None:
     _expect(path, "unreadable", "no SOP Instance UID (0008,0018)")
 
 
-def test_dicomdir(tmp_path: Path) -> None:
+def test_dicomdir(tmp_path: Path, head_length: int) -> None:
     ds = Dataset()
     ds.FileSetID = "TEST"
     ds.file_meta = FileMetaDataset()

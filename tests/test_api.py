@@ -91,12 +91,13 @@ def test_ctrl_c_while_indexing_sends_nothing_and_says_so(archive: SynthArchive) 
     assert "interrupted (Ctrl-C) while indexing" in summary.events[0]
 
 
-def test_a_local_send_and_its_summary_import_neither_dask_nor_pydicom(
+def test_a_local_send_and_its_summary_import_neither_dask_nor_pydicom_nor_ssl(
     archive: SynthArchive, sink: Sink
 ) -> None:
-    # Each costs about half a second of start-up, which every whole run would pay:
-    # Dask is for --cluster only, pydicom for conversions only (UID names come
-    # from its table file, loaded alone).
+    # Dask and pydicom each cost about half a second of start-up, which every
+    # whole run would pay: Dask is for --cluster only, pydicom for conversions
+    # only (UID names come from its table file, loaded alone). ssl (10 ms) is
+    # for TLS only.
     code = (
         "import io, sys; from pathlib import Path; import dicom_fastsend as fs; "
         "from dicom_fastsend.report import summarize; "
@@ -105,7 +106,7 @@ def test_a_local_send_and_its_summary_import_neither_dask_nor_pydicom(
         "recursive=True, log_dir=None)); "
         "out = io.StringIO(); summarize(s, out); "
         "print(s.exit_code, 'CT Image Storage' in out.getvalue(), "
-        "sorted({'distributed', 'dask', 'pydicom'} & set(sys.modules)))"
+        "sorted({'distributed', 'dask', 'pydicom', 'ssl'} & set(sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60

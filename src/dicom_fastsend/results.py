@@ -6,7 +6,7 @@ which merges everything into one SendSummary.
 
 from __future__ import annotations
 
-import statistics
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -118,7 +118,7 @@ class SendSummary:
 
         return {
             "count": len(times),
-            "mean": statistics.fmean(times),
+            "mean": math.fsum(times) / len(times),
             "p50": percentile(0.50),
             "p95": percentile(0.95),
             "p99": percentile(0.99),

@@ -10,12 +10,15 @@ half of its C-STORE-RSP without a 40 ms delayed-ACK stall.
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TLSConfig
 from .errors import FastsendError
+
+if TYPE_CHECKING:
+    # Imported where TLS is used: ssl costs every run about 10 ms to import.
+    import ssl
 
 # Linux allows 1024 iovecs per sendmsg (IOV_MAX); stay under it.
 _MAX_IOVECS = 1024
@@ -41,6 +44,8 @@ class TLSError(ConnectError):
 
 def tls_context(tls: TLSConfig) -> ssl.SSLContext:
     """A client context for DICOM TLS (PS3.15 B.9): TLS 1.2+, verified unless told not to."""
+    import ssl
+
     try:
         context = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
@@ -60,6 +65,8 @@ def tls_context(tls: TLSConfig) -> ssl.SSLContext:
 def _tls_handshake(
     context: ssl.SSLContext, sock: socket.socket, host: str, peer: str
 ) -> ssl.SSLSocket:
+    import ssl
+
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
@@ -77,12 +84,19 @@ def _tls_handshake(
         ) from exc
 
 
+def _is_ssl_error(exc: OSError) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLError)
+
+
 class Transport:
     """A connected TCP (or TLS) socket with scatter-gather writes."""
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, tls: bool = False) -> None:
         self._sock = sock
         self.peer = peer
+        self._tls = tls
         self.closed = False
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -103,7 +117,7 @@ class Transport:
         # Large socket buffers let one sendmsg hand a whole PDU to the kernel.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         if context is not None:
-            sock = _tls_handshake(context, sock, host, peer)
+            return cls(_tls_handshake(context, sock, host, peer), peer, tls=True)
         return cls(sock, peer)
 
     @classmethod
@@ -123,7 +137,7 @@ class Transport:
         write pays for re-slicing, and that without copying.
         """
         try:
-            if isinstance(self._sock, ssl.SSLSocket):
+            if self._tls:
                 # No sendmsg under TLS: each buffer is encrypted straight from
                 # its memory, header and fragment as they are, no Python copy.
                 for buffer in buffers:
@@ -177,7 +191,7 @@ class Transport:
 
     def _broken(self, when: str, exc: OSError) -> str:
         message = f"connection to {self.peer} broke {when}: {exc}"
-        if isinstance(exc, ssl.SSLError):
+        if self._tls and _is_ssl_error(exc):
             # With TLS 1.3 a server that refuses our certificate (or the lack
             # of one) says so only after the handshake, at the first exchange.
             message += (

@@ -190,3 +190,21 @@ def test_failures_csv_feeds_input_list(
     assert run.returncode == 0, run.output
     assert [r.sop_instance_uid for r in scp.records()[before:]] == [target]
     assert "1 files: 1 stored" in run.stderr
+
+
+def test_an_earlier_journal_loses_its_unused_index_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path, "STORE@127.0.0.1:104", "s1")
+    journal.record(FileResult("/a.dcm", Outcome.STORED, "", 0, "1.2.3", "1.2.4"), 10, 1.0)
+    journal.close()
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX instances_uid ON instances (destination, sop_instance_uid)")
+    db.commit()
+    db.close()
+    journal = Journal(path, "STORE@127.0.0.1:104", "s2")
+    assert set(journal.stored()) == {"/a.dcm"}
+    journal.close()
+    db = sqlite3.connect(path)
+    indexes = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")]
+    db.close()
+    assert "instances_uid" not in indexes

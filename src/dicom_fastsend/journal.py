@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS instances (
     session_id        TEXT NOT NULL,
     PRIMARY KEY (destination, path)
 );
-CREATE INDEX IF NOT EXISTS instances_uid ON instances (destination, sop_instance_uid);
+-- Earlier journals had an index on (destination, sop_instance_uid) that no
+-- query used; it made each record about a quarter dearer (two B-trees to
+-- update in every commit instead of one).
+DROP INDEX IF EXISTS instances_uid;
 """
 
 # Outcomes that mean the destination holds the instance.

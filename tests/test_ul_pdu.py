@@ -516,6 +516,32 @@ def test_reader_byte_by_byte() -> None:
     assert reader.buffered == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+    drain=st.lists(st.booleans(), min_size=13, max_size=13),
+)
+def test_reader_frames_any_split_of_a_stream_and_its_views_stay_valid(
+    bodies: list[bytes], cuts: list[int], drain: list[bool]
+) -> None:
+    """However the stream is cut into feeds, and whether or not the PDUs are taken
+    after each feed, the same PDUs come out, and each stays intact afterwards."""
+    stream = b"".join(b"\x04\x00" + struct.pack(">I", len(body)) + body for body in bodies)
+    points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    reader = PDUReader(16384)
+    frames: list[tuple[int, memoryview]] = []
+    for number, (start, end) in enumerate(zip(points, points[1:], strict=False)):
+        reader.feed(stream[start:end])
+        if drain[number] or end == len(stream):
+            while (frame := reader.next_pdu()) is not None:
+                frames.append(frame)
+    assert [(pdu_type, bytes(body)) for pdu_type, body in frames] == [
+        (0x04, body) for body in bodies
+    ]
+    assert reader.buffered == 0
+
+
 def test_reader_several_pdus_in_one_feed() -> None:
     reader = PDUReader(16384)
     reader.feed(AC_GOLDEN + PDATA_GOLDEN + RELEASE_RP_GOLDEN + ABORT_GOLDEN[:7])

@@ -127,6 +127,18 @@ def test_demo_sends_synthetic_studies_to_its_own_sink() -> None:
     assert "the sink received 6 instances" in run.stderr
 
 
+def test_sink_on_a_port_in_use_says_so_without_a_traceback() -> None:
+    import socket
+
+    with socket.create_server((LOOPBACK, 0)) as taken:
+        port = taken.getsockname()[1]
+        run = fastsend("sink", "--port", str(port))
+    assert run.returncode == 1, run.output
+    assert "Traceback" not in run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "choose another --port" in run.stderr
+
+
 def test_dicom_file_given_directly_without_recursion(
     archive: SynthArchive, pynetdicom_scp: PynetdicomSCP
 ) -> None:

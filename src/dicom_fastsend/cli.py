@@ -417,7 +417,13 @@ def sink(host: str, port: int, ae_title: str, output_dir: Path | None) -> None:
 
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-    receiver = Sink(host=host, port=port, ae_title=ae_title, output_dir=output_dir)
+    try:
+        receiver = Sink(host=host, port=port, ae_title=ae_title, output_dir=output_dir)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "
+            "(0 picks a free one), or stop what listens there"
+        ) from exc
     click.echo(f"fastsend sink {ae_title} listening on {host}:{receiver.port}", err=True)
     try:
         receiver.serve_forever()

@@ -611,8 +611,8 @@ class PDUReader:
 
     PDUs that arrive whole within one ``feed`` are returned as views into the
     fed bytes, without a copy; only a PDU split across feeds is assembled in
-    a buffer. (A receiver of gigabytes would otherwise copy every byte three
-    times.)
+    a buffer, which takes that PDU's bytes and no more. (A receiver of
+    gigabytes would otherwise copy every byte three times.)
     """
 
     def __init__(self, maximum_length: int) -> None:
@@ -623,14 +623,19 @@ class PDUReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         rest = self._data[self._offset :]
-        if self._buffer or len(rest):
+        if len(rest):
+            # The start of a PDU that this feed completes: only it is buffered.
             self._buffer += rest
-            self._buffer += data
-            self._data, self._offset = memoryview(b""), 0
-        else:
-            # Views of the fed data are handed out, so it must not change later.
-            self._data = memoryview(data if isinstance(data, bytes) else bytes(data))
-            self._offset = 0
+        # Views of the fed data are handed out, so it must not change later.
+        self._data = memoryview(data if isinstance(data, bytes) else bytes(data))
+        self._offset = 0
+
+    def _fill(self, wanted: int) -> None:
+        """Move fed bytes into the buffer until it holds ``wanted`` bytes, or all were moved."""
+        take = min(wanted - len(self._buffer), len(self._data) - self._offset)
+        if take > 0:
+            self._buffer += self._data[self._offset : self._offset + take]
+            self._offset += take
 
     @property
     def buffered(self) -> int:
@@ -656,14 +661,23 @@ class PDUReader:
         the caller can abort before the rest arrives.
         """
         if self._buffer:
+            # A PDU split across feeds: the buffer takes from the fed bytes
+            # only what completes it, and the rest stays a view.
+            self._fill(PDU_HEADER_LENGTH)
             if len(self._buffer) < PDU_HEADER_LENGTH:
                 return None
             pdu_type, _, length = _HEADER.unpack_from(self._buffer, 0)
             self._check(pdu_type, length)
             total = PDU_HEADER_LENGTH + length
+            self._fill(total)
             if len(self._buffer) < total:
                 return None
-            # Copied out, so the view stays valid while the buffer moves on.
+            if len(self._buffer) == total:
+                # Handed over whole: a view without a copy, and a new buffer.
+                whole, self._buffer = self._buffer, bytearray()
+                return pdu_type, memoryview(whole)[PDU_HEADER_LENGTH:]
+            # More than one PDU was buffered: copied out, so the view stays
+            # valid while the buffer moves on.
             body = bytes(self._buffer[PDU_HEADER_LENGTH:total])
             del self._buffer[:total]
             return pdu_type, memoryview(body)

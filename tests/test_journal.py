@@ -208,3 +208,23 @@ def test_an_earlier_journal_loses_its_unused_index_and_keeps_its_records(tmp_pat
     indexes = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")]
     db.close()
     assert "instances_uid" not in indexes
+
+
+def test_a_worker_connection_never_checkpoints_and_the_coordinators_does(tmp_path: Path) -> None:
+    """Workers open the journal with checkpoint=False, so an fsync never stalls them
+    between two C-STOREs; the coordinator's connection checkpoints instead."""
+    path = tmp_path / "journal.sqlite"
+    coordinator = Journal(path, "STORE@127.0.0.1:104", "s")
+    worker = Journal(path, "STORE@127.0.0.1:104", "s", checkpoint=False)
+    empty = path.stat().st_size
+    # About 3 WAL pages an outcome: past the 1,000 pages at which SQLite's
+    # automatic checkpoint would have copied them into the database file.
+    for number in range(600):
+        result = FileResult(f"/archive/{number:06d}.dcm", Outcome.STORED, "", 0, f"1.2.{number}")
+        worker.record(result, 10, 1.0)
+    assert path.stat().st_size == empty  # everything is still in the WAL
+    coordinator.checkpoint()
+    assert path.stat().st_size > empty
+    assert len(coordinator.stored()) == 600
+    worker.close()
+    coordinator.close()

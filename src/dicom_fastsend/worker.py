@@ -187,7 +187,10 @@ class Worker:
         self.stats = WorkerStats(config.worker, os.getpid(), host=socket.gethostname())
         self.journal: Journal | None = None
         if config.journal_path is not None:
-            self.journal = Journal(config.journal_path, config.destination, config.session_id)
+            # Checkpoints are the coordinator's (see journal.py).
+            self.journal = Journal(
+                config.journal_path, config.destination, config.session_id, checkpoint=False
+            )
 
     # ------------------------------------------------------------ messages
 

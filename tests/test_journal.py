@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -228,3 +229,51 @@ def test_a_worker_connection_never_checkpoints_and_the_coordinators_does(tmp_pat
     assert len(coordinator.stored()) == 600
     worker.close()
     coordinator.close()
+
+
+def test_a_new_journal_opened_while_another_connection_holds_its_lock_waits(
+    tmp_path: Path,
+) -> None:
+    """The coordinator and a worker open a new journal at the same moment.
+
+    PRAGMA journal_mode=WAL fails at once ("database is locked") while another
+    connection holds a lock on a journal not yet in WAL mode; it skips the busy
+    handler. Journal must wait for the lock like any other statement does.
+    """
+    path = tmp_path / "journal.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE earlier (x)")
+    other.execute("BEGIN IMMEDIATE")  # a RESERVED lock, in rollback-journal mode
+    other.execute("INSERT INTO earlier VALUES (1)")
+    release = threading.Timer(0.3, other.execute, ("COMMIT",))
+    release.start()
+    started = time.monotonic()
+    try:
+        journal = Journal(path, "STORE@127.0.0.1:104", "s")
+    finally:
+        release.join()
+        other.close()
+    assert time.monotonic() - started >= 0.25  # it waited for the lock
+    journal.record(FileResult("/a.dcm", Outcome.STORED, "", 0, "1.2.3", "1.2.4"), 10, 1.0)
+    assert set(journal.stored()) == {"/a.dcm"}
+    journal.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_journal_that_is_not_sqlite_stops_the_run_naming_it(
+    archive: SynthArchive, sink: Sink, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.sqlite"
+    journal.write_bytes(b"these are not the bytes of an SQLite database\n" * 100)
+    for resume in ((), ("--no-resume",)):
+        run = fastsend(
+            "send", "-i", str(archive.root), "-r", "-a", "SINK", "-H", "127.0.0.1",
+            "-p", str(sink.port), "--journal", str(journal), *resume,
+        )  # fmt: skip
+        assert run.returncode == 3, run.output
+        assert f"cannot use the journal {journal}: file is not a database" in run.stderr
+        assert "give --journal" in run.stderr
+        assert "Traceback" not in run.stderr
+    assert sink.stats.associations == 0  # nothing sent
+    assert journal.read_bytes().startswith(b"these are not")  # and the file left as it was

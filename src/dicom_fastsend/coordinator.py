@@ -34,7 +34,7 @@ from .config import SendConfig
 from .contexts import plan_associations
 from .discover import MissingInput, discover
 from .header import FileInfo, HeaderError, read_header
-from .journal import Journal, destination_key, file_unchanged
+from .journal import Journal, JournalError, destination_key, file_unchanged
 from .plan import Batch, Dispatcher, group_by_study, make_batches
 from .results import FileResult, Outcome, SendSummary, WorkerStats
 from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
@@ -145,6 +145,18 @@ class Coordinator:
                 try:
                     self._client = connect(self.config.cluster, self.config.peer.connect_timeout)
                 except ClusterError as exc:
+                    summary.error = str(exc)
+                    self.hooks.log("error", summary.error)
+                    return summary
+            if self.config.journal is not None:
+                # Also before the walk: a journal that cannot be used stops the
+                # run at once, naming the file. This also creates a new one
+                # before any worker opens it.
+                try:
+                    Journal(
+                        self.config.journal, destination_key(self.config.peer), summary.session_id
+                    ).close()
+                except JournalError as exc:
                     summary.error = str(exc)
                     self.hooks.log("error", summary.error)
                     return summary

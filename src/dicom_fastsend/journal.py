@@ -31,8 +31,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from .config import PeerConfig
+from .errors import FastsendError
 from .results import FileResult, Outcome
 
 _SCHEMA = """
@@ -58,6 +60,9 @@ CREATE TABLE IF NOT EXISTS instances (
 DROP INDEX IF EXISTS instances_uid;
 """
 
+# How long a connection waits for another's lock before giving up.
+BUSY_SECONDS: Final = 30.0
+
 # Outcomes that mean the destination holds the instance.
 _STORED = (Outcome.STORED.value, Outcome.WARNING.value)
 
@@ -70,6 +75,10 @@ def default_journal_path(log_dir: Path, peer: PeerConfig) -> Path:
     """One journal per destination in the log directory."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{peer.called_ae_title}_{peer.host}_{peer.port}")
     return log_dir / f"fastsend_journal_{safe}.sqlite"
+
+
+class JournalError(FastsendError):
+    """The journal file cannot be opened or set up (not SQLite, not writable ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +98,33 @@ class Journal:
         self.path = path
         self.destination = destination
         self.session_id = session_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue our own short transactions.
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue our own short transactions.
+            self._db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(_cannot_use(path, exc)) from exc
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self._set_up(checkpoint)
+                break
+            except sqlite3.Error as exc:
+                # PRAGMA journal_mode=WAL does not wait on the busy handler:
+                # while another connection holds a lock on a journal not yet
+                # in WAL mode, it fails at once with "database is locked".
+                # That happens when the coordinator and a worker open a new
+                # journal at the same moment; the setup is idempotent, so wait
+                # and do it again, as busy_timeout would.
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise JournalError(_cannot_use(path, exc)) from exc
+                time.sleep(0.01)
+
+    def _set_up(self, checkpoint: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")  # several workers write
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")  # workers write too
         if not checkpoint:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
@@ -160,6 +190,19 @@ class Journal:
             (self.destination,),
         )
         return dict(rows.fetchall())
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes (such as SQLITE_BUSY_SNAPSHOT) included."""
+    code = getattr(exc, "sqlite_errorcode", None)  # None on errors not from SQLite itself
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _cannot_use(path: Path, exc: OSError | sqlite3.Error) -> str:
+    return (
+        f"cannot use the journal {path}: {exc}; give --journal a writable path, new or an"
+        " earlier fastsend journal (move this file aside if it is something else)"
+    )
 
 
 def file_unchanged(entry: StoredEntry, size: int, mtime: float) -> bool:

@@ -120,7 +120,8 @@ class SendSummary:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 3 no association (or cluster) could be had, 1 some failed, else 0."""
+        """130 interrupted; 3 nothing could start (no association, cluster or journal);
+        1 some failed; else 0."""
         if self.interrupted:
             return 130
         if self.no_association or self.error:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 
 from dicom_fastsend.config import PeerConfig
 from dicom_fastsend.journal import Journal, default_journal_path, destination_key
@@ -261,19 +262,27 @@ def test_a_new_journal_opened_while_another_connection_holds_its_lock_waits(
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_a_journal_that_is_not_sqlite_stops_the_run_naming_it(
-    archive: SynthArchive, sink: Sink, tmp_path: Path
+@pytest.mark.parametrize("kind", ["not-sqlite", "under-a-file"])
+def test_a_journal_that_cannot_be_used_stops_the_run_naming_it(
+    kind: str, archive: SynthArchive, sink: Sink, tmp_path: Path
 ) -> None:
-    journal = tmp_path / "journal.sqlite"
-    journal.write_bytes(b"these are not the bytes of an SQLite database\n" * 100)
+    if kind == "not-sqlite":
+        journal = tmp_path / "journal.sqlite"
+        journal.write_bytes(b"these are not the bytes of an SQLite database\n" * 100)
+        why = "file is not a database"
+    else:  # its directory would have to be a regular file (refused even to root)
+        (tmp_path / "a-file").write_text("not a directory")
+        journal = tmp_path / "a-file" / "journal.sqlite"
+        why = "[Errno 17] File exists"
     for resume in ((), ("--no-resume",)):
         run = fastsend(
             "send", "-i", str(archive.root), "-r", "-a", "SINK", "-H", "127.0.0.1",
             "-p", str(sink.port), "--journal", str(journal), *resume,
         )  # fmt: skip
         assert run.returncode == 3, run.output
-        assert f"cannot use the journal {journal}: file is not a database" in run.stderr
+        assert f"cannot use the journal {journal}: {why}" in run.stderr
         assert "give --journal" in run.stderr
         assert "Traceback" not in run.stderr
     assert sink.stats.associations == 0  # nothing sent
-    assert journal.read_bytes().startswith(b"these are not")  # and the file left as it was
+    if kind == "not-sqlite":
+        assert journal.read_bytes().startswith(b"these are not")  # the file left as it was

@@ -34,7 +34,7 @@ from .config import SendConfig
 from .contexts import plan_associations
 from .discover import MissingInput, discover
 from .header import FileInfo, HeaderError, read_header
-from .journal import Journal, JournalError, destination_key, file_unchanged
+from .journal import Journal, JournalError, StoredEntry, destination_key, file_unchanged
 from .plan import Batch, Dispatcher, group_by_study, make_batches
 from .results import FileResult, Outcome, SendSummary, WorkerStats
 from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
@@ -148,14 +148,13 @@ class Coordinator:
                     summary.error = str(exc)
                     self.hooks.log("error", summary.error)
                     return summary
+            stored: dict[str, StoredEntry] = {}
             if self.config.journal is not None:
                 # Also before the walk: a journal that cannot be used stops the
                 # run at once, naming the file. This also creates a new one
                 # before any worker opens it.
                 try:
-                    Journal(
-                        self.config.journal, destination_key(self.config.peer), summary.session_id
-                    ).close()
+                    stored = self._stored(self.config.journal)
                 except JournalError as exc:
                     summary.error = str(exc)
                     self.hooks.log("error", summary.error)
@@ -172,8 +171,8 @@ class Coordinator:
                     self._record(_interrupted(info))
                 return summary
             infos = self._skip_duplicates(infos)
-            if self.config.journal is not None:
-                infos = self._resume(infos, self.config.journal)
+            if stored:
+                infos = self._resume(infos, stored)
             if infos:
                 self._send_all(infos)
         finally:
@@ -204,19 +203,25 @@ class Coordinator:
             )
         return unique
 
-    def _resume(self, infos: list[FileInfo], path: Path) -> list[FileInfo]:
-        """Skip what the journal says this destination already holds, unless changed."""
-        if not self.config.resume:
-            self.hooks.log("info", f"journal {path}: not consulted (--no-resume), still written")
-            return infos
+    def _stored(self, path: Path) -> dict[str, StoredEntry]:
+        """Open (or create) the journal: what it says this destination holds, if resuming."""
         journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
         try:
+            if not self.config.resume:
+                self.hooks.log(
+                    "info", f"journal {path}: not consulted (--no-resume), still written"
+                )
+                return {}
             stored = journal.stored()
         finally:
             journal.close()
         self.hooks.log(
             "info", f"journal {path}: {len(stored)} instance(s) already stored at this destination"
         )
+        return stored
+
+    def _resume(self, infos: list[FileInfo], stored: dict[str, StoredEntry]) -> list[FileInfo]:
+        """Skip what the journal says this destination already holds, unless changed."""
         pending: list[FileInfo] = []
         for info in infos:
             entry = stored.get(info.path)

@@ -49,7 +49,7 @@ def main() -> None:
         "--multiframe-mb", type=int, help="size of the multi-frame file (default 500, --quick 50)"
     )
     parser.add_argument(
-        "--orthanc-files", type=int, help="CT files sent to Orthanc (default 200, --quick 30)"
+        "--orthanc-files", type=int, help="CT files sent to Orthanc (default 2000, --quick 30)"
     )
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args()

@@ -62,14 +62,18 @@ def test_one_at_a_time_without_max_ops(
 
 
 def test_a_peer_that_declines_gets_one_at_a_time(
-    archive: SynthArchive, pynetdicom_scp: PynetdicomSCP
+    archive: SynthArchive, pynetdicom_scp: PynetdicomSCP, tmp_path: Path
 ) -> None:
     run = fastsend(
         "send", "-i", str(archive.root), "-r", "-a", pynetdicom_scp.ae_title, "-H", LOOPBACK,
-        "-p", str(pynetdicom_scp.port), "--max-ops", "16",
+        "-p", str(pynetdicom_scp.port), "--max-ops", "16", "--log-dir", str(tmp_path),
     )  # fmt: skip
     assert run.returncode == 0, run.output
     assert {r.sop_instance_uid for r in pynetdicom_scp.records()} == archive.uids
+    # The session log says the window was refused, so the user knows why
+    # --max-ops changed nothing.
+    [log] = tmp_path.glob("fastsend_*.log")
+    assert "(--max-ops 16 declined: the peer takes one C-STORE at a time)" in log.read_text()
 
 
 def test_statuses_and_a_lost_association_still_account_for_every_file(

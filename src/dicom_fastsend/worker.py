@@ -461,7 +461,15 @@ class Worker:
             return message, True
         self.plan_index = index
         self.stats.associations_opened += 1
-        window = f" (window {self.client.window})" if self.client.window > 1 else ""
+        window = ""
+        if self.client.window > 1:
+            window = f" (window {self.client.window})"
+        elif self.client.max_ops > 1:
+            # PS3.7 D.3.3.3: no answer, or one operation performed, is a
+            # refusal; say so, or --max-ops would seem to have no effect.
+            window = (
+                f" (--max-ops {self.client.max_ops} declined: the peer takes one C-STORE at a time)"
+            )
         self._association("opened", self.client.name + window)
         return None
 

@@ -33,6 +33,7 @@ from typing import Any
 from .config import SendConfig
 from .contexts import plan_associations
 from .discover import MissingInput, discover
+from .errors import FastsendError
 from .header import FileInfo, HeaderError, read_header
 from .journal import Journal, JournalError, StoredEntry, destination_key, file_unchanged
 from .plan import Batch, Dispatcher, group_by_study, make_batches
@@ -145,9 +146,7 @@ class Coordinator:
                 try:
                     self._client = connect(self.config.cluster, self.config.peer.connect_timeout)
                 except ClusterError as exc:
-                    summary.error = str(exc)
-                    self.hooks.log("error", summary.error)
-                    return summary
+                    return self._cannot_start(exc)
             stored: dict[str, StoredEntry] = {}
             if self.config.journal is not None:
                 # Also before the walk: a journal that cannot be used stops the
@@ -156,9 +155,7 @@ class Coordinator:
                 try:
                     stored = self._stored(self.config.journal)
                 except JournalError as exc:
-                    summary.error = str(exc)
-                    self.hooks.log("error", summary.error)
-                    return summary
+                    return self._cannot_start(exc)
             infos = index_inputs(self.config, self._record, lambda: self.interrupts > 0)
             if self.interrupts:
                 summary.interrupted = True
@@ -202,6 +199,12 @@ class Coordinator:
                 )
             )
         return unique
+
+    def _cannot_start(self, exc: FastsendError) -> SendSummary:
+        """End the run before the walk, naming why (exit code 3)."""
+        self.summary.error = str(exc)
+        self.hooks.log("error", self.summary.error)
+        return self.summary
 
     def _stored(self, path: Path) -> dict[str, StoredEntry]:
         """Open (or create) the journal: what it says this destination holds, if resuming."""

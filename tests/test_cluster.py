@@ -356,9 +356,14 @@ def test_tasks_stay_small_for_a_large_archive() -> None:
             return {"tcp://a:1": 1, "tcp://b:1": 1}
 
     hooks = ClusterHooks(
-        lambda r: None, lambda w, k, m: None, lambda lv, m: None, lambda lv, m: None, lambda: 0
+        lambda r, i: None,
+        lambda: None,
+        lambda w, k, m: None,
+        lambda lv, m: None,
+        lambda lv, m: None,
+        lambda: 0,
     )
-    run = ClusterRun(TwoThreads(), "tcp://a:8786", "s", hooks, None)  # type: ignore[arg-type]
+    run = ClusterRun(TwoThreads(), "tcp://a:8786", "s", hooks)  # type: ignore[arg-type]
     # 20,000 files in 4 studies: whole studies would make 4 tasks of 5,000.
     infos = [
         FileInfo(f"/{n % 4}/{n:05d}", 1000, 0.0, "1.2", f"1.2.3.{n}", "1.2.840.10008.1.2.1",

@@ -1,7 +1,8 @@
 """The `fastsend` command. Options become config objects; the work is elsewhere.
 
-Exit status: 0 all stored, 1 some failed, 2 usage error, 3 no association
-could be made.
+Exit status (results.ExitStatus): 0 all stored, 1 some failed, 2 usage
+error, 3 nothing could start (no association, cluster or journal), 4 nothing
+to send, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from .config import (
     UserCredentials,
 )
 from .dimse import status_text
-
-EXIT_NO_ASSOCIATION = 3
+from .results import ExitStatus
 
 
 def _version() -> str:
@@ -365,24 +365,85 @@ def send(
 
 @main.command()
 @_input_options
+@click.option("-a", "--ae-title", "called", help="Destination AE title: consult its journal.")
+@click.option("-H", "--host", help="Destination host (with -a and -p).")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), help="Destination port.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("logs"),
+    show_default=True,
+    help="Where send keeps the destination's journal.",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journal send would use (default: the destination's in --log-dir).",
+)
+@click.option("--no-resume", is_flag=True, help="As send --no-resume: ignore the journal.")
+@click.option(
+    "--transcode",
+    type=click.Choice(["never", "if-needed"]),
+    default="never",
+    show_default=True,
+    help="As send --transcode (changes the presentation contexts planned).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(inputs: tuple[Path, ...], input_list: Path | None, recursive: bool, as_json: bool) -> None:
-    """Show what `send` would send: files, studies, SOP classes, syntaxes, bytes."""
+def scan(
+    inputs: tuple[Path, ...],
+    input_list: Path | None,
+    recursive: bool,
+    called: str | None,
+    host: str | None,
+    port: int | None,
+    log_dir: Path,
+    journal: Path | None,
+    no_resume: bool,
+    transcode: str,
+    as_json: bool,
+) -> None:
+    """Show what `send` would do: files, instances, duplicates, already stored, unreadable.
+
+    With -a/-H/-p it consults that destination's journal as `send` does, so
+    its counts are the ones `send` would report. Exit status as send's: 1
+    when files would fail, 4 when there is nothing to send.
+    """
     import json
 
+    from .journal import JournalError
     from .survey import format_report
     from .survey import scan as run_scan
 
-    # The peer is not contacted; PeerConfig only satisfies SendConfig.
+    destination = (called, host, port)
+    if any(v is not None for v in destination) and None in destination:
+        raise click.UsageError("-a, -H and -p go together (the destination whose journal to read)")
+    if journal is not None and called is None:
+        raise click.UsageError(
+            "--journal needs the destination (-a, -H, -p): a journal holds several"
+        )
+    try:
+        # Without a destination the peer is never contacted and no journal is read.
+        peer = PeerConfig(
+            host=host or "localhost", port=port or 104, called_ae_title=called or "SCAN"
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     config = SendConfig(
-        peer=PeerConfig(host="localhost", port=104, called_ae_title="SCAN"),
+        peer=peer,
         inputs=_all_inputs(inputs, input_list),
         recursive=recursive,
-        log_dir=None,
+        log_dir=log_dir,
+        journal_path=journal,
+        resume=called is not None and not no_resume,
+        transcode=transcode == "if-needed",
     )
-    report = run_scan(config)
+    try:
+        report = run_scan(config)
+    except JournalError as exc:
+        click.echo(f"ERROR {exc}", err=True)
+        sys.exit(ExitStatus.NO_ASSOCIATION)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
-    sys.exit(1 if report.unreadable else 0)
+    sys.exit(report.exit_code)
 
 
 @main.command()
@@ -395,7 +456,7 @@ def echo(**peer: Any) -> None:
     response, problem = run_echo(config)
     if response is None:
         click.echo(f"ERROR {problem}", err=True)
-        sys.exit(EXIT_NO_ASSOCIATION)
+        sys.exit(ExitStatus.NO_ASSOCIATION)
     destination = f"{config.called_ae_title}@{config.host}:{config.port}"
     click.echo(f"C-ECHO {destination}: {status_text(response.status)}")
     sys.exit(0 if response.status == 0 else 1)

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .errors import FastsendError
 from .header import FileInfo
-from .journal import Journal
 from .plan import SLICES_PER_WORKER, Batch, group_by_study, make_batches, pack_tasks
 from .results import FileResult, Outcome, WorkerStats
 from .worker import INTERRUPTED_REASON, RateLimiter, Worker, WorkerConfig
@@ -306,7 +305,8 @@ class _TaskState:
 class ClusterHooks:
     """What the cluster run needs from the coordinator."""
 
-    record: Callable[[FileResult], None]
+    record: Callable[[FileResult, FileInfo], None]  # the coordinator journals it
+    flush: Callable[[], None]  # commit what record() was given, once per merged message
     association: Callable[[int, str, str], None]
     event: Callable[[str, str], None]
     log: Callable[[str, str], None]
@@ -322,13 +322,11 @@ class ClusterRun:
         address: str,
         session_id: str,
         hooks: ClusterHooks,
-        journal: Journal | None,
     ) -> None:
         self.client = client
         self.address = address
         self.session_id = session_id
         self.hooks = hooks
-        self.journal = journal
         self.workers: list[WorkerStats] = []
         self._infos: dict[str, FileInfo] = {}
         self._reported: set[str] = set()
@@ -432,9 +430,11 @@ class ClusterRun:
                     self.hooks.log("warning", f"cluster: unreadable progress event: {exc!r}")
                     continue
                 self._merge(report)
+                self.hooks.flush()
                 continue
             left.discard(item)
             self._finished(futures[item], item)
+            self.hooks.flush()
 
     def _merge(self, report: TaskReport) -> None:
         state = self._tasks[report.task_id]
@@ -462,10 +462,7 @@ class ClusterRun:
             self._record(result)
 
     def _record(self, result: FileResult) -> None:
-        info = self._infos[result.path]
-        if self.journal is not None:
-            self.journal.record(result, info.size, info.mtime)
-        self.hooks.record(result)
+        self.hooks.record(result, self._infos[result.path])
 
     def _finished(self, task_id: int, future: Future[TaskReport]) -> None:
         state = self._tasks[task_id]

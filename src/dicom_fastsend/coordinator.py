@@ -32,11 +32,11 @@ from typing import Any
 
 from .config import SendConfig
 from .contexts import plan_associations
-from .discover import MissingInput, discover
 from .errors import FastsendError
-from .header import FileInfo, HeaderError, read_header
-from .journal import Journal, JournalError, StoredEntry, destination_key, file_unchanged
+from .header import FileInfo
+from .journal import Journal, JournalError, StoredEntry, destination_key
 from .plan import Batch, Dispatcher, group_by_study, make_batches
+from .prepare import Cause, prepare
 from .results import FileResult, Outcome, SendSummary, WorkerStats
 from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
 
@@ -45,30 +45,10 @@ Reporter = Callable[[FileResult], None]
 # Seconds between the coordinator's journal checkpoints. The WAL grows by
 # about 12 kB per outcome meanwhile: some 40 MB at 1,500 files a second.
 CHECKPOINT_INTERVAL = 2.0
-
-
-def index_inputs(
-    config: SendConfig, report: Reporter, should_stop: Callable[[], bool] = lambda: False
-) -> list[FileInfo]:
-    """Headers of the sendable files; a result goes to ``report`` for each input that is not.
-
-    ``should_stop`` is asked between files, so Ctrl-C works during a long walk.
-    """
-    infos: list[FileInfo] = []
-    for item in discover(config.inputs, config.recursive):
-        if should_stop():
-            break
-        if isinstance(item, MissingInput):
-            result = FileResult(item.path, Outcome.FAILED, item.reason)
-        else:
-            try:
-                infos.append(read_header(item))
-                continue
-            except HeaderError as exc:
-                outcome = Outcome.FAILED if exc.kind == "unreadable" else Outcome.SKIPPED
-                result = FileResult(item, outcome, exc.reason)
-        report(result)
-    return infos
+# Outcomes the coordinator decides are journalled in one transaction per this
+# many (and whenever its loop comes round): an interrupted run of a million
+# files must not pay a million commits.
+JOURNAL_BATCH = 500
 
 
 @dataclass
@@ -130,6 +110,10 @@ class Coordinator:
         self._dispatcher = Dispatcher()
         self._plans: tuple[Any, ...] = ()
         self._client: Any = None  # a distributed.Client with --cluster
+        # The coordinator's own journal connection, and the outcomes it decided
+        # that are not committed yet (result, size, mtime).
+        self._journal: Journal | None = None
+        self._unjournalled: list[tuple[FileResult, int, float]] = []
 
     # ------------------------------------------------------------ public
 
@@ -153,11 +137,14 @@ class Coordinator:
                 # run at once, naming the file. This also creates a new one
                 # before any worker opens it.
                 try:
-                    stored = self._stored(self.config.journal)
+                    stored = self._open_journal(self.config.journal)
                 except JournalError as exc:
                     return self._cannot_start(exc)
-            infos = index_inputs(self.config, self._record, lambda: self.interrupts > 0)
-            if self.interrupts:
+            prepared = prepare(
+                self.config, self._prepared, stored or None, lambda: self.interrupts > 0
+            )
+            infos = prepared.to_send
+            if prepared.interrupted:
                 summary.interrupted = True
                 self._event(
                     "warning",
@@ -165,40 +152,25 @@ class Coordinator:
                     "nothing was sent",
                 )
                 for info in infos:
-                    self._record(_interrupted(info))
+                    self._record(_interrupted(info), info)
                 return summary
-            infos = self._skip_duplicates(infos)
-            if stored:
-                infos = self._resume(infos, stored)
+            for note in prepared.unsearched:
+                summary.unsearched.append((note.path, note.count))
+                self.hooks.log("warning", note.hint)
+            if prepared.nothing_to_send:
+                summary.nothing_to_send = prepared.nothing_to_send
+                self.hooks.log("error", prepared.nothing_to_send)
             if infos:
                 self._send_all(infos)
         finally:
             _set_sigint(previous)
             if self._client is not None:
                 self._client.close()
+            self._close_journal()
             summary.finished = time.time()
         return summary
 
     # ------------------------------------------------------------ planning
-
-    def _skip_duplicates(self, infos: list[FileInfo]) -> list[FileInfo]:
-        """Two files with one SOP Instance UID: the first (by path) is sent, once."""
-        first: dict[str, str] = {}
-        unique: list[FileInfo] = []
-        for info in sorted(infos, key=lambda i: i.path):
-            original = first.setdefault(info.sop_instance_uid, info.path)
-            if original == info.path:
-                unique.append(info)
-                continue
-            self._record(
-                FileResult.of(
-                    info,
-                    Outcome.SKIPPED,
-                    f"duplicate SOP Instance UID {info.sop_instance_uid}: {original} has the "
-                    "same one and is sent instead",
-                )
-            )
-        return unique
 
     def _cannot_start(self, exc: FastsendError) -> SendSummary:
         """End the run before the walk, naming why (exit code 3)."""
@@ -206,37 +178,32 @@ class Coordinator:
         self.hooks.log("error", self.summary.error)
         return self.summary
 
-    def _stored(self, path: Path) -> dict[str, StoredEntry]:
+    def _open_journal(self, path: Path) -> dict[str, StoredEntry]:
         """Open (or create) the journal: what it says this destination holds, if resuming."""
-        journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
-        try:
-            if not self.config.resume:
-                self.hooks.log(
-                    "info", f"journal {path}: not consulted (--no-resume), still written"
-                )
-                return {}
-            stored = journal.stored()
-        finally:
-            journal.close()
+        self._journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
+        if not self.config.resume:
+            self.hooks.log("info", f"journal {path}: not consulted (--no-resume), still written")
+            return {}
+        stored = self._journal.stored()
         self.hooks.log(
             "info", f"journal {path}: {len(stored)} instance(s) already stored at this destination"
         )
         return stored
 
-    def _resume(self, infos: list[FileInfo], stored: dict[str, StoredEntry]) -> list[FileInfo]:
-        """Skip what the journal says this destination already holds, unless changed."""
-        pending: list[FileInfo] = []
-        for info in infos:
-            entry = stored.get(info.path)
-            if entry is None or not file_unchanged(entry, info.size, info.mtime):
-                pending.append(info)
-                continue
-            self._record(
-                FileResult.of(
-                    info, Outcome.SKIPPED, f"already stored (journal, session {entry.session_id})"
-                )
-            )
-        return pending
+    def _close_journal(self) -> None:
+        """Commit what is pending and close the coordinator's connection.
+
+        Its close, the last one, checkpoints what is left (see journal.py).
+        """
+        if self._journal is not None:
+            self._flush_journal()
+            self._journal.close()
+            self._journal = None
+
+    def _flush_journal(self) -> None:
+        if self._journal is not None and self._unjournalled:
+            self._journal.record_many(self._unjournalled)
+        self._unjournalled.clear()
 
     # ------------------------------------------------------------ signals
 
@@ -253,7 +220,7 @@ class Coordinator:
                 "flight finish and associations are released. Ctrl-C again to abort.",
             )
             for info in self._dispatcher.stop():
-                self._record(_interrupted(info))
+                self._record(_interrupted(info), info)
             self._signal_workers(signal.SIGUSR1)
         if self.interrupts >= 2 and not self._aborting:
             self._aborting = True
@@ -270,10 +237,24 @@ class Coordinator:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _record(self, result: FileResult) -> None:
+    def _prepared(self, result: FileResult, info: FileInfo | None, cause: Cause) -> None:
+        """An outcome decided while preparing; "already stored" is in the journal already."""
+        self._record(result, info, journal=cause is not Cause.ALREADY_STORED)
+
+    def _record(
+        self, result: FileResult, info: FileInfo | None = None, journal: bool = True
+    ) -> None:
+        """Account for one file's outcome: summary, console, progress, and the journal.
+
+        ``journal`` is False only for what a local worker journalled itself.
+        """
         self.summary.results.append(result)
         self.hooks.result(result)
         self.hooks.progress(result)
+        if journal and self.config.journal is not None:
+            self._unjournalled.append((result, *_size_and_mtime(result.path, info)))
+            if len(self._unjournalled) >= JOURNAL_BATCH:
+                self._flush_journal()
 
     def _event(self, level: str, message: str) -> None:
         self.summary.events.append(message)
@@ -326,29 +307,27 @@ class Coordinator:
             lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
             os.close(lock_fd)
         self._announce(infos, batches, f"{config.processes} worker process(es)")
+        # A child should not inherit an SQLite connection it could close (the
+        # SQLite FAQ on fork): commit and close ours while the first workers
+        # start, then open it again.
+        self._close_journal()
         for _ in range(min(config.processes, len(batches))):
             self._start_worker()
-        # The workers append to the journal; its checkpoints (an fsync each)
-        # happen here, off their path, and this connection's close, the last,
-        # checkpoints what is left (see journal.py). Opened after the fork:
-        # a child should not inherit an SQLite connection it could close.
-        journal = (
-            Journal(config.journal, destination_key(config.peer), self.summary.session_id)
-            if config.journal is not None
-            else None
-        )
-        try:
-            self._run_workers(journal)
-        finally:
-            if journal is not None:
-                journal.close()
+        if config.journal is not None:
+            self._journal = Journal(
+                config.journal, destination_key(config.peer), self.summary.session_id
+            )
+        self._run_workers()
 
-    def _run_workers(self, journal: Journal | None) -> None:
+    def _run_workers(self) -> None:
+        # The workers append to the journal; its checkpoints (an fsync each)
+        # happen here, off their path.
         next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         while any(not h.done for h in self._workers.values()):
             self._check_interrupts()
-            if journal is not None and time.monotonic() >= next_checkpoint:
-                journal.checkpoint()
+            self._flush_journal()
+            if self._journal is not None and time.monotonic() >= next_checkpoint:
+                self._journal.checkpoint()
                 next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
             handled = 0
             for key, _ in self._selector.select(timeout=0.2):
@@ -373,7 +352,8 @@ class Coordinator:
                     info,
                     Outcome.FAILED,
                     f"not sent: no worker process left ({self._restarts} restarted after dying)",
-                )
+                ),
+                info,
             )
         if self._rate_lock is not None:
             os.unlink(self._rate_lock)
@@ -412,26 +392,22 @@ class Coordinator:
         from .cluster import ClusterHooks, ClusterRun
 
         assert self.config.cluster is not None
-        journal = None
-        if self.config.journal is not None:
-            journal = Journal(
-                self.config.journal, destination_key(self.config.peer), self.summary.session_id
-            )
+        # The Dask workers are on other hosts: every outcome is journalled here,
+        # in one transaction per message merged (flush).
         hooks = ClusterHooks(
             record=self._record,
+            flush=self._flush_journal,
             association=self._association,
             event=self._event,
             log=self.hooks.log,
             interrupts=self._cluster_interrupts,
         )
-        run = ClusterRun(self._client, self.config.cluster, self.summary.session_id, hooks, journal)
+        run = ClusterRun(self._client, self.config.cluster, self.summary.session_id, hooks)
         batches = run.plan(infos)
         self._announce(infos, batches, f"on the Dask cluster {self.config.cluster}")
         try:
             run.run(batches, self._worker_config(0), self.config.max_rate_mb_s * 1e6)
         finally:
-            if journal is not None:
-                journal.close()
             self.summary.workers.extend(run.workers)
             self.summary.cluster = run.summary()
 
@@ -477,7 +453,7 @@ class Coordinator:
         elif kind == "result":
             result: FileResult = message[2]
             dispatcher.file_done(worker, result.path)
-            self._record(result)
+            self._record(result, journal=False)  # the worker journalled it
         elif kind == "batch_done":
             dispatcher.batch_done(worker)
         elif kind == "association":
@@ -488,7 +464,7 @@ class Coordinator:
             handle.done = True
             # A worker that stopped early (abort) hands back what it held.
             for info in dispatcher.unfinished(worker):
-                self._record(_interrupted(info))
+                self._record(_interrupted(info), info)
             if worker in dispatcher.held:
                 dispatcher.batch_done(worker)
 
@@ -546,7 +522,7 @@ class Coordinator:
                 "and it had already been handed back once"
             )
             outcome = Outcome.SKIPPED if self._stopping else Outcome.FAILED
-            self._record(FileResult.of(info, outcome, reason, worker=handle.worker))
+            self._record(FileResult.of(info, outcome, reason, worker=handle.worker), info)
         # Keep the pool at strength while work remains, within reason.
         alive = sum(1 for h in self._workers.values() if not h.done)
         if (
@@ -568,3 +544,14 @@ def _set_sigint(handler: Any) -> Any:
 
 def _interrupted(info: FileInfo) -> FileResult:
     return FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON)
+
+
+def _size_and_mtime(path: str, info: FileInfo | None) -> tuple[int, float]:
+    """What the journal keys a file's outcome by; a missing file has (0, 0.0)."""
+    if info is not None:
+        return info.size, info.mtime
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0, 0.0
+    return status.st_size, status.st_mtime

@@ -16,8 +16,28 @@ class MissingInput:
     reason: str
 
 
-def discover(inputs: Iterable[Path], recursive: bool) -> Iterator[str | MissingInput]:
-    """Yield file paths under ``inputs`` (sorted per directory), or MissingInput.
+@dataclass(frozen=True, slots=True)
+class UnsearchedSubdirectories:
+    """A directory input, walked without ``recursive``, that has subdirectories.
+
+    Not a file's outcome: a note for the user, who may have forgotten ``-r``
+    and would otherwise believe the files below were sent.
+    """
+
+    path: str
+    count: int
+
+    @property
+    def hint(self) -> str:
+        plural = "y" if self.count == 1 else "ies"
+        return f"{self.path}: {self.count} subdirector{plural} not searched; add -r to descend"
+
+
+def discover(
+    inputs: Iterable[Path], recursive: bool
+) -> Iterator[str | MissingInput | UnsearchedSubdirectories]:
+    """Yield file paths under ``inputs`` (sorted per directory), MissingInput, or
+    UnsearchedSubdirectories (after the files of a directory walked without ``recursive``).
 
     Without ``recursive`` only a directory's own files are taken. Directory
     symlinks are not followed, so a link loop cannot make the walk endless;
@@ -40,10 +60,15 @@ def discover(inputs: Iterable[Path], recursive: bool) -> Iterator[str | MissingI
             except OSError as exc:
                 yield MissingInput(path, f"cannot list directory: {exc.strerror or exc}")
                 continue
+            unsearched = 0
             for name in names:
                 child = os.path.join(path, name)
                 if os.path.isfile(child):
                     yield child
+                elif os.path.isdir(child):
+                    unsearched += 1
+            if unsearched:
+                yield UnsearchedSubdirectories(path, unsearched)
             continue
         errors: list[OSError] = []
         for directory, subdirectories, files in os.walk(path, onerror=errors.append):

@@ -7,8 +7,10 @@ Who writes: each worker records a file's outcome as soon as the next
 C-STORE-RQ is on the wire (while the peer stores that one), so if everything
 is killed at once, the only instances whose outcome is lost are the one in
 flight and the one answered just before it, at most two per worker; a rerun
-sends those again. The coordinator writes the outcomes it decides itself
-(unreadable files, interrupted ones).
+sends those again. The coordinator writes every outcome it decides itself
+(missing, unreadable, not DICOM, duplicate, interrupted, a worker's death),
+and with --cluster all of them, in one transaction per batch; only "already
+stored" skips are not written again, the journal holding the stored row.
 
 Durability: WAL mode, one short transaction per outcome. With
 ``synchronous=NORMAL`` a committed outcome survives the death of the process
@@ -29,6 +31,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -65,6 +68,24 @@ BUSY_SECONDS: Final = 30.0
 
 # Outcomes that mean the destination holds the instance.
 _STORED = (Outcome.STORED.value, Outcome.WARNING.value)
+
+# Attempts add up across sessions. A *skipped* outcome (interrupted, a
+# duplicate, not sent) never replaces a stored one: the destination still holds
+# what it stored, and the row's size and mtime still tell a rerun whether the
+# file changed since.
+_UPSERT = """
+INSERT INTO instances (destination, path, size, mtime, sop_instance_uid,
+    sop_class_uid, outcome, status, reason, attempts, first_at, last_at, session_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (destination, path) DO UPDATE SET
+    size = excluded.size, mtime = excluded.mtime,
+    sop_instance_uid = excluded.sop_instance_uid,
+    sop_class_uid = excluded.sop_class_uid, outcome = excluded.outcome,
+    status = excluded.status, reason = excluded.reason,
+    attempts = instances.attempts + excluded.attempts,
+    last_at = excluded.last_at, session_id = excluded.session_id
+WHERE NOT (excluded.outcome = 'skipped' AND instances.outcome IN ('stored', 'warning'))
+"""
 
 
 def destination_key(peer: PeerConfig) -> str:
@@ -152,35 +173,37 @@ class Journal:
 
     def record(self, result: FileResult, size: int, mtime: float) -> None:
         """Record one outcome; committed when this returns."""
+        self._db.execute(_UPSERT, self._row(result, size, mtime, time.time()))
+
+    def record_many(self, outcomes: Iterable[tuple[FileResult, int, float]]) -> None:
+        """Record (result, size, mtime) outcomes in one transaction: one commit for all."""
         now = time.time()
-        self._db.execute(
-            """
-            INSERT INTO instances (destination, path, size, mtime, sop_instance_uid,
-                sop_class_uid, outcome, status, reason, attempts, first_at, last_at, session_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (destination, path) DO UPDATE SET
-                size = excluded.size, mtime = excluded.mtime,
-                sop_instance_uid = excluded.sop_instance_uid,
-                sop_class_uid = excluded.sop_class_uid, outcome = excluded.outcome,
-                status = excluded.status, reason = excluded.reason,
-                attempts = instances.attempts + excluded.attempts,
-                last_at = excluded.last_at, session_id = excluded.session_id
-            """,
-            (
-                self.destination,
-                result.path,
-                size,
-                mtime,
-                result.sop_instance_uid,
-                result.sop_class_uid,
-                result.outcome.value,
-                result.status,
-                result.reason,
-                result.attempts,
-                now,
-                now,
-                self.session_id,
-            ),
+        rows = [self._row(result, size, mtime, now) for result, size, mtime in outcomes]
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(_UPSERT, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _row(self, result: FileResult, size: int, mtime: float, now: float) -> tuple[object, ...]:
+        return (
+            self.destination,
+            result.path,
+            size,
+            mtime,
+            result.sop_instance_uid,
+            result.sop_class_uid,
+            result.outcome.value,
+            result.status,
+            result.reason,
+            result.attempts,
+            now,
+            now,
+            self.session_id,
         )
 
     def counts(self) -> dict[str, int]:

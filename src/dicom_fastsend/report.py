@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .config import SendConfig
+from .discover import UnsearchedSubdirectories
 from .results import FileResult, Outcome, SendSummary
 from .uids import uid_name
 from .worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
@@ -209,6 +210,10 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
         "interrupted": summary.interrupted,
         "exit_code": summary.exit_code,
         "error": summary.error or None,
+        "nothing_to_send": summary.nothing_to_send or None,
+        "unsearched_directories": [
+            {"path": path, "subdirectories": count} for path, count in summary.unsearched
+        ],
         "cluster": summary.cluster,
         "events": summary.events,
         "workers": [
@@ -293,6 +298,11 @@ def write_summary(path: Path, document: dict[str, Any]) -> None:
 def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
     if summary.error:
         print(f"ERROR {summary.error}", file=stream)
+    if summary.nothing_to_send:
+        print(f"ERROR {summary.nothing_to_send}", file=stream)
+    elif summary.unsearched:
+        for path, count in summary.unsearched:
+            print(f"WARNING {UnsearchedSubdirectories(path, count).hint}", file=stream)
     for message in dict.fromkeys(summary.association_errors):
         print(f"ERROR {message}", file=stream)
     for event in summary.events:

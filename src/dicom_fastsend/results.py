@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 
 from .header import FileInfo
+
+
+class ExitStatus(IntEnum):
+    """The exit status of `fastsend send` (and `scan`), most important first."""
+
+    OK = 0  # every file stored (warnings included) or skipped as already stored
+    FAILED = 1  # some files failed
+    USAGE = 2  # a usage error (click's own code)
+    NO_ASSOCIATION = 3  # nothing could start: no association, cluster or journal
+    NOTHING_TO_SEND = 4  # the inputs hold no DICOM instance (e.g. a folder without -r)
+    INTERRUPTED = 130  # Ctrl-C
 
 
 class Outcome(Enum):
@@ -98,6 +109,9 @@ class SendSummary:
     events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
     interrupted: bool = False
     error: str = ""  # why the run could not start at all (e.g. no Dask scheduler): exit 3
+    nothing_to_send: str = ""  # why the inputs held no DICOM instance at all: exit 4
+    # Directory inputs walked without -r that have subdirectories: (path, how many).
+    unsearched: list[tuple[str, int]] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
     started: float = 0.0
     finished: float = 0.0
@@ -121,12 +135,14 @@ class SendSummary:
     @property
     def exit_code(self) -> int:
         """130 interrupted; 3 nothing could start (no association, cluster or journal);
-        1 some failed; else 0."""
+        1 some failed; 4 nothing to send; else 0."""
         if self.interrupted:
-            return 130
+            return ExitStatus.INTERRUPTED
         if self.no_association or self.error:
-            return 3
-        return 1 if self.count(Outcome.FAILED) else 0
+            return ExitStatus.NO_ASSOCIATION
+        if self.count(Outcome.FAILED):
+            return ExitStatus.FAILED
+        return ExitStatus.NOTHING_TO_SEND if self.nothing_to_send else ExitStatus.OK
 
     def latency_ms(self) -> dict[str, float]:
         """C-STORE round-trip times of the answered stores, in milliseconds."""

@@ -122,6 +122,7 @@ def test_read_header_matches_pydicom(
         transfer_syntax_uid=reference.file_meta.TransferSyntaxUID,
         study_instance_uid=reference.StudyInstanceUID,
         dataset_offset=info.dataset_offset,
+        series_instance_uid=reference.get("SeriesInstanceUID", ""),
     )
     # dataset_offset: from there on the file holds exactly the data set pydicom encodes
     # (deflated for the deflated syntax, as a receiver expects it on the wire).

@@ -43,13 +43,19 @@ TRANSFER_SYNTAX_UID: Final = 0x00020010
 SOP_CLASS_UID: Final = 0x00080016
 SOP_INSTANCE_UID: Final = 0x00080018
 STUDY_INSTANCE_UID: Final = 0x0020000D
+SERIES_INSTANCE_UID: Final = 0x0020000E
 
 _META_WANTED: Final = (
     MEDIA_STORAGE_SOP_CLASS_UID,
     MEDIA_STORAGE_SOP_INSTANCE_UID,
     TRANSFER_SYNTAX_UID,
 )
-_DATA_SET_WANTED: Final = (SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID)
+_DATA_SET_WANTED: Final = (
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    SERIES_INSTANCE_UID,
+)
 PIXEL_DATA: Final = 0x7FE00010
 # Bytes read first. Headers up to the pixel data nearly always fit; when the
 # pixel data then ends exactly at the end of the file, the walk is complete
@@ -70,6 +76,7 @@ class FileInfo:
     study_instance_uid: str  # "" when absent
     # First byte after the File Meta group (0002); 0 for a data set without Part 10 meta.
     dataset_offset: int
+    series_instance_uid: str = ""  # "" when absent
 
 
 class HeaderError(Exception):
@@ -285,6 +292,7 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
         transfer_syntax_uid=transfer_syntax,
         study_instance_uid=uids[STUDY_INSTANCE_UID] or "",
         dataset_offset=dataset_offset,
+        series_instance_uid=uids[SERIES_INSTANCE_UID] or "",
     )
 
 

@@ -1,0 +1,529 @@
+"""The inventory: every file a migration found, its state and its outcome, in SQLite.
+
+One database per destination (the journal of earlier versions grows into
+it: `--journal`). It is the single source of truth for a run: the walk
+writes a *pending* row per file; the dispatcher takes pending rows in
+batches and marks them *in flight*; whoever reads a file's header claims
+its SOP Instance UID (duplicates are found by an index, not a set in
+memory); the outcome (*stored*, *warning*, *failed*, *skipped*) replaces
+the state. A rerun skips a file whose row is stored with the same size and
+modification time after one ``stat``, without opening it; `fastsend status`
+and `scan` read the same table.
+
+Writers: the coordinator (pending rows, dispatch, the outcomes it decides),
+and each local worker (claims, and its files' outcomes, written before they
+are reported, so a ``kill -9`` loses at most the files in flight). WAL mode:
+readers (a status command in another terminal) never block the run, and a
+committed row survives the death of the process (``synchronous=NORMAL``:
+only a power loss can lose the last commits, which are then sent again).
+Checkpoints are the coordinator's alone (see ``checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Final
+
+from .errors import FastsendError
+from .header import FileInfo
+from .results import FileResult, Outcome
+
+SCHEMA_VERSION: Final = "2"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    dir                  TEXT NOT NULL,
+    name                 TEXT NOT NULL,
+    size                 INTEGER NOT NULL,
+    mtime                REAL NOT NULL,
+    sop_class_uid        TEXT NOT NULL DEFAULT '',
+    sop_instance_uid     TEXT NOT NULL DEFAULT '',
+    study_instance_uid   TEXT NOT NULL DEFAULT '',
+    series_instance_uid  TEXT NOT NULL DEFAULT '',
+    transfer_syntax_uid  TEXT NOT NULL DEFAULT '',
+    dataset_offset       INTEGER NOT NULL DEFAULT 0,
+    state                TEXT NOT NULL,   -- see State
+    attempts             INTEGER NOT NULL DEFAULT 0,
+    status               INTEGER,         -- the DICOM status, when the peer answered
+    reason               TEXT NOT NULL DEFAULT '',
+    first_at             REAL NOT NULL,
+    last_at              REAL NOT NULL,
+    session_id           TEXT NOT NULL,
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_sop_instance ON files (sop_instance_uid)
+    WHERE sop_instance_uid <> '';
+-- What the dispatcher looks for; small, since rows leave it once dispatched.
+CREATE INDEX IF NOT EXISTS files_pending ON files (session_id, dir, name)
+    WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id   TEXT PRIMARY KEY,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    pid          INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    exit_code    INTEGER
+);
+"""
+
+# How long a connection waits for another's lock before giving up.
+BUSY_SECONDS: Final = 30.0
+
+
+class State(Enum):
+    """Where a file is in the migration. The last four are Outcome values."""
+
+    PENDING = "pending"  # found by the walk, not dispatched yet
+    IN_FLIGHT = "in_flight"  # dispatched to a worker; no outcome yet
+    STORED = "stored"
+    WARNING = "warning"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+_HELD = (State.STORED.value, State.WARNING.value)  # the destination holds the instance
+
+# Attempts add up across sessions. A *skipped* outcome (interrupted, a
+# duplicate) never replaces a stored one: the destination still holds what
+# it stored, and the row's size and mtime still tell a rerun whether the
+# file changed since.
+_RECORD = """
+INSERT INTO files (dir, name, size, mtime, sop_class_uid, sop_instance_uid, state, status,
+    reason, attempts, first_at, last_at, session_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dir, name) DO UPDATE SET
+    size = excluded.size, mtime = excluded.mtime,
+    sop_class_uid = CASE WHEN excluded.sop_class_uid <> '' THEN excluded.sop_class_uid
+                         ELSE files.sop_class_uid END,
+    sop_instance_uid = CASE WHEN excluded.sop_instance_uid <> '' THEN excluded.sop_instance_uid
+                            ELSE files.sop_instance_uid END,
+    state = excluded.state, status = excluded.status, reason = excluded.reason,
+    attempts = files.attempts + excluded.attempts,
+    last_at = excluded.last_at, session_id = excluded.session_id
+WHERE NOT (excluded.state = 'skipped' AND files.state IN ('stored', 'warning'))
+"""
+
+_PENDING = """
+INSERT INTO files (dir, name, size, mtime, state, first_at, last_at, session_id)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)
+ON CONFLICT (dir, name) DO UPDATE SET
+    size = excluded.size, mtime = excluded.mtime, state = 'pending',
+    last_at = excluded.last_at, session_id = excluded.session_id
+"""
+
+_CLAIM = """
+INSERT INTO files (dir, name, size, mtime, sop_class_uid, sop_instance_uid,
+    study_instance_uid, series_instance_uid, transfer_syntax_uid, dataset_offset, state,
+    first_at, last_at, session_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'in_flight', ?, ?, ?)
+ON CONFLICT (dir, name) DO UPDATE SET
+    size = excluded.size, mtime = excluded.mtime,
+    sop_class_uid = excluded.sop_class_uid, sop_instance_uid = excluded.sop_instance_uid,
+    study_instance_uid = excluded.study_instance_uid,
+    series_instance_uid = excluded.series_instance_uid,
+    transfer_syntax_uid = excluded.transfer_syntax_uid,
+    dataset_offset = excluded.dataset_offset, state = 'in_flight',
+    last_at = excluded.last_at, session_id = excluded.session_id
+"""
+
+
+class JournalError(FastsendError):
+    """The journal (inventory) file cannot be used: not SQLite, not writable, another
+    destination's ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the inventory says of a file the walk meets again."""
+
+    size: int
+    mtime: float
+    state: str
+
+    @property
+    def held(self) -> bool:
+        """The destination holds it (stored, with or without a warning)."""
+        return self.state in _HELD
+
+    def unchanged(self, size: int, mtime: float) -> bool:
+        """Same size and modification time as recorded (mtime to the microsecond)."""
+        return self.size == size and abs(self.mtime - mtime) < 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A file found by the walk and not sent yet: what a batch carries."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One file's row, for reports (status, summaries)."""
+
+    path: str
+    size: int
+    state: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    status: int | None
+    reason: str
+    attempts: int
+    last_at: float
+    session_id: str
+
+
+def split(path: str) -> tuple[str, str]:
+    """(directory, name): the inventory's key for a path."""
+    directory, name = os.path.split(path)
+    return directory, name
+
+
+class Inventory:
+    """One connection to a destination's inventory; open one per process."""
+
+    def __init__(
+        self,
+        path: Path,
+        destination: str,
+        session_id: str,
+        checkpoint: bool = True,
+    ) -> None:
+        self.path = path
+        self.destination = destination
+        self.session_id = session_id
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue our own transactions.
+            self._db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(_cannot_use(path, exc)) from exc
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self._set_up(checkpoint)
+                break
+            except sqlite3.Error as exc:
+                # PRAGMA journal_mode=WAL does not wait on the busy handler:
+                # while another connection holds a lock on a database not yet
+                # in WAL mode, it fails at once with "database is locked".
+                # That happens when the coordinator and a worker open a new
+                # one at the same moment; the setup is idempotent, so wait
+                # and do it again, as busy_timeout would.
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise JournalError(_cannot_use(path, exc)) from exc
+                time.sleep(0.01)
+        theirs = self._meta("destination")
+        if theirs is None:
+            self._adopt()
+        elif theirs != destination:
+            self._db.close()
+            raise JournalError(
+                f"cannot use the journal {path}: it records the migration to {theirs}, not to "
+                f"{destination}; give --journal a path of its own for {destination} (or "
+                "leave it out: the default is one journal per destination in --log-dir)"
+            )
+
+    def _set_up(self, checkpoint: bool) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+        if not checkpoint:
+            # A worker never stalls on an fsync between two C-STOREs: by
+            # default SQLite checkpoints in whichever connection commits past
+            # 1,000 WAL pages.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.executescript(_SCHEMA)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _adopt(self) -> None:
+        """Make a new file (or a journal of an earlier version) this destination's."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._meta("destination") is None:
+                self._migrate_journal()
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (("destination", self.destination), ("schema", SCHEMA_VERSION)),
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate_journal(self) -> None:
+        """Bring this destination's rows over from the journal table of earlier versions."""
+        has_journal = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'instances'"
+        ).fetchone()
+        if not has_journal:
+            return
+        rows = self._db.execute(
+            "SELECT path, size, mtime, sop_instance_uid, sop_class_uid, outcome, status,"
+            " reason, attempts, first_at, last_at, session_id FROM instances"
+            " WHERE destination = ?",
+            (self.destination,),
+        ).fetchall()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO files (dir, name, size, mtime, sop_instance_uid,"
+            " sop_class_uid, state, status, reason, attempts, first_at, last_at, session_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((*split(row[0]), *row[1:]) for row in rows),
+        )
+
+    # ------------------------------------------------------------ sessions
+
+    def begin_session(self) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO sessions (session_id, started_at, pid, host)"
+            " VALUES (?, ?, ?, ?)",
+            (self.session_id, time.time(), os.getpid(), socket.gethostname()),
+        )
+
+    def end_session(self, exit_code: int) -> None:
+        self._db.execute(
+            "UPDATE sessions SET finished_at = ?, exit_code = ? WHERE session_id = ?",
+            (time.time(), exit_code, self.session_id),
+        )
+
+    # ------------------------------------------------------------ the walk
+
+    def known(self, directory: str) -> dict[str, Known]:
+        """Rows of the files directly in ``directory``, by name."""
+        rows = self._db.execute(
+            "SELECT name, size, mtime, state FROM files WHERE dir = ?", (directory,)
+        )
+        return {name: Known(size, mtime, state) for name, size, mtime, state in rows}
+
+    def known_path(self, path: str) -> Known | None:
+        row = self._db.execute(
+            "SELECT size, mtime, state FROM files WHERE dir = ? AND name = ?", split(path)
+        ).fetchone()
+        return None if row is None else Known(*row)
+
+    def add_pending(self, files: Sequence[Pending]) -> None:
+        """Record files to send this session, in one transaction."""
+        now = time.time()
+        self._transaction(
+            _PENDING,
+            [(*split(f.path), f.size, f.mtime, now, now, self.session_id) for f in files],
+        )
+
+    # ------------------------------------------------------------ dispatch
+
+    def take_pending(self, max_files: int, max_bytes: int) -> list[Pending]:
+        """This session's next pending files (in path order), now in flight.
+
+        At most ``max_files``, and no more than ``max_bytes`` unless the first
+        file alone is larger.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute(
+                "SELECT dir, name, size, mtime FROM files"
+                " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name LIMIT ?",
+                (self.session_id, max_files),
+            ).fetchall()
+            taken: list[Pending] = []
+            total = 0
+            for directory, name, size, mtime in rows:
+                if taken and total + size > max_bytes:
+                    break
+                total += size
+                taken.append(Pending(os.path.join(directory, name), size, mtime))
+            self._db.executemany(
+                "UPDATE files SET state = 'in_flight' WHERE dir = ? AND name = ?",
+                (split(p.path) for p in taken),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return taken
+
+    def pending(self) -> Iterator[Pending]:
+        """This session's files still pending (after an interrupt: those never sent)."""
+        rows = self._db.execute(
+            "SELECT dir, name, size, mtime FROM files"
+            " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name",
+            (self.session_id,),
+        ).fetchall()
+        for directory, name, size, mtime in rows:
+            yield Pending(os.path.join(directory, name), size, mtime)
+
+    # ------------------------------------------------------------ before sending
+
+    def claim(self, infos: Sequence[FileInfo], resume: bool = True) -> dict[str, str]:
+        """Write the headers of files about to be sent; return the duplicates.
+
+        A file is a duplicate when another path's row has its SOP Instance UID
+        and the destination holds it or it is in flight (this session only
+        with ``resume`` off, i.e. --no-resume). Duplicates are returned as
+        {path: the other path} and left for the caller to record as skipped;
+        the others become in flight. One IMMEDIATE transaction, so two
+        workers claiming the same UID at once cannot both win.
+        """
+        duplicates: dict[str, str] = {}
+        now = time.time()
+        query = (
+            "SELECT dir, name FROM files WHERE sop_instance_uid = ?"
+            " AND state IN ('stored', 'warning', 'in_flight') AND NOT (dir = ? AND name = ?)"
+            + ("" if resume else " AND session_id = ?")
+            + " LIMIT 1"
+        )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for info in infos:
+                directory, name = split(info.path)
+                arguments: tuple[str, ...] = (info.sop_instance_uid, directory, name)
+                other = self._db.execute(
+                    query, arguments if resume else (*arguments, self.session_id)
+                ).fetchone()
+                if other is not None:
+                    duplicates[info.path] = os.path.join(*other)
+                    continue
+                self._db.execute(
+                    _CLAIM,
+                    (
+                        directory,
+                        name,
+                        info.size,
+                        info.mtime,
+                        info.sop_class_uid,
+                        info.sop_instance_uid,
+                        info.study_instance_uid,
+                        info.series_instance_uid,
+                        info.transfer_syntax_uid,
+                        info.dataset_offset,
+                        now,
+                        now,
+                        self.session_id,
+                    ),
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return duplicates
+
+    # ------------------------------------------------------------ outcomes
+
+    def record(self, result: FileResult, size: int, mtime: float) -> None:
+        """Record one outcome; committed when this returns."""
+        self._db.execute(_RECORD, self._outcome_row(result, size, mtime, time.time()))
+
+    def record_many(self, outcomes: Iterable[tuple[FileResult, int, float]]) -> None:
+        """Record (result, size, mtime) outcomes in one transaction."""
+        now = time.time()
+        self._transaction(_RECORD, [self._outcome_row(r, s, m, now) for r, s, m in outcomes])
+
+    def _outcome_row(
+        self, result: FileResult, size: int, mtime: float, now: float
+    ) -> tuple[object, ...]:
+        return (
+            *split(result.path),
+            size,
+            mtime,
+            result.sop_class_uid,
+            result.sop_instance_uid,
+            result.outcome.value,
+            result.status,
+            result.reason,
+            result.attempts,
+            now,
+            now,
+            self.session_id,
+        )
+
+    def _transaction(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(sql, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------ reading
+
+    def counts(self) -> dict[str, int]:
+        """Files per state."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
+        return {state: count for state, count in rows}
+
+    def rows(self, states: Iterable[State], session_id: str | None = None) -> Iterator[Row]:
+        """Rows in these states (of one session, if given), in path order."""
+        wanted = [s.value for s in states]
+        sql = (
+            "SELECT dir, name, size, state, sop_instance_uid, study_instance_uid, status,"
+            " reason, attempts, last_at, session_id FROM files"
+            f" WHERE state IN ({', '.join('?' * len(wanted))})"
+        )
+        arguments: list[object] = list(wanted)
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            arguments.append(session_id)
+        for row in self._db.execute(sql + " ORDER BY dir, name", arguments):
+            yield Row(os.path.join(row[0], row[1]), *row[2:])
+
+    def stored(self) -> dict[str, Known]:
+        """Paths the destination holds, with their size and mtime then (small inventories)."""
+        rows = self._db.execute(
+            "SELECT dir, name, size, mtime, state FROM files WHERE state IN (?, ?)", _HELD
+        )
+        return {os.path.join(d, n): Known(s, m, st) for d, n, s, m, st in rows}
+
+    # ------------------------------------------------------------ housekeeping
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and have the next commit start it afresh.
+
+        RESTART, not PASSIVE: under a steady stream of commits a passive
+        checkpoint never lets the WAL start over, and it would grow by every
+        outcome of the run. Writers wait (busy_timeout) while it runs.
+        """
+        self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent copy (SQLite's online backup), for reading without a lock."""
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def outcome_state(outcome: Outcome) -> State:
+    return State(outcome.value)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes (such as SQLITE_BUSY_SNAPSHOT) included."""
+    code = getattr(exc, "sqlite_errorcode", None)  # None on errors not from SQLite itself
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _cannot_use(path: Path, exc: OSError | sqlite3.Error) -> str:
+    return (
+        f"cannot use the journal {path}: {exc}; give --journal a writable path, new or an"
+        " earlier fastsend journal (move this file aside if it is something else)"
+    )

@@ -1,0 +1,138 @@
+"""The inventory (SQLite): pending rows, dispatch, claims, outcomes, migration. No processes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dicom_fastsend.header import FileInfo
+from dicom_fastsend.inventory import Inventory, JournalError, Known, Pending, State
+from dicom_fastsend.results import FileResult, Outcome
+
+DEST = "PACS@h:104"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EVRLE = "1.2.840.10008.1.2.1"
+
+
+def info(path: str, uid: str, size: int = 100, mtime: float = 1.0) -> FileInfo:
+    return FileInfo(path, size, mtime, CT, uid, EVRLE, "1.9", 132, "1.9.1")
+
+
+def state_of(inventory_path: Path, path: str) -> str:
+    directory, _, name = path.rpartition("/")
+    with sqlite3.connect(inventory_path) as db:
+        row = db.execute(
+            "SELECT state FROM files WHERE dir = ? AND name = ?", (directory, name)
+        ).fetchone()
+    return str(row[0])
+
+
+def test_pending_files_are_taken_in_path_order_within_the_limits(tmp_path: Path) -> None:
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    files = [Pending(f"/a/{n:02d}.dcm", 10 * (n + 1), 1.0) for n in range(5)]
+    inventory.add_pending(list(reversed(files)))
+    first = inventory.take_pending(max_files=2, max_bytes=10**9)
+    assert first == files[:2]
+    # 30 + 40 > 50: the byte cap stops the batch after one file ...
+    assert inventory.take_pending(max_files=10, max_bytes=50) == [files[2]]
+    # ... but a file larger than the cap still goes, alone.
+    assert inventory.take_pending(max_files=10, max_bytes=1) == [files[3]]
+    assert state_of(tmp_path / "i.sqlite", "/a/00.dcm") == State.IN_FLIGHT.value
+    # Another session's pending rows are not this one's to send.
+    other = Inventory(tmp_path / "i.sqlite", DEST, "s2")
+    assert other.take_pending(10, 10**9) == []
+    assert list(inventory.pending()) == [files[4]]
+
+
+def test_known_rows_tell_a_rerun_what_is_held_and_unchanged(tmp_path: Path) -> None:
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    stored = FileResult("/a/1.dcm", Outcome.STORED, sop_instance_uid="1.1", attempts=1)
+    failed = FileResult("/a/2.dcm", Outcome.FAILED, "0xC000", attempts=1)
+    inventory.record_many([(stored, 100, 5.0), (failed, 200, 6.0)])
+    known = inventory.known("/a")
+    assert known == {"1.dcm": Known(100, 5.0, "stored"), "2.dcm": Known(200, 6.0, "failed")}
+    assert known["1.dcm"].held and not known["2.dcm"].held
+    assert known["1.dcm"].unchanged(100, 5.0000001)
+    assert not known["1.dcm"].unchanged(100, 5.01) and not known["1.dcm"].unchanged(101, 5.0)
+    assert inventory.known_path("/a/2.dcm") == Known(200, 6.0, "failed")
+    assert inventory.known_path("/a/3.dcm") is None
+
+
+def test_a_skip_never_replaces_a_stored_row_and_attempts_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "i.sqlite"
+    inventory = Inventory(path, DEST, "s1")
+    inventory.record(FileResult("/a/1.dcm", Outcome.FAILED, "0xA700", attempts=2), 1, 1.0)
+    inventory.record(FileResult("/a/1.dcm", Outcome.STORED, attempts=1), 1, 1.0)
+    inventory.record(FileResult("/a/1.dcm", Outcome.SKIPPED, "not sent: interrupted"), 1, 1.0)
+    assert state_of(path, "/a/1.dcm") == "stored"
+    [row] = inventory.rows([State.STORED])
+    assert row.attempts == 3
+    inventory.record(FileResult("/a/2.dcm", Outcome.SKIPPED, "duplicate"), 1, 1.0)
+    assert state_of(path, "/a/2.dcm") == "skipped"
+    assert inventory.counts() == {"stored": 1, "skipped": 1}
+
+
+def test_claims_find_duplicates_held_or_in_flight_under_another_path(tmp_path: Path) -> None:
+    path = tmp_path / "i.sqlite"
+    first = Inventory(path, DEST, "s1")
+    first.record(FileResult("/old/x.dcm", Outcome.STORED, sop_instance_uid="1.1"), 1, 1.0)
+    first.record(FileResult("/old/y.dcm", Outcome.FAILED, sop_instance_uid="1.2"), 1, 1.0)
+    # Another worker's connection: the claims of one are seen by the other.
+    second = Inventory(path, DEST, "s1")
+    assert first.claim([info("/new/a.dcm", "1.3")]) == {}
+    duplicates = second.claim(
+        [
+            info("/new/b.dcm", "1.1"),  # held at the destination as /old/x.dcm
+            info("/new/c.dcm", "1.2"),  # only a failed copy: send this one
+            info("/new/d.dcm", "1.3"),  # in flight on the other worker
+            info("/new/e.dcm", "1.4"),
+            info("/new/f.dcm", "1.4"),  # the same UID twice in one batch
+        ]
+    )
+    assert duplicates == {
+        "/new/b.dcm": "/old/x.dcm",
+        "/new/d.dcm": "/new/a.dcm",
+        "/new/f.dcm": "/new/e.dcm",
+    }
+    assert state_of(path, "/new/c.dcm") == "in_flight"
+    assert [r.study_instance_uid for r in second.rows([State.IN_FLIGHT])] == ["1.9"] * 3
+    # --no-resume: what earlier sessions stored is not a reason to skip.
+    third = Inventory(path, DEST, "s2")
+    assert third.claim([info("/new/g.dcm", "1.1")], resume=False) == {}
+
+
+def test_a_journal_of_an_earlier_version_is_migrated_for_its_destination(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE instances (destination TEXT, path TEXT, size INTEGER, mtime REAL,"
+            " sop_instance_uid TEXT, sop_class_uid TEXT, outcome TEXT, status INTEGER,"
+            " reason TEXT, attempts INTEGER, first_at REAL, last_at REAL, session_id TEXT,"
+            " PRIMARY KEY (destination, path))"
+        )
+        db.executemany(
+            "INSERT INTO instances VALUES (?, ?, 10, 2.5, ?, ?, ?, 0, '', 1, 1, 1, 'old')",
+            [
+                (DEST, "/a/1.dcm", "1.1", CT, "stored"),
+                (DEST, "/a/2.dcm", "1.2", CT, "failed"),
+                ("OTHER@h:104", "/a/3.dcm", "1.3", CT, "stored"),
+            ],
+        )
+    inventory = Inventory(path, DEST, "new")
+    assert inventory.known("/a") == {
+        "1.dcm": Known(10, 2.5, "stored"),
+        "2.dcm": Known(10, 2.5, "failed"),
+    }
+    inventory.close()
+    with pytest.raises(JournalError, match=r"records the migration to PACS@h:104, not to OTHER"):
+        Inventory(path, "OTHER@h:104", "new")
+
+
+def test_a_file_that_is_not_sqlite_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(JournalError, match=rf"cannot use the journal {path}: file is not a"):
+        Inventory(path, DEST, "s1")
+    assert path.read_text().startswith("these are my notes")

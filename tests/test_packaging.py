@@ -10,10 +10,12 @@ DCMTK and Orthanc, rewriting README.md) runs from a checkout as
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import re
 from pathlib import Path
 
 import dicom_fastsend
+from fastsend_cli import fastsend
 
 PACKAGE = Path(dicom_fastsend.__file__).parent
 
@@ -31,3 +33,25 @@ def test_cython_is_not_a_runtime_requirement() -> None:
     names = {requirement_name(r) for r in runtime}
     assert "pydicom" in names  # the metadata was read: a real runtime requirement is there
     assert "cython" not in names, runtime
+
+
+def test_the_package_holds_no_comparison_harness() -> None:
+    sources = [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.pyx")]
+    assert any(path.name == "cli.py" for path in sources)
+    # The markers between which bench/run.py --readme writes its table.
+    writers = [path.name for path in sources if "bench:begin" in path.read_text()]
+    assert writers == []
+    assert importlib.util.find_spec("dicom_fastsend.delayproxy") is None
+
+
+def test_bench_is_the_self_check_only() -> None:
+    run = fastsend("bench", "--help")
+    assert run.returncode == 0, run.output
+    assert "--runs" in run.stdout and "--max-ops" in run.stdout
+    assert "--compare" not in run.stdout
+    # The full comparison is `python bench/run.py` from a checkout now; the
+    # option is gone, and click says so.
+    run = fastsend("bench", "--compare")
+    assert run.returncode == 2, run.output
+    # click 8.1 writes "No such option: --compare", 8.2 "No such option '--compare'".
+    assert re.search(r"No such option:? '?--compare", run.stderr), run.stderr

@@ -83,15 +83,16 @@ def main() -> None:
                 print(f"  run {number + 1}: {label:<28} {len(files) / elapsed:8.1f} files/s",
                       flush=True)  # fmt: skip
 
-    rows = {}
-    for label, values in seconds.items():
-        median = statistics.median(values)
-        rows[label] = {
-            "seconds": values,
+    medians = {label: statistics.median(values) for label, values in seconds.items()}
+    rows = {
+        label: {
+            "seconds": seconds[label],
             "files_per_second": len(files) / median,
             "megabytes_per_second": size / 1e6 / median,
         }
-    ratio = rows[CLUSTER]["files_per_second"] / rows[LOCAL]["files_per_second"]
+        for label, median in medians.items()
+    }
+    ratio = medians[LOCAL] / medians[CLUSTER]  # files/s of the cluster over local
     result = {
         "machine": compare.machine(),
         "files": len(files),

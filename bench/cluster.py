@@ -10,7 +10,7 @@ each on loopback, started once before the runs: its start-up is not counted,
 as a site's cluster is already running. Every figure is the median of --runs
 whole `fastsend send` commands, alternating local and cluster runs so that
 the host's drift hits both alike; the senders, the receiver and the data are
-those of bench/run.py (dicom_fastsend.benchmark). The overhead ratio is
+those of bench/run.py (bench/compare.py). The overhead ratio is
 cluster files/s over local files/s. Results go to bench/results_cluster.json.
 """
 
@@ -25,7 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dicom_fastsend import benchmark
+import compare
+import dicom_fastsend
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = "local -P 2"
@@ -40,25 +41,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results_cluster.json")
     args = parser.parse_args()
     try:
-        dcmtk = benchmark.require_dcmtk()
+        dcmtk = compare.require_dcmtk()
         from distributed import LocalCluster
-    except benchmark.ToolMissing as exc:
+    except compare.ToolMissing as exc:
         sys.exit(str(exc))
     except ImportError:
         sys.exit("Dask's distributed is needed: pip install 'dicom-fastsend[cluster]'")
 
     count = 200 if args.quick else 2000
     data = args.data / f"ct{count}"
-    files = benchmark._archive(data, count, "CT", 512, print)
+    files = compare._archive(data, count, "CT", 512, print)
     size = sum(p.stat().st_size for p in files)
-    compileall.compile_dir(Path(benchmark.__file__).parent, quiet=1)  # as run_compare does
-    print(f"machine: {benchmark.machine()}")
+    compileall.compile_dir(Path(dicom_fastsend.__file__).parent, quiet=1)  # as run_compare does
+    print(f"machine: {compare.machine()}")
 
     seconds: dict[str, list[float]] = {LOCAL: [], CLUSTER: []}
     with (
         tempfile.TemporaryDirectory(prefix="fastsend-bench-cluster-") as temporary,
-        benchmark._running(
-            benchmark.storescp_receiver(dcmtk["storescp"], Path(temporary), tcp_nodelay=True)
+        compare._running(
+            compare.storescp_receiver(dcmtk["storescp"], Path(temporary), tcp_nodelay=True)
         ) as receiver,
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -67,8 +68,8 @@ def main() -> None:
     ):  # fmt: skip
         logs = Path(temporary) / "logs"
         variants = {
-            LOCAL: benchmark.fastsend(receiver.port, receiver.aet, data, 2, logs),
-            CLUSTER: benchmark.fastsend(
+            LOCAL: compare.fastsend(receiver.port, receiver.aet, data, 2, logs),
+            CLUSTER: compare.fastsend(
                 receiver.port, receiver.aet, data, 2, logs, "--cluster", cluster.scheduler_address
             ),
         }
@@ -82,17 +83,18 @@ def main() -> None:
                 print(f"  run {number + 1}: {label:<28} {len(files) / elapsed:8.1f} files/s",
                       flush=True)  # fmt: skip
 
-    rows = {}
-    for label, values in seconds.items():
-        median = statistics.median(values)
-        rows[label] = {
-            "seconds": values,
+    medians = {label: statistics.median(values) for label, values in seconds.items()}
+    rows = {
+        label: {
+            "seconds": seconds[label],
             "files_per_second": len(files) / median,
             "megabytes_per_second": size / 1e6 / median,
         }
-    ratio = rows[CLUSTER]["files_per_second"] / rows[LOCAL]["files_per_second"]
+        for label, median in medians.items()
+    }
+    ratio = medians[LOCAL] / medians[CLUSTER]  # files/s of the cluster over local
     result = {
-        "machine": benchmark.machine(),
+        "machine": compare.machine(),
         "files": len(files),
         "bytes": size,
         "runs": args.runs,

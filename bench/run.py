@@ -4,7 +4,8 @@
     python bench/run.py --quick      # a smaller set to try the harness
     python bench/run.py --readme     # also rewrite the table in README.md
 
-The same as `fastsend bench --compare`; the work is in dicom_fastsend.benchmark.
+The work is in bench/compare.py; `fastsend bench` is the installed
+package's quick self-check (the sink only, no other tools).
 Every figure is the median of --runs runs (3 by default) of a whole command,
 start-up and indexing included, on the same files, against receivers started
 on 127.0.0.1: DCMTK `storescp --ignore --fork` with TCP_NODELAY=1 (DCMTK at
@@ -27,13 +28,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dicom_fastsend.benchmark import (
-    CompareOptions,
-    CompareSizes,
-    ToolMissing,
-    run_compare,
-    update_readme,
-)
+from compare import CompareOptions, CompareSizes, ToolMissing, run_compare, update_readme
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,10 +32,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+# DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name; the
+# same lookup and Orthanc configuration as the benchmark (bench/compare.py).
+from compare import find_dcmtk, find_orthanc, orthanc_config
 from dicom_fastsend import synth
-
-# DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name.
-from dicom_fastsend.benchmark import find_dcmtk, find_orthanc, orthanc_config
 from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 LOOPBACK = "127.0.0.1"

@@ -577,24 +577,6 @@ def demo(studies: int, instances: int, size: int, processes: int, verbose: bool)
     "-a", "--called-ae", default="ANY-SCP", show_default=True, help="The peer's AE title."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option(
-    "--compare",
-    is_flag=True,
-    help="The full comparison with DCMTK storescu, pynetdicom, a raw TCP pump, storescp, "
-    "Orthanc and the sink (needs DCMTK; about 10 minutes here, --quick: about 2).",
-)
-@click.option("--quick", is_flag=True, help="With --compare: smaller data sets.")
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="With --compare: where the generated files are kept "
-    "(default: ~/.cache/dicom-fastsend/bench).",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --compare: the results JSON (default: results.json in --data).",
-)
 def bench(
     studies: int,
     instances: int,
@@ -606,39 +588,17 @@ def bench(
     port: int | None,
     called_ae: str,
     as_json: bool,
-    compare: bool,
-    quick: bool,
-    data: Path | None,
-    out: Path | None,
 ) -> None:
     """Send synthetic studies to the built-in sink (or --host) and report the rate.
 
     Exit status 0 only if every run stored every file (and the sink received
-    each); with --compare, run the full comparison instead.
+    each). The comparison with DCMTK, pynetdicom and Orthanc is not part of
+    the package: run `python bench/run.py` from a checkout.
     """
     import json
 
     from . import benchmark
 
-    if compare:
-        if host is not None or port is not None:
-            raise click.UsageError("--compare starts its own receivers; drop --host/--port")
-        directory = data or benchmark.default_data_dir()
-        options = benchmark.CompareOptions(
-            data=directory,
-            out=out or directory / ("results-quick.json" if quick else "results.json"),
-            sizes=benchmark.CompareSizes.quick() if quick else benchmark.CompareSizes(),
-            runs=runs,
-        )
-        try:
-            result = benchmark.run_compare(options, lambda line: click.echo(line, err=True))
-        except benchmark.ToolMissing as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(result.text)
-        click.echo(f"results: {options.out}", err=True)
-        return
-    if quick or data is not None or out is not None:
-        raise click.UsageError("--quick, --data and --out go with --compare")
     if (host is None) != (port is None):
         raise click.UsageError("--host and --port go together")
     peer = None
@@ -647,7 +607,7 @@ def bench(
             peer = PeerConfig(host=host, port=port, called_ae_title=called_ae)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
-    options_ = benchmark.BenchOptions(
+    options = benchmark.BenchOptions(
         studies=studies,
         instances=instances,
         size=size,
@@ -656,7 +616,7 @@ def bench(
         runs=runs,
         peer=peer,
     )
-    report = benchmark.run_bench(options_, lambda line: click.echo(line, err=True))
+    report = benchmark.run_bench(options, lambda line: click.echo(line, err=True))
     click.echo(
         json.dumps(report.as_dict(), indent=2) if as_json else benchmark.format_bench(report)
     )

@@ -27,8 +27,10 @@ def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
     except ImportError as error:
         warnings.warn(
             f"compiled hot path dicom_fastsend._pdu is not built ({error}); using the"
-            " pure-Python version, which is slower. Build it with"
-            " `pip install -e . --no-build-isolation`.",
+            " pure-Python version, which is slower. Build it with `pip install -e .`"
+            # Cython is a build requirement only: without build isolation it
+            # must be installed by hand first.
+            " (offline: `pip install cython`, then `pip install -e . --no-build-isolation`).",
             RuntimeWarning,
             stacklevel=2,
         )

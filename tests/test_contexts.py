@@ -15,14 +15,23 @@ from dicom_fastsend.contexts import (
     plan_associations,
     transfer_syntaxes_for,
 )
+from dicom_fastsend.uids import TRANSFER_SYNTAX_NAMES, describe
 from dicom_fastsend.ul.pdu import PresentationContextAC, PresentationContextRQ
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 MR = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+US_CLASS = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
 EXPLICIT = "1.2.840.10008.1.2.1"  # Explicit VR Little Endian (PS3.5 A.2)
 IMPLICIT = "1.2.840.10008.1.2"  # Implicit VR Little Endian (PS3.5 A.1)
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG2000 = "1.2.840.10008.1.2.4.91"
+RLE = "1.2.840.10008.1.2.5"  # RLE Lossless (PS3.5 A.4.2)
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
+BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (PS3.5 A.3, retired)
+# Every syntax fastsend names, plus one it does not know: all but the two
+# uncompressed LE ones need --transcode to reach an uncompressed-only peer.
+ALL_SYNTAXES = sorted(TRANSFER_SYNTAX_NAMES) + ["1.2.3.999"]
+TRANSCODED = [ts for ts in ALL_SYNTAXES if ts not in (EXPLICIT, IMPLICIT)]
 
 # PS3.8 9.3.3.2 Table 9-18: Result/Reason values of a Presentation Context Item (AC).
 ACCEPTANCE = 0
@@ -36,13 +45,38 @@ def pairs_of(plans: list[tuple[PresentationContextRQ, ...]]) -> list[tuple[str, 
 
 
 def test_transfer_syntaxes_for_little_endian_adds_the_other() -> None:
-    assert transfer_syntaxes_for(EXPLICIT) == (EXPLICIT, IMPLICIT)
-    assert transfer_syntaxes_for(IMPLICIT) == (IMPLICIT, EXPLICIT)
+    for transcode in (False, True):
+        assert transfer_syntaxes_for(EXPLICIT, transcode) == (EXPLICIT, IMPLICIT)
+        assert transfer_syntaxes_for(IMPLICIT, transcode) == (IMPLICIT, EXPLICIT)
 
 
 def test_transfer_syntaxes_for_compressed_is_only_itself() -> None:
     # Compressed pixel data cannot be converted on the fly, so no fallback is offered.
     assert transfer_syntaxes_for(JPEG_BASELINE) == (JPEG_BASELINE,)
+
+
+@pytest.mark.parametrize("syntax", TRANSCODED)
+def test_transfer_syntaxes_for_transcoded_falls_back_to_both_le_syntaxes(syntax: str) -> None:
+    # Implicit VR LE is the syntax every SCP must take (PS3.5 10.1); Explicit
+    # comes first because it keeps the VRs. Big endian and deflated too.
+    assert transfer_syntaxes_for(syntax, transcode=True) == (syntax, EXPLICIT, IMPLICIT)
+    assert transfer_syntaxes_for(syntax, transcode=False) == (syntax,)
+
+
+def test_plan_with_transcode_proposes_both_le_fallbacks_for_every_other_syntax() -> None:
+    pairs = [(CT, RLE), (CT, JPEG2000), (MR, BIG_ENDIAN), (US_CLASS, DEFLATED)]
+    (plan,) = plan_associations(pairs, transcode=True)
+    assert all(len(c.transfer_syntaxes) == 1 for c in plan)
+    assert sorted(pairs_of([plan])) == sorted(
+        [
+            (CT, RLE), (CT, JPEG2000), (CT, EXPLICIT), (CT, IMPLICIT),
+            (MR, BIG_ENDIAN), (MR, EXPLICIT), (MR, IMPLICIT),
+            (US_CLASS, DEFLATED), (US_CLASS, EXPLICIT), (US_CLASS, IMPLICIT),
+        ]
+    )  # fmt: skip
+    # Without --transcode each is proposed alone: nothing to fall back to.
+    (plan,) = plan_associations(pairs)
+    assert sorted(pairs_of([plan])) == sorted(pairs)
 
 
 def test_each_syntax_is_its_own_context_plus_le_fallback() -> None:
@@ -92,7 +126,7 @@ def test_association_for_unknown_class() -> None:
         association_for(plan_associations([(CT, EXPLICIT)]), MR)
 
 
-SYNTAXES = [EXPLICIT, IMPLICIT, JPEG_BASELINE, JPEG2000, "1.2.840.10008.1.2.5"]
+SYNTAXES = [EXPLICIT, IMPLICIT, JPEG_BASELINE, JPEG2000, RLE, DEFLATED, BIG_ENDIAN]
 
 
 @settings(max_examples=150, deadline=None)
@@ -102,14 +136,18 @@ SYNTAXES = [EXPLICIT, IMPLICIT, JPEG_BASELINE, JPEG2000, "1.2.840.10008.1.2.5"]
         max_size=400,
     ),
     max_contexts=st.sampled_from([128, 7, 5]),
+    transcode=st.booleans(),
 )
-def test_plan_property(pairs: list[tuple[str, str]], max_contexts: int) -> None:
-    plans = plan_associations(pairs, max_contexts)
-    # Independent expectation: the file's syntax, plus the other LE syntax for LE files.
+def test_plan_property(pairs: list[tuple[str, str]], max_contexts: int, transcode: bool) -> None:
+    plans = plan_associations(pairs, max_contexts, transcode)
+    # Independent expectation: the file's syntax, plus the other LE syntax for
+    # LE files, plus both LE syntaxes for any other file with --transcode.
     other_le = {EXPLICIT: IMPLICIT, IMPLICIT: EXPLICIT}
     expected = {(c, ts) for c, ts in pairs} | {
         (c, other_le[ts]) for c, ts in pairs if ts in other_le
     }
+    if transcode:
+        expected |= {(c, le) for c, ts in pairs if ts not in other_le for le in other_le}
     planned = pairs_of(plans)
     assert len(planned) == len(set(planned))  # nothing duplicated
     assert set(planned) == expected  # nothing lost, nothing invented
@@ -117,12 +155,14 @@ def test_plan_property(pairs: list[tuple[str, str]], max_contexts: int) -> None:
         assert 1 <= len(plan) <= max_contexts
         assert [c.presentation_context_id for c in plan] == list(range(1, 2 * len(plan), 2))
         assert all(len(c.transfer_syntaxes) == 1 for c in plan)
-    # A class needs at most 5 contexts here (<= max_contexts), so it sits in one association.
+    # A class sits in one association when its contexts fit in one (at most
+    # 7 here); one with more than max_contexts is split into as few as fit.
     for sop_class in {c for c, _ in pairs}:
         holders = {
             i for i, plan in enumerate(plans) for c in plan if c.abstract_syntax == sop_class
         }
-        assert len(holders) == 1
+        count = sum(1 for c, _ in expected if c == sop_class)
+        assert len(holders) == -(-count // max_contexts)
 
 
 # ----------------------------------------------------------------- selection
@@ -221,3 +261,98 @@ def test_no_acceptable_context_for_a_class_never_proposed() -> None:
     accepted = AcceptedContexts(PROPOSED, [PresentationContextAC(1, ACCEPTANCE, EXPLICIT)])
     with pytest.raises(NoAcceptableContext):
         accepted.select("1.2.840.10008.5.1.4.1.1.7", EXPLICIT)  # Secondary Capture
+
+
+def negotiated(
+    files: list[tuple[str, str]], peer_takes: set[str], transcode: bool
+) -> AcceptedContexts:
+    """What fastsend would propose for ``files``, answered by a peer that takes
+    each SOP class only in ``peer_takes`` (PS3.8 9.3.3.2: one answer per context)."""
+    (plan,) = plan_associations(files, transcode=transcode)
+    answers = [
+        PresentationContextAC(pc.presentation_context_id, ACCEPTANCE, pc.transfer_syntaxes[0])
+        if pc.transfer_syntaxes[0] in peer_takes
+        else PresentationContextAC(pc.presentation_context_id, TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+        for pc in plan
+    ]
+    return AcceptedContexts(plan, answers, transcode)
+
+
+def context_of(accepted: AcceptedContexts, syntax: str) -> int:
+    """The accepted context ID that carries CT in ``syntax``."""
+    return accepted.select(CT, syntax).presentation_context_id
+
+
+@pytest.mark.parametrize("syntax", TRANSCODED)
+def test_select_transcoded_prefers_own_then_explicit_then_implicit(syntax: str) -> None:
+    # The issue 13 case: a peer whose CT context takes only Implicit VR LE,
+    # the default syntax every SCP must accept (PS3.5 10.1).
+    implicit_only = negotiated([(CT, syntax)], {IMPLICIT}, transcode=True)
+    selection = implicit_only.select(CT, syntax)
+    assert selection.transfer_syntax == IMPLICIT
+    assert selection.needs_conversion(syntax)
+    assert implicit_only.transfer_syntax_of(selection.presentation_context_id) == IMPLICIT
+    # Explicit before Implicit: it keeps the VRs; the file's own syntax first.
+    both_le = negotiated([(CT, syntax)], {EXPLICIT, IMPLICIT}, transcode=True)
+    assert both_le.select(CT, syntax).transfer_syntax == EXPLICIT
+    everything = negotiated([(CT, syntax)], {syntax, EXPLICIT, IMPLICIT}, transcode=True)
+    assert everything.select(CT, syntax).transfer_syntax == syntax
+    assert not everything.select(CT, syntax).needs_conversion(syntax)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "name", "hint"),
+    [
+        (DEFLATED, "Deflated Explicit VR Little Endian", "inflate it"),
+        (BIG_ENDIAN, "Explicit VR Big Endian", "convert it to Little Endian"),
+    ],
+)
+def test_select_without_transcode_names_the_syntax_and_the_option(
+    syntax: str, name: str, hint: str
+) -> None:
+    accepted = negotiated([(CT, syntax)], {IMPLICIT}, transcode=False)
+    with pytest.raises(NoAcceptableContext) as info:
+        accepted.select(CT, syntax)
+    message = str(info.value)
+    assert f"with transfer syntax {name} ({syntax}); the peer answered" in message
+    assert "fallback" not in message  # none was proposed
+    assert message.endswith(f", or let fastsend {hint} with --transcode if-needed.")
+
+
+@pytest.mark.parametrize("syntax", TRANSCODED)
+def test_select_with_transcode_names_both_fallbacks_when_none_was_taken(syntax: str) -> None:
+    # A peer that refuses the class in every syntax: the message says what
+    # was tried, and suggests no option that is already on.
+    accepted = negotiated([(CT, syntax)], set(), transcode=True)
+    with pytest.raises(NoAcceptableContext) as info:
+        accepted.select(CT, syntax)
+    message = str(info.value)
+    assert (
+        f"{describe(syntax)} or its uncompressed fallbacks "
+        "Explicit VR Little Endian or Implicit VR Little Endian; the peer answered: "
+        "transfer-syntaxes-not-supported"
+    ) in message
+    assert "--transcode" not in message
+
+
+def test_select_le_names_its_one_fallback() -> None:
+    accepted = negotiated([(CT, EXPLICIT)], {JPEG_BASELINE}, transcode=True)
+    with pytest.raises(NoAcceptableContext) as info:
+        accepted.select(CT, EXPLICIT)
+    assert "or its uncompressed fallback Implicit VR Little Endian;" in str(info.value)
+    assert "--transcode" not in str(info.value)
+
+
+def test_select_many_syntaxes_of_one_class_share_the_fallback_contexts() -> None:
+    # RLE, big endian and deflated CT files in one association: one Implicit
+    # context serves all three, and LE files keep their own contexts.
+    files = [(CT, RLE), (CT, BIG_ENDIAN), (CT, DEFLATED), (CT, EXPLICIT)]
+    accepted = negotiated(files, {IMPLICIT, EXPLICIT}, transcode=True)
+    assert context_of(accepted, RLE) == context_of(accepted, BIG_ENDIAN)
+    assert context_of(accepted, RLE) == context_of(accepted, DEFLATED)
+    assert context_of(accepted, RLE) == context_of(accepted, EXPLICIT)
+    assert accepted.select(CT, IMPLICIT).transfer_syntax == IMPLICIT
+    implicit_only = negotiated(files, {IMPLICIT}, transcode=True)
+    assert {implicit_only.select(CT, ts).transfer_syntax for (ts,) in [(RLE,), (BIG_ENDIAN,)]} == {
+        IMPLICIT
+    }

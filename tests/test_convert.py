@@ -1,29 +1,37 @@
-"""Explicit <-> Implicit VR Little Endian conversion (PS3.5 A.1 / A.2)."""
+"""Explicit <-> Implicit VR Little Endian conversion (PS3.5 A.1 / A.2), Explicit VR
+Big Endian to either (PS3.5 A.3, 7.3), and transcode_file for compressed and deflated files."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import RLELossless
 
 from dicom_fastsend import synth
-from dicom_fastsend.convert import ConversionError, convert_dataset
+from dicom_fastsend.convert import ConversionError, convert_dataset, transcode_file
 from dicom_fastsend.errors import FastsendError
+from dicom_fastsend.header import read_header
 from dicom_fastsend.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
+from transcoded import assert_arrived_unchanged, write_ct
 
 EVRLE = EXPLICIT_VR_LITTLE_ENDIAN
 IVRLE = IMPLICIT_VR_LITTLE_ENDIAN
@@ -31,9 +39,13 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 def encode(ds: Dataset, transfer_syntax: str) -> bytes:
-    """The data set (without file meta) as it would travel in a P-DATA-TF."""
+    """The data set (without file meta) as it would travel in a P-DATA-TF.
+
+    For big endian, pydicom swaps numbers but writes OB/OW-like values as
+    given: those must already hold big endian bytes.
+    """
     fp = DicomBytesIO()
-    fp.is_little_endian = True
+    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
     fp.is_implicit_VR = transfer_syntax == IVRLE
     write_dataset(fp, ds)
     return bytes(fp.getvalue())
@@ -42,7 +54,8 @@ def encode(ds: Dataset, transfer_syntax: str) -> bytes:
 def decode(data: bytes, transfer_syntax: str) -> Dataset:
     fp = DicomBytesIO(data)
     implicit = transfer_syntax == IVRLE
-    ds = read_dataset(fp, implicit, True)  # type: ignore[arg-type]
+    little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+    ds = read_dataset(fp, implicit, little_endian)  # type: ignore[arg-type]
     assert fp.tell() == len(data), "decoder did not consume the whole data set"
     return ds
 
@@ -200,7 +213,7 @@ def test_empty_dataset() -> None:
     [
         (JPEG_BASELINE, IVRLE, "cannot convert JPEG Baseline (Process 1) to Implicit VR Little"),
         (EVRLE, JPEG_BASELINE, "to JPEG Baseline (Process 1) without transcoding"),
-        (EXPLICIT_VR_BIG_ENDIAN, EVRLE, "Explicit VR Big Endian"),
+        (EVRLE, EXPLICIT_VR_BIG_ENDIAN, "to Explicit VR Big Endian"),
         (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, IVRLE, "Deflated"),
         ("1.2.3.999", EVRLE, "1.2.3.999"),
         (JPEG_BASELINE, JPEG_BASELINE, "JPEG Baseline"),
@@ -308,3 +321,128 @@ def test_explicit_un_sequence_becomes_a_sequence() -> None:
     explicit = decode(convert_dataset(implicit, IVRLE, EVRLE), EVRLE)
     assert explicit["ProcedureCodeSequence"].VR == "SQ"
     assert explicit.ProcedureCodeSequence[0]["Modality"].VR == "CS"
+
+
+# ------------------------------------------------------------ big endian
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "SC"])
+@pytest.mark.parametrize("target", [EVRLE, IVRLE])
+def test_big_endian_values_survive_conversion(modality: str, target: str) -> None:
+    data = encode(synth_dataset(EXPLICIT_VR_BIG_ENDIAN, modality), EXPLICIT_VR_BIG_ENDIAN)
+    source = decode(data, EXPLICIT_VR_BIG_ENDIAN)
+    out = decode(convert_dataset(data, EXPLICIT_VR_BIG_ENDIAN, target), target)
+    # pydicom keeps OW values as the file's bytes: pixels compared as numbers.
+    pixels = np.frombuffer(source.PixelData, ">u2")
+    assert np.array_equal(np.frombuffer(out.PixelData, "<u2"), pixels)
+    assert len(set(pixels.tolist())) > 10  # real data, not a constant
+    del source.PixelData, out.PixelData
+    # Numbers as pydicom reads them from each side; an Implicit UN private
+    # value must hold the little endian bytes of the big endian number.
+    assert_same_values(source, out)
+
+
+def test_big_endian_binary_values_are_swapped_in_their_own_unit() -> None:
+    # PS3.5 7.3 and Table 6.2-1: each binary VR in its own unit; text, OB and
+    # UN bytes are not numbers and keep their order.
+    numbers = {
+        0x01: ("US", [1, 0x1234], "H"),
+        0x02: ("SS", [-2, 300], "h"),
+        0x03: ("UL", [0x01020304], "L"),
+        0x04: ("SL", [-70000], "l"),
+        0x05: ("FL", [1.5, -2.25], "f"),
+        0x06: ("FD", [3.0e100], "d"),
+        0x07: ("SV", [-(2**40)], "q"),
+        0x08: ("UV", [2**63 + 5], "Q"),
+    }
+    words = {  # OB/OW-like VRs: pydicom writes and reads their bytes as they are
+        0x10: ("OW", "H", [1, 0xABCD, 7]),
+        0x11: ("OF", "f", [0.5, -1.0]),
+        0x12: ("OL", "L", [0xDEADBEEF]),
+        0x13: ("OD", "d", [1e-300]),
+        0x14: ("OV", "Q", [2**64 - 2]),
+    }
+    unchanged = {0x20: ("OB", b"\x01\x02\x03\x04"), 0x21: ("UN", b"\x05\x06"), 0x22: ("LO", b"AB")}
+
+    def dataset(byte_order: str) -> Dataset:
+        ds = Dataset()
+        block = ds.private_block(0x0011, "FASTSEND BYTE ORDER", create=True)
+        for offset, (vr, values, _) in numbers.items():
+            block.add_new(offset, vr, values)
+        for offset, (vr, fmt, values) in words.items():
+            block.add_new(offset, vr, struct.pack(f"{byte_order}{len(values)}{fmt}", *values))
+        for offset, (vr, raw) in unchanged.items():
+            block.add_new(offset, vr, raw)
+        ds.add_new(0x00209165, "AT", [0x00100020, 0x7FE00010])  # Dimension Index Pointer
+        item = Dataset()
+        item.add_new(0x00280010, "US", 0x0102)  # Rows, inside a sequence item
+        item.add_new(0x00283006, "OW", struct.pack(f"{byte_order}2H", 0x0A0B, 5))  # LUT Data
+        ds.ModalityLUTSequence = Sequence([item])
+        return ds
+
+    data = encode(dataset(">"), EXPLICIT_VR_BIG_ENDIAN)
+    out = convert_dataset(data, EXPLICIT_VR_BIG_ENDIAN, EVRLE)
+    # The same data set written little endian by pydicom, with little endian
+    # words: the converted bytes must be exactly these.
+    assert out == encode(dataset("<"), EVRLE)
+    ds = decode(out, EVRLE)
+    assert ds[0x00111001].value == [1, 0x1234]
+    assert ds[0x00111008].value == 2**63 + 5
+    assert ds[0x00111010].value == struct.pack("<3H", 1, 0xABCD, 7)
+    assert ds[0x00111021].value == b"\x05\x06"
+    assert ds.DimensionIndexPointer == [0x00100020, 0x7FE00010]
+    assert ds.ModalityLUTSequence[0].Rows == 0x0102
+
+
+BIG_ENDIAN_TWINS = [
+    ("MR_small_expb.dcm", "MR_small.dcm"),  # 16 bits allocated
+    ("rtdose_expb_1frame.dcm", "rtdose_1frame.dcm"),  # 32 bits allocated, OW
+    ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),  # 8 bits in OW, odd
+    ("liver_expb_1frame.dcm", "liver_1frame.dcm"),  # 1 bit allocated, OB
+]
+
+
+@pytest.mark.parametrize(("big", "little"), BIG_ENDIAN_TWINS)
+@pytest.mark.parametrize("target", [EVRLE, IVRLE])
+def test_big_endian_pixel_data_matches_pydicoms_little_endian_twin(
+    big: str, little: str, target: str
+) -> None:
+    # pydicom ships each of these images in both byte orders; converting the
+    # big endian file must give the little endian file's pixel bytes exactly.
+    path = Path(get_testdata_file(big) or "")
+    data = path.read_bytes()[read_header(path).dataset_offset :]
+    out = decode(convert_dataset(data, EXPLICIT_VR_BIG_ENDIAN, target), target)
+    twin = pydicom.dcmread(get_testdata_file(little))
+    assert out.PixelData == twin.PixelData
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = target
+    assert np.array_equal(out.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+def test_big_endian_value_not_a_whole_number_of_units_is_rejected() -> None:
+    # (7FE0,0008) Float Pixel Data is OF: 4-byte floats, and 6 bytes are not.
+    data = struct.pack(">HH2sHI", 0x7FE0, 0x0008, b"OF", 0, 6) + b"\x00" * 6
+    with pytest.raises(ConversionError, match="6 value bytes, not a multiple of its 4-byte"):
+        convert_dataset(data, EXPLICIT_VR_BIG_ENDIAN, EVRLE)
+
+
+# ------------------------------------------------------------ transcode_file
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN])
+@pytest.mark.parametrize("target", [EVRLE, IVRLE])
+def test_transcode_file_writes_the_accepted_le_syntax(
+    tmp_path: Path, syntax: str, target: str
+) -> None:
+    path = write_ct(tmp_path / "ct.dcm", syntax, 0)
+    out = decode(transcode_file(str(path), target), target)
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = target
+    assert_arrived_unchanged(out, path)
+
+
+def test_transcode_file_leaves_big_endian_to_convert_dataset() -> None:
+    # pydicom's writer would keep big endian OW bytes in a little endian data set.
+    path = get_testdata_file("MR_small_bigendian.dcm")
+    with pytest.raises(ConversionError, match="converted on the fly"):
+        transcode_file(str(path), EVRLE)

@@ -73,7 +73,9 @@ class SendConfig:
     resume: bool = True  # skip what the journal says this destination holds
     retries: int = 3  # per file, after transient failures
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
-    transcode: bool = False  # decompress when the peer takes a class only uncompressed
+    # Decompress, inflate or byte-swap a file to Explicit or Implicit VR LE
+    # when the peer takes its class only uncompressed (contexts.py).
+    transcode: bool = False
     max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
     cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
 

@@ -6,8 +6,10 @@ Each (SOP class, transfer syntax) pair is proposed as its own presentation
 context with a single transfer syntax (PS3.8 9.3.2.2 allows several contexts
 per abstract syntax). Proposing the file's own syntax alone means the peer
 cannot pick a syntax that forces a conversion when it could take the file as
-it is; the other uncompressed Little Endian syntax is proposed as a second
-context so a peer that takes only that one still gets the file, converted.
+it is; uncompressed Little Endian syntaxes are proposed as further contexts so
+a peer that takes only those still gets the file, converted. Implicit VR
+Little Endian is the one syntax every SCP must accept (PS3.5 10.1), so it is
+always among the fallbacks a file can be converted to.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_LITTLE_ENDIAN,
     describe,
+    uid_name,
 )
 from .ul.pdu import (
     PresentationContextAC,
@@ -33,21 +38,35 @@ MAX_CONTEXTS_PER_ASSOCIATION = 128
 
 
 def can_transcode(transfer_syntax: str) -> bool:
-    """Compressed or deflated: pydicom can decode it to Explicit VR Little Endian."""
-    return transfer_syntax not in (*UNCOMPRESSED_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
+    """Whether ``--transcode if-needed`` can turn the file into uncompressed Little Endian.
+
+    Compressed syntaxes are decompressed and Deflated Explicit VR LE is
+    inflated by pydicom; Explicit VR Big Endian (retired, PS3.5 A.3) is
+    byte-swapped by fastsend itself (see convert.py). The two uncompressed
+    Little Endian syntaxes need no transcoding: they convert on the fly.
+    """
+    return transfer_syntax not in UNCOMPRESSED_LITTLE_ENDIAN
+
+
+# Fallbacks for a file that must be transcoded, in order of preference, each
+# proposed as a presentation context of its own (PS3.8 9.3.2.2): Explicit VR
+# LE keeps every element's VR; Implicit VR LE is the default syntax that every
+# SCP must accept (PS3.5 10.1), so a peer that takes only it still gets the file.
+TRANSCODE_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 
 
 def transfer_syntaxes_for(transfer_syntax: str, transcode: bool = False) -> tuple[str, ...]:
-    """The file's own syntax, plus the uncompressed fallback it can be converted to.
+    """The file's own syntax, then the uncompressed syntaxes it can be converted to.
 
-    The two uncompressed Little Endian syntaxes fall back to each other; with
-    ``transcode``, a compressed or deflated one falls back to Explicit VR LE.
+    In order of preference. The two uncompressed Little Endian syntaxes fall
+    back to each other; with ``transcode``, any other syntax (compressed,
+    deflated, big endian) falls back to Explicit VR LE, then Implicit VR LE.
     """
     if transfer_syntax in UNCOMPRESSED_LITTLE_ENDIAN:
         (other,) = (ts for ts in UNCOMPRESSED_LITTLE_ENDIAN if ts != transfer_syntax)
         return (transfer_syntax, other)
     if transcode and can_transcode(transfer_syntax):
-        return (transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN)
+        return (transfer_syntax, *TRANSCODE_FALLBACKS)
     return (transfer_syntax,)
 
 
@@ -138,7 +157,12 @@ class AcceptedContexts:
         return self._answers[presentation_context_id].transfer_syntax
 
     def select(self, sop_class: str, transfer_syntax: str) -> Selection:
-        """The context for a file: its own syntax if accepted, else the fallback."""
+        """The context for a file: its own syntax if accepted, else the first accepted fallback.
+
+        Fallbacks are tried in the order of transfer_syntaxes_for. The peer
+        answers each proposed context on its own (PS3.8 9.3.3.2), so any
+        subset of them may be accepted.
+        """
         candidates = transfer_syntaxes_for(transfer_syntax, self._transcode)
         for candidate in candidates:
             pc_id = self._accepted.get((sop_class, candidate))
@@ -156,15 +180,30 @@ class AcceptedContexts:
             if answers
             else ("; the peer did not answer those contexts")
         )
+        fallbacks = candidates[1:]
         raise NoAcceptableContext(
             f"no accepted presentation context for SOP class {describe(sop_class)} "
             f"with transfer syntax {describe(transfer_syntax)}"
-            + ("" if len(candidates) == 1 else " or its uncompressed fallback")
+            + (
+                f" or its uncompressed fallback{'s' if len(fallbacks) > 1 else ''} "
+                + " or ".join(uid_name(ts) for ts in fallbacks)
+                if fallbacks
+                else ""
+            )
             + peer_said
             + ". Configure the destination to accept this SOP class and transfer syntax"
             + (
-                ", or let fastsend decompress it with --transcode if-needed."
+                f", or let fastsend {_transcoding(transfer_syntax)} with --transcode if-needed."
                 if can_transcode(transfer_syntax) and not self._transcode
                 else "."
             )
         )
+
+
+def _transcoding(transfer_syntax: str) -> str:
+    """What ``--transcode if-needed`` would do to a file, for the hint in a message."""
+    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
+        return "convert it to Little Endian"
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return "inflate it"
+    return "decompress it"

@@ -33,9 +33,9 @@ from .header import FileInfo
 from .hotpath import fragment_pdata
 from .transport import Transport, TransportError, TransportTimeout
 from .uids import (
+    CONVERTS_ON_THE_FLY,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID_ROOT,
-    UNCOMPRESSED_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
 )
 from .ul.association import (
@@ -126,7 +126,9 @@ class StoreClient:
 
     def __init__(self, peer: PeerConfig, transcode: bool = False, max_ops: int = 1) -> None:
         self.peer = peer
-        self.transcode = transcode  # compressed files may fall back to Explicit VR LE
+        # Compressed, deflated and big endian files may fall back to
+        # uncompressed Little Endian (contexts.transfer_syntaxes_for).
+        self.transcode = transcode
         self.max_ops = max_ops  # the Asynchronous Operations Window we propose
         self.window = 1  # C-STOREs we may have outstanding, as negotiated
         self._assembler = MessageAssembler()
@@ -461,9 +463,13 @@ def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> 
         # and most runs never convert anything.
         from .convert import convert_dataset, transcode_file
 
-        if file_syntax in UNCOMPRESSED_LITTLE_ENDIAN:
+        if file_syntax in CONVERTS_ON_THE_FLY:
+            # The other LE syntax, or (with --transcode if-needed) big endian
+            # byte-swapped to LE: re-encoded from the mapped bytes.
             return convert_dataset(view, file_syntax, selection.transfer_syntax)
-        return transcode_file(info.path)  # --transcode if-needed chose the fallback
+        # --transcode if-needed chose a fallback for a compressed or deflated
+        # file: decoded by pydicom, then written in the accepted LE syntax.
+        return transcode_file(info.path, selection.transfer_syntax)
     if file_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and len(view) % 2:
         # A deflate stream can end on an odd byte; DICOM values and fragments
         # are even (PS3.5 7.1, A.5), and DCMTK refuses an odd fragment. One

@@ -15,9 +15,15 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
-# The two uncompressed little-endian syntaxes that every SCP must be able to
-# take (PS3.5 10.1) and that fastsend converts between on the fly.
+# The two uncompressed little-endian syntaxes, which fastsend converts between
+# on the fly. Implicit VR LE is the default that every SCP must accept
+# (PS3.5 10.1), so one of these is the fallback for every file.
 UNCOMPRESSED_LITTLE_ENDIAN = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+# Syntaxes whose data sets convert.convert_dataset re-encodes element by
+# element into one of those two, without decoding the file: they, and
+# Explicit VR Big Endian (PS3.5 A.3, retired), whose binary values are
+# byte-swapped (PS3.5 7.3). Compressed and deflated data sets are decoded.
+CONVERTS_ON_THE_FLY = (*UNCOMPRESSED_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
 
 # Root of fastsend's implementation class UID (PS3.7 D.3.3.2); the version is
 # appended so peers' logs tell releases apart.

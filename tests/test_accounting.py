@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from dicom_fastsend.config import PeerConfig, SendConfig
-from dicom_fastsend.journal import StoredEntry
-from dicom_fastsend.prepare import Cause, prepare
-from dicom_fastsend.results import ExitStatus, FileResult
+from dicom_fastsend.inventory import Inventory
+from dicom_fastsend.prepare import Walker, admit
+from dicom_fastsend.results import Cause, ExitStatus, FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend, send_args
 from invariants import assert_nothing_lost, load_summary
@@ -147,7 +146,7 @@ def test_scan_predicts_exactly_what_send_does(sink: Sink, tmp_path: Path) -> Non
     assert predicted["found"] == summary["counts"]["found"] == len(archive.files) + 3
     assert predicted["files"] == summary["counts"]["stored"] == sink.stats.instances - before
     assert predicted["files"] == len(archive.files) - already
-    assert predicted["already_stored"] == reasons("already stored") == already
+    assert predicted["already_stored"] == summary["counts"]["already_stored"] == already
     assert len(predicted["duplicates"]) == reasons("duplicate SOP Instance UID") == 1
     assert len(predicted["unreadable"]) == summary["counts"]["failed"] == 1
     assert len(predicted["skipped"]) == 1  # not DICOM
@@ -155,38 +154,43 @@ def test_scan_predicts_exactly_what_send_does(sink: Sink, tmp_path: Path) -> Non
     assert predicted["journal"] == summary["journal"]
 
 
-def test_prepare_sorts_every_file_by_cause_without_processes(tmp_path: Path) -> None:
+def test_the_walk_and_admission_sort_every_file_by_cause_without_processes(
+    tmp_path: Path,
+) -> None:
     archive, extra = messy_archive(tmp_path / "archive")
+    inventory = Inventory(tmp_path / "inventory.sqlite", "X@h:104", "s1")
     stored_file = archive.files[2]
-    info = os.stat(stored_file)
-    stored = {str(stored_file): StoredEntry(info.st_size, info.st_mtime, "", "earlier")}
-    config = SendConfig(
-        peer=PeerConfig(LOOPBACK, 104, "X"),
-        inputs=(archive.root, tmp_path / "no-such-file.dcm"),
-        recursive=True,
-        log_dir=None,
-    )
+    status = os.stat(stored_file)
+    inventory.record(FileResult(str(stored_file), Outcome.STORED), status.st_size, status.st_mtime)
     causes: dict[str, Cause] = {}
+    held: list[int] = []
 
     def report(result: FileResult, _info: object, cause: Cause) -> None:
         assert result.path not in causes
         causes[result.path] = cause
 
-    prepared = prepare(config, report, stored)
+    missing = tmp_path / "no-such-file.dcm"
+    walker = Walker(
+        (archive.root, missing), True, inventory, True, report, lambda d, n: held.append(n)
+    )
+    while walker.step():
+        pass
+    assert walker.walk.found == len(archive.files) + 4
+    assert walker.walk.already_stored == sum(held) == 1
+    pending = list(inventory.pending())
+    assert str(stored_file) not in {p.path for p in pending}
+    sent = admit(pending, inventory, True, report)
     assert causes == {
-        str(extra["duplicate"]): Cause.DUPLICATE,
+        # The walk meets the copy at the top first (a directory's files come
+        # before its subdirectories), so the original below is the duplicate.
+        str(archive.files[0]): Cause.DUPLICATE,
         str(extra["not_dicom"]): Cause.NOT_DICOM,
         str(extra["truncated"]): Cause.UNREADABLE,
-        str(stored_file): Cause.ALREADY_STORED,
-        str(tmp_path / "no-such-file.dcm"): Cause.MISSING,
+        str(missing): Cause.MISSING,
     }
-    assert {i.path for i in prepared.to_send} == {str(p) for p in archive.files} - {
+    assert {i.path for i in sent} == {str(p) for p in archive.files[1:]} - {
         str(stored_file)
-    }
-    assert prepared.found == len(archive.files) + 4
-    assert (prepared.failed, prepared.not_dicom, prepared.duplicates) == (2, 1, 1)
-    assert prepared.already_stored == 1
-    assert prepared.nothing_to_send == ""
+    } | {str(extra["duplicate"])}
 
 
 # ---------------------------------------------------------------- every outcome in the journal
@@ -195,8 +199,8 @@ def test_prepare_sorts_every_file_by_cause_without_processes(tmp_path: Path) -> 
 def journal_rows(path: Path) -> dict[str, tuple[str, str]]:
     """path -> (outcome, reason) for every row of a journal."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT path, outcome, reason FROM instances").fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
+        rows = db.execute("SELECT dir, name, state, reason FROM files").fetchall()
+    return {os.path.join(row[0], row[1]): (row[2], row[3]) for row in rows}
 
 
 def summary_outcomes(summary: dict[str, Any], inputs: list[str]) -> dict[str, tuple[str, str]]:

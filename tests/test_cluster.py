@@ -22,21 +22,12 @@ import dask
 import pytest
 from distributed import Client, LocalCluster, Variable
 
-from dicom_fastsend.cluster import (
-    MAX_FILES_PER_TASK,
-    ClusterError,
-    ClusterHooks,
-    ClusterRun,
-    ClusterTask,
-    connect,
-    run_task,
-)
-from dicom_fastsend.config import PeerConfig, SendConfig
-from dicom_fastsend.contexts import plan_associations
+from dicom_fastsend.cluster import ClusterTask, run_task
+from dicom_fastsend.config import PeerConfig, SendConfig, destination_key
 from dicom_fastsend.coordinator import Coordinator, Hooks
-from dicom_fastsend.header import FileInfo, read_header
-from dicom_fastsend.journal import Journal, destination_key
-from dicom_fastsend.plan import Batch, pack_tasks
+from dicom_fastsend.header import read_header
+from dicom_fastsend.inventory import Inventory
+from dicom_fastsend.plan import Batch
 from dicom_fastsend.results import FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from dicom_fastsend.worker import WorkerConfig
@@ -75,7 +66,7 @@ def medium_archive(tmp_path: Path) -> SynthArchive:
 def journal_stored(summary: dict[str, object], peer: PeerConfig) -> set[str]:
     """Paths the run's journal records as stored at this destination."""
     path = Path(str(summary["journal"]))
-    journal = Journal(path, destination_key(peer), "check")
+    journal = Inventory(path, destination_key(peer), "check")
     try:
         return set(journal.stored())
     finally:
@@ -238,8 +229,9 @@ def test_a_file_a_worker_cannot_read_is_a_per_file_failure(
     cluster: LocalCluster, tmp_path: Path, sink: Sink
 ) -> None:
     archive = make_archive(tmp_path / "archive", explicit_studies=2, implicit_studies=0)
-    # Indexed by the coordinator, gone by the time a worker opens it: as a
-    # worker without the coordinator's storage mounted would find it.
+    # Read by the coordinator (with --cluster it reads the headers), gone by
+    # the time a worker opens it: as a worker without the coordinator's
+    # storage mounted would find it.
     missing = archive.files[0]
     config = SendConfig(
         peer=PeerConfig(LOOPBACK, sink.port, "SINK"),
@@ -249,10 +241,14 @@ def test_a_file_a_worker_cannot_read_is_a_per_file_failure(
         cluster=cluster.scheduler_address,
         retries=0,
     )
-    hooks = Hooks(started=lambda files, size: missing.unlink())
-    summary = Coordinator(config, hooks).run()
+
+    def dispatched(batch: Batch) -> None:
+        if str(missing) in {f.path for f in batch.files}:
+            missing.unlink()
+
+    summary = Coordinator(config, Hooks(dispatched=dispatched)).run()
     assert summary.exit_code == 1
-    [failed] = [r for r in summary.results if r.outcome is Outcome.FAILED]
+    [failed] = [r for r in summary.noted if r.outcome is Outcome.FAILED]
     assert failed.path == str(missing)
     assert "cannot read file" in failed.reason
     assert "every Dask worker must see the files" in failed.reason
@@ -329,11 +325,10 @@ def test_a_rerun_sends_only_the_files_without_an_outcome(
     infos = [read_header(p) for p in archive.files]
     published = [FileResult.of(info, Outcome.STORED, "", worker=0) for info in infos[:2]]
     peer = PeerConfig(LOOPBACK, sink.port, "SINK")
-    plans = tuple(plan_associations((i.sop_class_uid, i.transfer_syntax_uid) for i in infos))
     task = ClusterTask(
         0,
-        (Batch(0, "", tuple(infos)),),
-        WorkerConfig(worker=0, peer=peer, plans=plans),
+        (Batch(0, tuple(infos)),),
+        WorkerConfig(worker=0, peer=peer),
         topic="fastsend-test-rerun-events",
         progress="fastsend-test-rerun-progress",
         stop="fastsend-test-rerun-stop",
@@ -348,68 +343,3 @@ def test_a_rerun_sends_only_the_files_without_an_outcome(
     assert [r.outcome for r in report.results[:2]] == [Outcome.STORED] * 2  # carried over
     sent = {i.sop_instance_uid for i in infos[2:]}
     assert set(sink.stats.received_uids) == sent and sink.stats.instances == len(sent)
-
-
-def test_tasks_stay_small_for_a_large_archive() -> None:
-    class TwoThreads:
-        def nthreads(self) -> dict[str, int]:
-            return {"tcp://a:1": 1, "tcp://b:1": 1}
-
-    hooks = ClusterHooks(
-        lambda r, i: None,
-        lambda: None,
-        lambda w, k, m: None,
-        lambda lv, m: None,
-        lambda lv, m: None,
-        lambda: 0,
-    )
-    run = ClusterRun(TwoThreads(), "tcp://a:8786", "s", hooks)  # type: ignore[arg-type]
-    # 20,000 files in 4 studies: whole studies would make 4 tasks of 5,000.
-    infos = [
-        FileInfo(f"/{n % 4}/{n:05d}", 1000, 0.0, "1.2", f"1.2.3.{n}", "1.2.840.10008.1.2.1",
-                 str(n % 4), 132)
-        for n in range(20_000)
-    ]  # fmt: skip
-    batches = run.plan(infos)
-    count = run.task_count(batches)
-    assert count >= 20_000 / MAX_FILES_PER_TASK
-    tasks = pack_tasks(batches, count)
-    assert sum(len(b.files) for t in tasks for b in t) == 20_000
-    assert max(sum(len(b.files) for b in t) for t in tasks) <= 1.25 * MAX_FILES_PER_TASK
-
-
-def test_an_address_that_is_not_a_dask_scheduler_is_refused_at_once() -> None:
-    started = time.monotonic()
-    with pytest.raises(ClusterError, match="not a Dask scheduler address"):
-        connect("http://127.0.0.1:1", 2)
-    assert time.monotonic() - started < 1
-
-
-def test_a_worker_with_another_version_refuses_the_task(
-    cluster: LocalCluster, archive: SynthArchive, sink: Sink
-) -> None:
-    info = read_header(archive.files[0])
-    task = ClusterTask(
-        0,
-        (Batch(0, "", (info,)),),
-        WorkerConfig(worker=0, peer=PeerConfig(LOOPBACK, sink.port, "SINK"), plans=()),
-        topic="fastsend-test-version-events",
-        progress="fastsend-test-version-progress",
-        stop="fastsend-test-version-stop",
-        version="0.0.0",
-    )
-    with Client(cluster.scheduler_address) as client:
-        with pytest.raises(RuntimeError, match="0.0.0 on the coordinator: install the same"):
-            client.submit(run_task, task, pure=False).result(timeout=60)
-    assert sink.stats.instances == 0
-
-
-def test_a_scheduler_without_workers_is_refused_naming_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("dicom_fastsend.cluster.WAIT_FOR_WORKERS", 1.0)
-    with LocalCluster(
-        n_workers=0, processes=True, host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0"
-    ) as empty:
-        with pytest.raises(ClusterError, match="has no workers after 1 s.*dask worker"):
-            connect(empty.scheduler_address, 5)

@@ -361,7 +361,7 @@ def test_each_outcome_is_journalled_while_the_next_c_store_waits(
                     db = sqlite3.connect(journal)
                     try:
                         rows = db.execute(
-                            "SELECT sop_instance_uid FROM instances WHERE outcome = 'stored'"
+                            "SELECT sop_instance_uid FROM files WHERE state = 'stored'"
                         )
                         journalled = {uid for (uid,) in rows}
                     finally:

@@ -19,8 +19,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from dicom_fastsend.config import PeerConfig
-from dicom_fastsend.journal import Journal, default_journal_path, destination_key
+from dicom_fastsend.config import PeerConfig, default_journal_path, destination_key
+from dicom_fastsend.inventory import Inventory, JournalError
 from dicom_fastsend.results import FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend
@@ -40,7 +40,7 @@ def send(archive: SynthArchive, port: int, ae: str, logs: Path, *options: str) -
 
 
 def test_record_and_stored_round_trip(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite", "PACS@h:104", "s1")
+    journal = Inventory(tmp_path / "j.sqlite", "PACS@h:104", "s1")
     ok = FileResult("/a.dcm", Outcome.STORED, sop_instance_uid="1.2", sop_class_uid="1.2.3",
                     status=0, attempts=1)  # fmt: skip
     bad = FileResult("/b.dcm", Outcome.FAILED, "0xC000", sop_instance_uid="1.3", attempts=2)
@@ -53,9 +53,10 @@ def test_record_and_stored_round_trip(tmp_path: Path) -> None:
     journal.close()
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("SELECT attempts FROM instances WHERE path='/b.dcm'").fetchone() == (4,)
-    # Another destination sees nothing.
-    assert Journal(tmp_path / "j.sqlite", "OTHER@h:104", "s2").stored() == {}
+        assert db.execute("SELECT attempts FROM files WHERE name='b.dcm'").fetchone() == (4,)
+    # One journal, one destination: another one is refused, naming both.
+    with pytest.raises(JournalError, match="records the migration to PACS@h:104, not to OTHER"):
+        Inventory(tmp_path / "j.sqlite", "OTHER@h:104", "s2")
 
 
 def test_rerun_skips_stored_and_resends_changed(
@@ -105,7 +106,7 @@ def test_failed_instances_are_sent_again_on_the_rerun(
     assert second["returncode"] == 0
     assert second["counts"]["stored"] == 1
     assert scp.records()[-1].sop_instance_uid == target
-    journal = Journal(Path(second["journal"]), destination_key(
+    journal = Inventory(Path(second["journal"]), destination_key(
         PeerConfig("127.0.0.1", scp.port, scp.ae_title)), "check")  # fmt: skip
     assert journal.counts() == {"stored": len(archive.files)}
 
@@ -119,9 +120,10 @@ def test_duplicate_sop_instance_uid_is_sent_once_and_reported(
     summary = send(archive, sink.port, "SINK", tmp_path / "logs")
     assert summary["counts"]["stored"] == len(archive.files)
     [skipped] = summary["skipped"]
-    first, second = sorted([str(original), str(copy)])
-    assert skipped["path"] == second
-    assert f"{first} has the same one" in skipped["reason"]
+    # The first one the walk meets is sent: a directory's own files come
+    # before its subdirectories, so the copy at the top goes, the original waits.
+    assert skipped["path"] == str(original)
+    assert f"{copy} has the same one" in skipped["reason"]
     assert Counter(sink.stats.received_uids)[archive.sop_instance_uids[original]] == 1
 
 
@@ -194,30 +196,12 @@ def test_failures_csv_feeds_input_list(
     assert "1 files: 1 stored" in run.stderr
 
 
-def test_an_earlier_journal_loses_its_unused_index_and_keeps_its_records(tmp_path: Path) -> None:
-    path = tmp_path / "journal.sqlite"
-    journal = Journal(path, "STORE@127.0.0.1:104", "s1")
-    journal.record(FileResult("/a.dcm", Outcome.STORED, "", 0, "1.2.3", "1.2.4"), 10, 1.0)
-    journal.close()
-    db = sqlite3.connect(path)
-    db.execute("CREATE INDEX instances_uid ON instances (destination, sop_instance_uid)")
-    db.commit()
-    db.close()
-    journal = Journal(path, "STORE@127.0.0.1:104", "s2")
-    assert set(journal.stored()) == {"/a.dcm"}
-    journal.close()
-    db = sqlite3.connect(path)
-    indexes = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")]
-    db.close()
-    assert "instances_uid" not in indexes
-
-
 def test_a_worker_connection_never_checkpoints_and_the_coordinators_does(tmp_path: Path) -> None:
     """Workers open the journal with checkpoint=False, so an fsync never stalls them
     between two C-STOREs; the coordinator's connection checkpoints instead."""
     path = tmp_path / "journal.sqlite"
-    coordinator = Journal(path, "STORE@127.0.0.1:104", "s")
-    worker = Journal(path, "STORE@127.0.0.1:104", "s", checkpoint=False)
+    coordinator = Inventory(path, "STORE@127.0.0.1:104", "s")
+    worker = Inventory(path, "STORE@127.0.0.1:104", "s", checkpoint=False)
     empty = path.stat().st_size
     # About 3 WAL pages an outcome: past the 1,000 pages at which SQLite's
     # automatic checkpoint would have copied them into the database file.
@@ -239,7 +223,7 @@ def test_a_new_journal_opened_while_another_connection_holds_its_lock_waits(
 
     PRAGMA journal_mode=WAL fails at once ("database is locked") while another
     connection holds a lock on a journal not yet in WAL mode; it skips the busy
-    handler. Journal must wait for the lock like any other statement does.
+    handler. Inventory must wait for the lock like any other statement does.
     """
     path = tmp_path / "journal.sqlite"
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -250,7 +234,7 @@ def test_a_new_journal_opened_while_another_connection_holds_its_lock_waits(
     release.start()
     started = time.monotonic()
     try:
-        journal = Journal(path, "STORE@127.0.0.1:104", "s")
+        journal = Inventory(path, "STORE@127.0.0.1:104", "s")
     finally:
         release.join()
         other.close()

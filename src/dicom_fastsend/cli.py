@@ -410,7 +410,7 @@ def scan(
     """
     import json
 
-    from .journal import JournalError
+    from .inventory import JournalError
     from .survey import format_report
     from .survey import scan as run_scan
 

@@ -31,7 +31,6 @@ hosts, and SQLite must not be shared over a network file system.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import queue
@@ -41,29 +40,39 @@ import tempfile
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import FastsendError
 from .header import FileInfo
-from .plan import SLICES_PER_WORKER, Batch, group_by_study, make_batches, pack_tasks
-from .results import FileResult, Outcome, WorkerStats
+from .inventory import Pending
+from .messages import (
+    Assign,
+    AssociationEvent,
+    AssociationKind,
+    BatchDone,
+    ExecutorLost,
+    FileDone,
+    Finished,
+    FromExecutor,
+    Note,
+    Ready,
+    Stop,
+)
+from .plan import Batch
+from .results import Cause, FileResult, Outcome, WorkerStats
 from .worker import INTERRUPTED_REASON, RateLimiter, Worker, WorkerConfig
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
 INSTALL_HINT = "pip install 'dicom-fastsend[cluster]'"
-# Tasks per worker thread: enough that a fast worker takes more of them while
-# a slow one finishes (Dask hands out queued tasks as threads free up), few
-# enough that opening one association per task costs nothing that matters.
-TASKS_PER_SLOT = 4
-# Files per task at most (about): a task republishes all its outcomes so far
-# into its Variable, so a task of a million files would pickle a growing list
-# every FLUSH_INTERVAL. Large archives get more, smaller tasks instead.
-MAX_FILES_PER_TASK = 500
+# Tasks submitted per worker thread: one running, one queued at the
+# scheduler, so a thread that finishes starts the next task at once. A task
+# is one batch (plan.BATCH_FILES files at most) and one association.
+TASKS_PER_SLOT = 2
 # How often a running task publishes its new outcomes (seconds), from a thread
 # of its own. The events feed the progress bar and journal; the Variable
 # bounds what a lost worker makes us send twice.
@@ -116,7 +125,7 @@ def connect(address: str, timeout: float) -> Client:
 
 @dataclass(frozen=True, slots=True)
 class ClusterTask:
-    """What one Dask task gets: its batches and the names it reports under."""
+    """What one Dask task gets: its batch (of headers read here) and the names it reports under."""
 
     task_id: int
     batches: tuple[Batch, ...]
@@ -137,8 +146,9 @@ class TaskReport:
     address: str  # the Dask worker's address
     pid: int
     results: list[FileResult] = field(default_factory=list)
+    causes: dict[str, Cause] = field(default_factory=dict)  # by path, where one was given
     # (sequence number within the attempt, kind, message): association events
-    messages: list[tuple[int, str, str]] = field(default_factory=list)
+    messages: list[tuple[int, AssociationKind, str]] = field(default_factory=list)
     stats: WorkerStats | None = None  # only in the return value
 
 
@@ -163,7 +173,7 @@ class _TaskChannel:
         self._lock = threading.Lock()
         self._publishing = threading.Lock()  # one publication at a time, in order
         self._new_results: list[FileResult] = list(done)  # re-reported by a rerun
-        self._new_messages: list[tuple[int, str, str]] = []
+        self._new_messages: list[tuple[int, AssociationKind, str]] = []
         self._closed = threading.Event()
         self._publisher = threading.Thread(
             target=self._publish_periodically, name="fastsend-publish", daemon=True
@@ -192,28 +202,29 @@ class _TaskChannel:
             self.flush()
 
     def send(self, message: Any) -> None:
-        kind = message[0]
         with self._lock:
-            if kind == "result":
-                result: FileResult = message[2]
+            if isinstance(message, FileDone):
+                result = message.result
                 if result.reason.startswith(READ_ERROR_PREFIX):
                     result.reason += (
                         f" (on {self._report.host}; with --cluster, every Dask worker must see "
                         "the files at the paths the coordinator indexed)"
                     )
                 self._report.results.append(result)
+                if message.cause is not None:
+                    self._report.causes[result.path] = message.cause
                 self._new_results.append(result)
-            elif kind == "association":
-                entry = (len(self._report.messages), message[2], message[3])
+            elif isinstance(message, AssociationEvent):
+                entry = (len(self._report.messages), message.kind, message.detail)
                 self._report.messages.append(entry)
                 self._new_messages.append(entry)
 
-    def recv(self) -> tuple[Any, ...]:
+    def recv(self) -> Assign | Stop:
         if self._stop.is_set() or not self._batches:
-            return ("stop",)
-        return ("batch", self._batches.popleft())
+            return Stop()
+        return Assign(self._batches.popleft())
 
-    def remaining(self) -> list[FileInfo]:
+    def remaining(self) -> list[Pending | FileInfo]:
         return [f for b in self._batches for f in b.files]
 
     def flush(self) -> None:
@@ -229,9 +240,10 @@ class _TaskChannel:
                 # the Variable, which this would create again, for nobody.
                 self._progress.set(cumulative)
             report = self._report
+            causes = {r.path: report.causes[r.path] for r in results if r.path in report.causes}
             event = TaskReport(
                 report.task_id, report.attempt, report.host, report.address, report.pid,
-                results, messages,
+                results, causes, messages,
             )  # fmt: skip
             self._dask_worker.log_event(self._task.topic, pickle.dumps(event))
         if stopping and self.worker is not None:
@@ -275,11 +287,15 @@ def run_task(task: ClusterTask) -> TaskReport:
         try:
             worker.run()
             # A graceful stop leaves batches unsent; they are reported, not dropped.
-            for info in channel.remaining():
-                unsent = FileResult.of(
-                    info, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id
+            for item in channel.remaining():
+                unsent = FileResult(
+                    item.path, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id
                 )
-                channel.send(("result", task.task_id, unsent))
+                if isinstance(item, FileInfo):
+                    unsent = FileResult.of(
+                        item, Outcome.SKIPPED, INTERRUPTED_REASON, worker=task.task_id
+                    )
+                channel.send(FileDone(task.task_id, unsent, False, Cause.INTERRUPTED))
         finally:
             channel.close()
     # The Dask worker is a shared, long-lived process: count this thread's CPU only.
@@ -296,176 +312,154 @@ def run_task(task: ClusterTask) -> TaskReport:
 @dataclass
 class _TaskState:
     task: ClusterTask
-    files: tuple[FileInfo, ...]
+    executor: int
+    files: int
     attempts: dict[str, TaskReport] = field(default_factory=dict)  # by attempt id
+    reported: set[str] = field(default_factory=set)  # paths with an outcome, while it runs
     state: str = "queued"  # queued, running, finished, failed, cancelled
 
 
-@dataclass
-class ClusterHooks:
-    """What the cluster run needs from the coordinator."""
+class DaskBackend:
+    """Runs each batch as a Dask task; one executor is one task.
 
-    record: Callable[[FileResult, FileInfo], None]  # the coordinator journals it
-    flush: Callable[[], None]  # commit what record() was given, once per merged message
-    association: Callable[[int, str, str], None]
-    event: Callable[[str, str], None]
-    log: Callable[[str, str], None]
-    interrupts: Callable[[], int]
+    Dask, not this backend, reruns a task whose worker was lost (up to its
+    allowed-failures); the rerun reads what the lost attempt published and
+    sends only the files without an outcome, so an outcome may arrive twice
+    (from the progress events and the return value), and each file counts
+    once. A task Dask gives up on, or that is cancelled, is reported lost
+    without a retry: the coordinator fails (or, after Ctrl-C, skips) its
+    files that have no outcome.
+    """
 
-
-class ClusterRun:
-    """Submits the tasks, merges what comes back, accounts for every file."""
+    reads_headers = False  # the Dask workers cannot reach the coordinator's SQLite
 
     def __init__(
         self,
         client: Client,
         address: str,
         session_id: str,
-        hooks: ClusterHooks,
+        config: WorkerConfig,
+        max_rate: float,
+        log: Callable[[str, str], None],
     ) -> None:
+        from distributed import Event
+
         self.client = client
         self.address = address
-        self.session_id = session_id
-        self.hooks = hooks
-        self.workers: list[WorkerStats] = []
-        self._infos: dict[str, FileInfo] = {}
-        self._reported: set[str] = set()
-        self._seen_messages: set[tuple[str, int]] = set()
-        self._tasks: dict[int, _TaskState] = {}
-        self._inbox: queue.Queue[Any] = queue.Queue()
-        self._stopping = False
-        self._aborting = False
+        self._config = config
+        self._log = log
         # Worker threads across the cluster, as the run starts: how many tasks run at once.
         threads: dict[str, int] = client.nthreads()
         self.dask_workers = len(threads)
         self.slots = max(1, sum(threads.values()))
-
-    def run(self, batches: Sequence[Batch], config: WorkerConfig, max_rate: float) -> None:
-        from distributed import Event, Variable
-
-        slots = self.slots
-        prefix = f"fastsend-{self.session_id}"
-        topic, stop = f"{prefix}-events", f"{prefix}-stop"
-        Event(stop, client=self.client).clear()
-        self.client.subscribe_topic(topic, self._inbox.put)
-        futures: dict[Future[TaskReport], int] = {}
-        for task_id, task_batches in enumerate(pack_tasks(batches, self.task_count(batches))):
-            task = ClusterTask(
-                task_id,
-                task_batches,
-                # --max-rate: at most `slots` tasks run at once, so each gets an equal share.
-                replace(config, worker=task_id, max_rate=max_rate / slots, journal_path=None),
-                topic,
-                f"{prefix}-progress-{task_id}",
-                stop,
-            )
-            files = tuple(f for b in task_batches for f in b.files)
-            self._tasks[task_id] = _TaskState(task, files)
-            self._infos.update((f.path, f) for f in files)
-            Variable(task.progress, client=self.client).set(pickle.dumps([]))
-            future = self.client.submit(run_task, task, key=f"{prefix}-task-{task_id}", pure=False)
-            futures[future] = task_id
-            future.add_done_callback(self._inbox.put)
-        self.hooks.log(
+        # --max-rate: at most `slots` tasks run at once, so each gets an equal share.
+        self._max_rate = max_rate / self.slots
+        prefix = f"fastsend-{session_id}"
+        self._prefix = prefix
+        self._topic, self._stop_name = f"{prefix}-events", f"{prefix}-stop"
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._outbox: list[FromExecutor] = []
+        self._tasks: dict[int, _TaskState] = {}  # by executor (= task id)
+        self._futures: dict[Future[TaskReport], int] = {}
+        self._finished: set[int] = set()  # tasks whose late progress events are ignored
+        self._next = 0
+        Event(self._stop_name, client=client).clear()
+        client.subscribe_topic(self._topic, self._inbox.put)
+        self._log(
             "info",
-            f"cluster {self.address}: {len(futures)} tasks for {slots} worker thread(s) on "
-            f"{self.dask_workers} Dask worker(s)",
-        )
-        try:
-            self._loop(futures, stop)
-        finally:
-            # Each step on its own: a scheduler that has gone away must not
-            # hide why the run ended, nor stop the other steps.
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(topic)
-            for state in self._tasks.values():
-                with contextlib.suppress(Exception):
-                    Variable(state.task.progress, client=self.client).delete()
-            if all(state.state == "finished" for state in self._tasks.values()):
-                with contextlib.suppress(Exception):
-                    Event(stop, client=self.client).clear()  # deletes it
-            else:
-                # A task Dask could not interrupt (second Ctrl-C) is still
-                # running somewhere: the stop stays set so it ends after its file
-                # in flight. Its name is this session's alone.
-                with contextlib.suppress(Exception):
-                    Event(stop, client=self.client).set()
-
-    def plan(self, infos: Sequence[FileInfo]) -> list[Batch]:
-        """Study batches fine enough for tasks of at most about MAX_FILES_PER_TASK files."""
-        per_share = MAX_FILES_PER_TASK * SLICES_PER_WORKER
-        return make_batches(
-            group_by_study(infos), max(self.slots, math.ceil(len(infos) / per_share))
+            f"cluster {address}: {self.slots} worker thread(s) on {self.dask_workers} "
+            "Dask worker(s)",
         )
 
-    def task_count(self, batches: Sequence[Batch]) -> int:
-        """About TASKS_PER_SLOT tasks per worker thread, and none of more than
-        MAX_FILES_PER_TASK files when the batches allow it."""
-        files = sum(len(b.files) for b in batches)
-        return max(self.slots * TASKS_PER_SLOT, math.ceil(files / MAX_FILES_PER_TASK))
+    @property
+    def target(self) -> int:
+        """Tasks to keep submitted: one running and one queued per worker thread."""
+        return self.slots * TASKS_PER_SLOT
 
-    def _loop(self, futures: dict[Future[TaskReport], int], stop: str) -> None:
-        from distributed import Event
+    def add_executor(self) -> int:
+        executor = self._next
+        self._next += 1
+        self._outbox.append(Ready(executor))
+        return executor
 
-        left = set(futures)
-        while left:
-            interrupts = self.hooks.interrupts()
-            if interrupts >= 1 and not self._stopping:
-                self._stopping = True
-                # Tasks check this between files: the file in flight finishes,
-                # queued tasks start, see it, and report their files unsent.
-                Event(stop, client=self.client).set()
-            if interrupts >= 2 and not self._aborting:
-                self._aborting = True
-                self.hooks.event("warning", "second Ctrl-C: cancelling the cluster's tasks now")
-                self.client.cancel(list(left), force=True)
+    def assign(self, executor: int, message: Assign | Stop) -> None:
+        from distributed import Variable
+
+        if isinstance(message, Stop):
+            self._outbox.append(Finished(executor, None))
+            return
+        batch = message.batch
+        task = ClusterTask(
+            executor,
+            (batch,),
+            replace(self._config, worker=executor, max_rate=self._max_rate, journal_path=None),
+            self._topic,
+            f"{self._prefix}-progress-{executor}",
+            self._stop_name,
+        )
+        self._tasks[executor] = _TaskState(task, executor, len(batch.files))
+        Variable(task.progress, client=self.client).set(pickle.dumps([]))
+        future = self.client.submit(
+            run_task, task, key=f"{self._prefix}-task-{executor}", pure=False
+        )
+        self._futures[future] = executor
+        future.add_done_callback(self._inbox.put)
+
+    def poll(self, timeout: float) -> list[FromExecutor]:
+        if not self._outbox:
             try:
-                item = self._inbox.get(timeout=0.2)
+                self._take(self._inbox.get(timeout=timeout))
             except queue.Empty:
-                continue
-            if isinstance(item, tuple):  # (timestamp, message): a progress event
-                try:
-                    report = pickle.loads(item[1])
-                except Exception as exc:  # a worker with other code; its task says more
-                    self.hooks.log("warning", f"cluster: unreadable progress event: {exc!r}")
-                    continue
+                pass
+        while True:
+            try:
+                self._take(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        messages, self._outbox = self._outbox, []
+        return messages
+
+    def _take(self, item: Any) -> None:
+        if isinstance(item, tuple):  # (timestamp, message): a progress event
+            try:
+                report = pickle.loads(item[1])
+            except Exception as exc:  # a worker with other code; its task says more
+                self._log("warning", f"cluster: unreadable progress event: {exc!r}")
+                return
+            if report.task_id in self._tasks:
                 self._merge(report)
-                self.hooks.flush()
-                continue
-            left.discard(item)
-            self._finished(futures[item], item)
-            self.hooks.flush()
+            return
+        executor = self._futures.pop(item)
+        self._done(executor, item)
 
     def _merge(self, report: TaskReport) -> None:
         state = self._tasks[report.task_id]
         if report.attempt not in state.attempts:
             if state.attempts:
                 lost = ", ".join(f"{a.address} on {a.host}" for a in state.attempts.values())
-                self.hooks.event(
-                    "error",
-                    f"cluster task {report.task_id}: Dask worker {lost} was lost; the task "
-                    f"runs again on {report.address} ({report.host}), sending only the files "
-                    "that have no outcome yet",
+                self._outbox.append(
+                    Note(
+                        "error",
+                        f"cluster task {report.task_id}: Dask worker {lost} was lost; the task "
+                        f"runs again on {report.address} ({report.host}), sending only the "
+                        "files that have no outcome yet",
+                    )
                 )
-            state.attempts[report.attempt] = replace(report, results=[], messages=[])
+            state.attempts[report.attempt] = replace(report, results=[], causes={}, messages=[])
             state.state = "running"
         tally = state.attempts[report.attempt]
-        for seq, kind, message in report.messages:
-            if (report.attempt, seq) not in self._seen_messages:
-                self._seen_messages.add((report.attempt, seq))
-                self.hooks.association(report.task_id, kind, message)
+        for _, kind, detail in report.messages:
+            self._outbox.append(AssociationEvent(report.task_id, kind, detail))
         for result in report.results:
-            if result.path in self._reported:
+            if result.path in state.reported:
                 continue
-            self._reported.add(result.path)
+            state.reported.add(result.path)
             tally.results.append(result)
-            self._record(result)
+            cause = report.causes.get(result.path)
+            self._outbox.append(FileDone(report.task_id, result, False, cause))
 
-    def _record(self, result: FileResult) -> None:
-        self.hooks.record(result, self._infos[result.path])
-
-    def _finished(self, task_id: int, future: Future[TaskReport]) -> None:
-        state = self._tasks[task_id]
+    def _done(self, executor: int, future: Future[TaskReport]) -> None:
+        state = self._tasks[executor]
         report: TaskReport | None = None
         error: BaseException | None = None
         if future.status == "finished":
@@ -474,48 +468,72 @@ class ClusterRun:
             except Exception as exc:  # e.g. the result cannot be unpickled here
                 error = exc
         if report is not None:
-            self._merge(report)
+            # Association events already came as progress events.
+            self._merge(replace(report, messages=[]))
             state.state = "finished"
-            if report.stats is not None:
-                self.workers.append(report.stats)
             for attempt, seen in state.attempts.items():
                 if attempt != report.attempt:
-                    self.workers.append(_lost_stats(task_id, seen, "died (Dask worker lost)"))
-            why = ""
+                    stats = _lost_stats(executor, seen, "died (Dask worker lost)")
+                    self._outbox.append(Finished(executor, stats))
+            self._outbox.append(BatchDone(executor, state.task.batches[0].batch_id))
+            self._outbox.append(Finished(executor, report.stats))
         else:
-            state.state = "cancelled" if future.status == "cancelled" else "failed"
-            if future.status == "cancelled":
+            cancelled = future.status == "cancelled"
+            state.state = "cancelled" if cancelled else "failed"
+            if cancelled:
                 why = (
                     "the Dask task was cancelled (second Ctrl-C, or by the scheduler or "
-                    "another client)"
+                    "another client); a file in flight may or may not be stored"
                 )
             else:
                 if error is None:
                     with contextlib.suppress(Exception):
                         error = future.exception(timeout=5)
                 why = _describe_task_error(error)
-            ended = "interrupted" if state.state == "cancelled" else "died (Dask task failed)"
-            for seen in state.attempts.values():
-                self.workers.append(_lost_stats(task_id, seen, ended))
-        for info in state.files:
-            if info.path in self._reported:
-                continue
-            if self._stopping:
-                reason = INTERRUPTED_REASON
-                if state.state == "cancelled" and state.attempts:
-                    reason += " (task cancelled; a file in flight may or may not be stored)"
-                result = FileResult.of(info, Outcome.SKIPPED, reason, worker=task_id)
-            else:
-                result = FileResult.of(
-                    info,
-                    Outcome.FAILED,
-                    f"not sent: cluster task {task_id} failed: {why}",
-                    worker=task_id,
-                )
-            self._reported.add(info.path)
-            self._record(result)
-        if why and not self._stopping:
-            self.hooks.event("error", f"cluster task {task_id} failed: {why}")
+            ended = "interrupted" if cancelled else "died (Dask task failed)"
+            attempts = list(state.attempts.values())
+            for seen in attempts[:-1]:
+                self._outbox.append(Finished(executor, _lost_stats(executor, seen, ended)))
+            stats = (
+                _lost_stats(executor, attempts[-1], ended)
+                if attempts
+                else WorkerStats(executor, 0, exit=ended)
+            )
+            self._outbox.append(
+                ExecutorLost(executor, f"cluster task {executor} failed: {why}", False, stats)
+            )
+        self._finished.add(executor)
+        state.reported.clear()  # memory follows the tasks running, not the archive
+
+    def stop(self) -> None:
+        """Ctrl-C once: tasks check the stop Event between files."""
+        from distributed import Event
+
+        Event(self._stop_name, client=self.client).set()
+
+    def abort(self) -> None:
+        """Ctrl-C twice: cancel the tasks (Dask cannot interrupt a running one)."""
+        self.client.cancel(list(self._futures), force=True)
+
+    def close(self) -> None:
+        """Each step on its own: a scheduler that has gone away must not hide why the
+        run ended, nor stop the other steps."""
+        from distributed import Event, Variable
+
+        with contextlib.suppress(Exception):
+            self.client.unsubscribe_topic(self._topic)
+        for state in self._tasks.values():
+            with contextlib.suppress(Exception):
+                Variable(state.task.progress, client=self.client).delete()
+        if not self._futures:
+            with contextlib.suppress(Exception):
+                Event(self._stop_name, client=self.client).clear()  # deletes it
+        else:
+            # A task Dask could not interrupt (second Ctrl-C) is still running
+            # somewhere: the stop stays set so it ends after its file in
+            # flight. Its name is this session's alone.
+            with contextlib.suppress(Exception):
+                Event(self._stop_name, client=self.client).set()
 
     def summary(self) -> dict[str, Any]:
         """Where each batch ran: the summary's ``cluster`` section."""
@@ -524,16 +542,11 @@ class ClusterRun:
             "dask_workers": self.dask_workers,
             "tasks": [
                 {
-                    "task": task_id,
+                    "task": executor,
                     "state": state.state,
-                    "files": len(state.files),
+                    "files": state.files,
                     "batches": [
-                        {
-                            "batch": b.batch_id,
-                            "study_instance_uid": b.study_instance_uid,
-                            "files": len(b.files),
-                        }
-                        for b in state.task.batches
+                        {"batch": b.batch_id, "files": len(b.files)} for b in state.task.batches
                     ],
                     "attempts": [
                         {
@@ -545,7 +558,7 @@ class ClusterRun:
                         for a in state.attempts.values()
                     ],
                 }
-                for task_id, state in sorted(self._tasks.items())
+                for executor, state in sorted(self._tasks.items())
             ],
         }
 

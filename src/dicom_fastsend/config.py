@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,11 +92,20 @@ class SendConfig:
 
     @property
     def journal(self) -> Path | None:
-        """The journal file in use: the one asked for, else one per destination."""
+        """The journal (inventory) file in use: the one asked for, else one per destination."""
         if self.journal_path is not None:
             return self.journal_path
         if self.log_dir is None:
             return None
-        from .journal import default_journal_path
-
         return default_journal_path(self.log_dir, self.peer)
+
+
+def destination_key(peer: PeerConfig) -> str:
+    """How the inventory names its destination: 'AE@host:port'."""
+    return f"{peer.called_ae_title}@{peer.host}:{peer.port}"
+
+
+def default_journal_path(log_dir: Path, peer: PeerConfig) -> Path:
+    """One journal (inventory) per destination in the log directory."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{peer.called_ae_title}_{peer.host}_{peer.port}")
+    return log_dir / f"fastsend_journal_{safe}.sqlite"

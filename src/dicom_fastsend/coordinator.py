@@ -1,74 +1,83 @@
-"""The coordinator: index, plan, run worker processes, merge what they report.
+"""The coordinator: walk, dispatch, account for every file. One, whatever runs the batches.
 
-Each worker has its own ``multiprocessing.Pipe``. A pipe rather than a shared
-``multiprocessing.Queue`` because a Queue writes from a feeder thread: a
-worker killed with SIGKILL can lose results it had already "sent", and a
-shared work queue cannot tell which worker took a batch before dying. With a
-pipe per worker, a result is in the pipe before the worker moves on, and the
-coordinator hands each batch to a named worker, so it always knows who holds
-what. ``multiprocessing.connection.wait`` watches the pipes and the process
-sentinels together, so a death is seen at once.
+A single thread runs one loop (it forks workers, so it must have no other):
+a step of the walk into the inventory (prepare.Walker), batches of pending
+files to whichever executor is free, then the executors' typed messages
+(messages.py). Memory follows the batches in flight and the counters, not
+the archive: the inventory holds the rest.
+
+The backend runs the batches: worker processes here (local.py) or tasks on
+a Dask cluster (cluster.py). Everything that decides what happens to a file
+is here, for both: Ctrl-C (the first stops dispatching and lets the files in
+flight finish, the second aborts), an executor that dies (its unreported
+files go to another once, then fail), outcomes the coordinator decides
+itself, and the inventory writes they need.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import select
-import selectors
 import signal
-import socket
 import tempfile
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.context import ForkContext, SpawnContext
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-from .config import SendConfig
-from .contexts import plan_associations
+from .config import SendConfig, destination_key
 from .errors import FastsendError
 from .header import FileInfo
-from .journal import Journal, JournalError, StoredEntry, destination_key
-from .plan import Batch, Dispatcher, group_by_study, make_batches
-from .prepare import Cause, prepare
-from .results import FileResult, Outcome, SendSummary, WorkerStats
-from .worker import INTERRUPTED_REASON, WorkerConfig, worker_main
+from .inventory import Inventory, JournalError, Pending
+from .messages import (
+    Assign,
+    AssociationEvent,
+    AssociationKind,
+    BatchDone,
+    ExecutorLost,
+    FileDone,
+    Finished,
+    FromExecutor,
+    Note,
+    Ready,
+    Stop,
+)
+from .plan import BATCH_BYTES, Batch, BatchBook, batch_files
+from .prepare import Walker, admit
+from .results import Cause, FileResult, Outcome, SendSummary, WorkerStats
+from .worker import INTERRUPTED_REASON, WorkerConfig
 
 Reporter = Callable[[FileResult], None]
 
-# Seconds between the coordinator's journal checkpoints. The WAL grows by
+# Seconds between the coordinator's inventory checkpoints. The WAL grows by
 # about 12 kB per outcome meanwhile: some 40 MB at 1,500 files a second.
 CHECKPOINT_INTERVAL = 2.0
-# Outcomes the coordinator decides are journalled in one transaction per this
+# Outcomes the coordinator decides are written in one transaction per this
 # many (and whenever its loop comes round): an interrupted run of a million
 # files must not pay a million commits.
 JOURNAL_BATCH = 500
 
 
-@dataclass
-class _WorkerHandle:
-    worker: int
-    process: BaseProcess
-    conn: Connection
-    done: bool = False
-    stats: WorkerStats | None = None
-    # Connection.poll() builds and tears down a selector on every call (about
-    # 40 us, once per result); a poll object made once answers in about 1 us.
-    # A Connection reads whole messages and buffers nothing, so the pipe being
-    # readable is the same as a message (or EOF) waiting.
-    readable: select.poll = field(default_factory=select.poll)
+class Backend(Protocol):
+    """What runs the batches: executors that take Assign/Stop and send messages back."""
 
-    def __post_init__(self) -> None:
-        self.readable.register(self.conn.fileno(), select.POLLIN)
+    # True: executors read headers and claim instances themselves (they can
+    # reach the inventory); False: the coordinator admits a batch before it goes.
+    reads_headers: bool
 
-    def pending(self) -> bool:
-        return bool(self.readable.poll(0))
+    def add_executor(self) -> int: ...
+
+    def assign(self, executor: int, message: Assign | Stop) -> None: ...
+
+    def poll(self, timeout: float) -> list[FromExecutor]: ...
+
+    def stop(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -78,7 +87,11 @@ class Hooks:
     result: Reporter = lambda result: None
     log: Callable[[str, str], None] = lambda level, message: None
     progress: Callable[[FileResult], None] = lambda result: None
-    started: Callable[[int, int], None] = lambda files, size: None  # files, bytes to send
+    # More files found by the walk, and files skipped as already stored.
+    found: Callable[[int], None] = lambda files: None
+    already_stored: Callable[[int], None] = lambda count: None
+    # A batch is about to go to an executor (for observers, and tests).
+    dispatched: Callable[[Batch], None] = lambda batch: None
 
 
 @dataclass
@@ -89,31 +102,20 @@ class Coordinator:
     interrupts: int = 0
 
     def __post_init__(self) -> None:
-        # fork: a worker starts in milliseconds with everything already imported.
-        # Safe only while this process runs no other thread (the CLI has none:
-        # the progress bar is made without tqdm's monitor thread); a program
-        # that embeds fastsend and has threads gets spawned workers instead.
-        single_threaded = threading.active_count() == 1
-        self._context: ForkContext | SpawnContext = (
-            multiprocessing.get_context("fork")
-            if single_threaded
-            else multiprocessing.get_context("spawn")
-        )
-        self._selector = selectors.DefaultSelector()
-        self._workers: dict[int, _WorkerHandle] = {}
-        self._next_worker = 0
-        self._restarts = 0
+        self._book = BatchBook()
+        self._inventory: Inventory | None = None
+        self._unjournalled: list[tuple[FileResult, int, float]] = []
         self._stopping = False
         self._aborting = False
-        self._shared_rate: Any = None  # RawValue("d"): the --max-rate budget
-        self._rate_lock: str | None = None
-        self._dispatcher = Dispatcher()
-        self._plans: tuple[Any, ...] = ()
+        self._finishing = False  # nothing left to dispatch: executors stop when free
+        self._live: set[int] = set()  # executors started and not ended
+        self._idle: deque[int] = deque()  # executors waiting for a batch
+        self._deaths = 0  # executors lost
+        self._taken = 0  # pending files taken into batches
+        self._next_batch = 0
+        self._target = 1  # executors to run: -P, or the cluster's worker threads
+        self._stored_by: Counter[int] = Counter()  # files stored per executor
         self._client: Any = None  # a distributed.Client with --cluster
-        # The coordinator's own journal connection, and the outcomes it decided
-        # that are not committed yet (result, size, mtime).
-        self._journal: Journal | None = None
-        self._unjournalled: list[tuple[FileResult, int, float]] = []
 
     # ------------------------------------------------------------ public
 
@@ -121,6 +123,8 @@ class Coordinator:
         summary = self.summary
         summary.started = time.time()
         previous = _set_sigint(self._on_sigint)
+        scratch: tempfile.TemporaryDirectory[str] | None = None
+        backend: Backend | None = None
         try:
             if self.config.cluster is not None:
                 # Before the walk, which can take long: an unreachable cluster
@@ -131,46 +135,58 @@ class Coordinator:
                     self._client = connect(self.config.cluster, self.config.peer.connect_timeout)
                 except ClusterError as exc:
                     return self._cannot_start(exc)
-            stored: dict[str, StoredEntry] = {}
-            if self.config.journal is not None:
-                # Also before the walk: a journal that cannot be used stops the
-                # run at once, naming the file. This also creates a new one
-                # before any worker opens it.
-                try:
-                    stored = self._open_journal(self.config.journal)
-                except JournalError as exc:
-                    return self._cannot_start(exc)
-            prepared = prepare(
-                self.config, self._prepared, stored or None, lambda: self.interrupts > 0
-            )
-            infos = prepared.to_send
-            if prepared.interrupted:
-                summary.interrupted = True
-                self._event(
-                    "warning",
-                    f"interrupted (Ctrl-C) while indexing, after {len(infos)} readable files; "
-                    "nothing was sent",
+            path = self.config.journal
+            if path is None:
+                # No log directory: the run still needs its inventory, for a while.
+                scratch = tempfile.TemporaryDirectory(prefix="fastsend-")
+                path = Path(scratch.name) / "inventory.sqlite"
+            try:
+                # Also before the walk: one that cannot be used stops the run
+                # at once, naming the file; this also creates a new one before
+                # any worker opens it.
+                self._inventory = Inventory(
+                    path, destination_key(self.config.peer), summary.session_id
                 )
-                for info in infos:
-                    self._record(_interrupted(info), info)
-                return summary
-            for note in prepared.unsearched:
-                summary.unsearched.append((note.path, note.count))
-                self.hooks.log("warning", note.hint)
-            if prepared.nothing_to_send:
-                summary.nothing_to_send = prepared.nothing_to_send
-                self.hooks.log("error", prepared.nothing_to_send)
-            if infos:
-                self._send_all(infos)
+            except JournalError as exc:
+                return self._cannot_start(exc)
+            self._inventory.begin_session()
+            if self.config.journal is not None:
+                self.hooks.log(
+                    "info",
+                    f"journal {path}: "
+                    + (
+                        "consulted: files it records as stored are skipped unless changed"
+                        if self.config.resume
+                        else "not consulted (--no-resume), still written"
+                    ),
+                )
+            backend = self._backend(path)
+            walker = Walker(
+                self.config.inputs,
+                self.config.recursive,
+                self._inventory,
+                self.config.resume,
+                self._decided,
+                self._already_stored,
+            )
+            self._loop(walker, backend)
+            self._conclude(walker)
         finally:
             _set_sigint(previous)
+            if backend is not None:
+                backend.close()
             if self._client is not None:
                 self._client.close()
-            self._close_journal()
+            if self._inventory is not None:
+                self._flush_journal()
+                self._inventory.end_session(summary.exit_code)
+                self._inventory.close()  # the last connection: checkpoints what is left
+            if scratch is not None:
+                scratch.cleanup()
             summary.finished = time.time()
         return summary
 
-    # ------------------------------------------------------------ planning
+    # ------------------------------------------------------------ setup
 
     def _cannot_start(self, exc: FastsendError) -> SendSummary:
         """End the run before the walk, naming why (exit code 3)."""
@@ -178,39 +194,227 @@ class Coordinator:
         self.hooks.log("error", self.summary.error)
         return self.summary
 
-    def _open_journal(self, path: Path) -> dict[str, StoredEntry]:
-        """Open (or create) the journal: what it says this destination holds, if resuming."""
-        self._journal = Journal(path, destination_key(self.config.peer), self.summary.session_id)
-        if not self.config.resume:
-            self.hooks.log("info", f"journal {path}: not consulted (--no-resume), still written")
-            return {}
-        stored = self._journal.stored()
-        self.hooks.log(
-            "info", f"journal {path}: {len(stored)} instance(s) already stored at this destination"
+    def _worker_config(self, journal: Path | None) -> WorkerConfig:
+        config = self.config
+        return WorkerConfig(
+            worker=0,
+            peer=config.peer,
+            max_rate=config.max_rate_mb_s * 1e6,
+            retries=config.retries,
+            retry_delay=config.retry_delay,
+            transcode=config.transcode,
+            max_ops=config.max_ops,
+            journal_path=journal,
+            destination=destination_key(config.peer),
+            session_id=self.summary.session_id,
+            resume=config.resume,
         )
-        return stored
 
-    def _close_journal(self) -> None:
-        """Commit what is pending and close the coordinator's connection.
+    def _backend(self, inventory: Path) -> Backend:
+        if self._client is not None:
+            from .cluster import DaskBackend
 
-        Its close, the last one, checkpoints what is left (see journal.py).
+            assert self.config.cluster is not None
+            dask = DaskBackend(
+                self._client,
+                self.config.cluster,
+                self.summary.session_id,
+                self._worker_config(None),
+                self.config.max_rate_mb_s * 1e6,
+                self.hooks.log,
+            )
+            self._target = dask.target
+            self.summary.cluster = dask.summary()  # replaced at the end
+            self._dask = dask
+            return dask
+        from .local import LocalBackend
+
+        self._target = self.config.processes
+        return LocalBackend(self._worker_config(inventory), self.config.max_rate_mb_s * 1e6)
+
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self, walker: Walker, backend: Backend) -> None:
+        """Walk, dispatch, handle messages, until every file has its outcome.
+
+        Ends when the walk is done, nothing is pending or held and every
+        executor has finished; or, after Ctrl-C, when every executor has
+        finished its file in flight; or when executors keep dying and no
+        more may be started (the rest then fails, in _conclude).
         """
-        if self._journal is not None:
+        assert self._inventory is not None
+        walking = True
+        next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        while True:
+            self._check_interrupts(backend)
+            if walking and not self._stopping:
+                found = walker.walk.found
+                walking = walker.step()
+                if walker.walk.found != found:
+                    self.hooks.found(walker.walk.found - found)
+            else:
+                walking = False
+            self._dispatch(backend, walker)
+            if (
+                not walking
+                and not self._stopping
+                and not self._finishing
+                and not self._book.busy
+                and not self._inventory.has_pending()
+            ):
+                self._finishing = True  # nothing left: each executor stops when free
+            if self._finishing or self._stopping:
+                for executor in self._idle:
+                    backend.assign(executor, Stop())
+                self._idle.clear()
+                if not self._live:
+                    break
+            elif not walking and not self._live and not self._can_start():
+                break  # executors kept dying; _conclude fails what is left
+            for message in backend.poll(0 if walking else 0.2):
+                self._handle(message)
             self._flush_journal()
-            self._journal.close()
-            self._journal = None
+            if time.monotonic() >= next_checkpoint:
+                self._inventory.checkpoint()
+                next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
 
-    def _flush_journal(self) -> None:
-        if self._journal is not None and self._unjournalled:
-            self._journal.record_many(self._unjournalled)
-        self._unjournalled.clear()
+    def _can_start(self) -> bool:
+        """Whether another executor may start: not after too many have died."""
+        return self._deaths < 2 * self._target + 2
+
+    def _dispatch(self, backend: Backend, walker: Walker) -> None:
+        """Hand batches to idle executors; start executors while there is work for them."""
+        assert self._inventory is not None
+        if self._stopping or self._finishing:
+            return
+        while self._idle:
+            size = batch_files(walker.walk.pending - self._taken, self._target)
+            batch = self._book.next_retry() or self._take(backend, size)
+            if batch is None:
+                return
+            executor = self._idle.popleft()
+            self._book.assign(executor, batch)
+            self.hooks.dispatched(batch)
+            backend.assign(executor, Assign(batch))
+        if (
+            len(self._live) < self._target
+            and self._can_start()
+            and (self._book.retries or self._inventory.has_pending())
+        ):
+            executor = backend.add_executor()
+            self._live.add(executor)
+            self.hooks.log("info", f"worker {executor} started")
+
+    def _take(self, backend: Backend, size: int) -> Batch | None:
+        """The next batch of pending files, admitted here if the backend cannot."""
+        assert self._inventory is not None
+        while True:
+            files = self._inventory.take_pending(size, BATCH_BYTES)
+            if not files:
+                return None
+            self._taken += len(files)
+            self._next_batch += 1
+            if backend.reads_headers:
+                return Batch(self._next_batch, tuple(files))
+            infos = admit(files, self._inventory, self.config.resume, self._decided)
+            if infos:
+                return Batch(self._next_batch, tuple(infos))
+
+    # ------------------------------------------------------------ messages
+
+    def _handle(self, message: FromExecutor) -> None:
+        if isinstance(message, FileDone):
+            item = self._book.file_done(message.executor, message.result.path)
+            size_mtime = None if item is None else (item.size, item.mtime)
+            self._record(
+                message.result, message.cause, not message.journaled, size_mtime=size_mtime
+            )
+        elif isinstance(message, Ready):
+            self._idle.append(message.executor)
+        elif isinstance(message, BatchDone):
+            self._book.batch_done(message.executor)
+        elif isinstance(message, AssociationEvent):
+            self._association(message)
+        elif isinstance(message, Finished):
+            self._ended(message.executor, message.stats)
+            # A worker that stopped early (abort) hands back what it held.
+            for item in self._book.unfinished(message.executor):
+                self._record_unsent(item, INTERRUPTED_REASON, Outcome.SKIPPED)
+            self._book.batch_done(message.executor)
+        elif isinstance(message, ExecutorLost):
+            self._lost(message)
+        elif isinstance(message, Note):
+            if message.level == "info":
+                self.hooks.log(message.level, message.text)
+            else:
+                self._event(message.level, message.text)
+
+    def _ended(self, executor: int, stats: WorkerStats | None) -> None:
+        self._live.discard(executor)
+        if executor in self._idle:
+            self._idle.remove(executor)
+        if stats is not None:
+            self.summary.workers.append(stats)
+
+    def _lost(self, message: ExecutorLost) -> None:
+        """An executor died: account for whatever it had not reported."""
+        self._deaths += 1
+        stats = message.stats
+        stats.files = self._stored_by.get(message.executor, 0)
+        self._ended(message.executor, stats)
+        retry, given_up = self._book.executor_lost(message.executor, message.may_retry)
+        text = (
+            f"worker {message.executor} (pid {stats.pid}) died ({message.how})"
+            if message.may_retry
+            else message.how
+        )
+        if retry is not None:
+            text += f"; its {len(retry.files)} unfinished file(s) go to another worker"
+        self._event("error", text)
+        self.summary.problems.append(text)
+        if message.may_retry:
+            why = (
+                f"not sent: worker died ({message.how}) while holding this file, "
+                "and it had already been handed back once"
+            )
+        else:
+            why = f"not sent: {message.how}"
+        for item in given_up:
+            if self._stopping:
+                reason = INTERRUPTED_REASON
+                if not message.may_retry:
+                    reason += f" ({message.how})"
+                self._record_unsent(item, reason, Outcome.SKIPPED, message.executor)
+            else:
+                self._record_unsent(item, why, Outcome.FAILED, message.executor)
+
+    def _association(self, event: AssociationEvent) -> None:
+        summary = self.summary
+        worker, kind, detail = event.executor, event.kind, event.detail
+        if kind is AssociationKind.OPENED:
+            summary.associations_opened += 1
+            self.hooks.log("info", f"worker {worker}: association opened with {detail}")
+        elif kind is AssociationKind.RELEASED:
+            self.hooks.log("info", f"worker {worker}: association released with {detail}")
+        elif kind is AssociationKind.RETRY:
+            summary.retries += 1
+            self.hooks.log("warning", f"worker {worker}: {detail}")
+        elif kind is AssociationKind.ABORTED:
+            summary.associations_aborted += 1
+            self.hooks.log("warning", f"worker {worker}: association aborted: {detail}")
+        else:  # rejected or failed: none could be made
+            summary.associations_failed += 1
+            if kind is AssociationKind.REJECTED:
+                summary.associations_rejected += 1
+            summary.association_errors.append(detail)
+            self.hooks.log("error", f"worker {worker}: {detail}")
 
     # ------------------------------------------------------------ signals
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.interrupts += 1
 
-    def _check_interrupts(self) -> None:
+    def _check_interrupts(self, backend: Backend) -> None:
         if self.interrupts >= 1 and not self._stopping:
             self._stopping = True
             self.summary.interrupted = True
@@ -219,320 +423,119 @@ class Coordinator:
                 "interrupted (Ctrl-C): no new files are dispatched; files in "
                 "flight finish and associations are released. Ctrl-C again to abort.",
             )
-            for info in self._dispatcher.stop():
-                self._record(_interrupted(info), info)
-            self._signal_workers(signal.SIGUSR1)
+            for item in self._book.drop_retries():
+                self._record_unsent(item, INTERRUPTED_REASON, Outcome.SKIPPED)
+            for executor in self._idle:
+                backend.assign(executor, Stop())
+            self._idle.clear()
+            backend.stop()
         if self.interrupts >= 2 and not self._aborting:
             self._aborting = True
             self._event("warning", "second Ctrl-C: aborting associations now")
-            self._signal_workers(signal.SIGUSR2)
+            backend.abort()
 
-    def _signal_workers(self, signum: int) -> None:
-        for handle in self._workers.values():
-            if not handle.done and handle.process.pid is not None:
-                try:
-                    os.kill(handle.process.pid, signum)
-                except ProcessLookupError:
-                    pass
+    # ------------------------------------------------------------ the end
+
+    def _conclude(self, walker: Walker) -> None:
+        """Account for what was found and never dispatched; say if nothing was there."""
+        assert self._inventory is not None
+        left: list[Pending | FileInfo] = list(self._book.drop_retries())
+        left += self._inventory.pending()
+        if left:
+            if self._stopping:
+                reason, outcome = INTERRUPTED_REASON, Outcome.SKIPPED
+            else:
+                reason = f"not sent: no worker left ({self._deaths} died)"
+                outcome = Outcome.FAILED
+            for item in left:
+                self._record_unsent(item, reason, outcome)
+        summary = self.summary
+        for note in walker.walk.unsearched:
+            summary.unsearched.append((note.path, note.count))
+            self.hooks.log("warning", note.hint)
+        if self._stopping and not walker.walk.done:
+            self._event(
+                "warning",
+                f"interrupted (Ctrl-C) while walking the inputs, after {walker.walk.found} "
+                "files; the files not reached were not counted",
+            )
+        sent_or_known = (
+            summary.count(Outcome.STORED)
+            + summary.count(Outcome.WARNING)
+            + summary.count(Outcome.FAILED)
+            + summary.already_stored
+            + summary.causes[Cause.DUPLICATE]
+        )
+        if not sent_or_known and not summary.interrupted and not summary.error:
+            found = walker.walk.found
+            if found:
+                plural = "" if found == 1 else "s"
+                why = [f"none of the {found} file{plural} found is DICOM"]
+            else:
+                why = ["no files found in the inputs"]
+            why += [note.hint for note in walker.walk.unsearched]
+            summary.nothing_to_send = "nothing to send: " + "; ".join(why)
+            self.hooks.log("error", summary.nothing_to_send)
+        if self._client is not None:
+            summary.cluster = self._dask.summary()
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _prepared(self, result: FileResult, info: FileInfo | None, cause: Cause) -> None:
-        """An outcome decided while preparing; "already stored" is in the journal already."""
-        self._record(result, info, journal=cause is not Cause.ALREADY_STORED)
+    def _decided(self, result: FileResult, info: FileInfo | None, cause: Cause) -> None:
+        """An outcome decided by the walk or by an admission here (not by an executor)."""
+        self._record(result, cause, journal=True, info=info)
+
+    def _already_stored(self, directory: str, count: int) -> None:
+        self.summary.add_already_stored(count)
+        self.hooks.already_stored(count)
+        self.hooks.log("info", f"skipped {count} file(s) in {directory}: already stored (journal)")
+
+    def _record_unsent(
+        self,
+        item: Pending | FileInfo,
+        reason: str,
+        outcome: Outcome,
+        worker: int | None = None,
+    ) -> None:
+        if isinstance(item, FileInfo):
+            result = FileResult.of(item, outcome, reason, worker=worker)
+        else:
+            result = FileResult(item.path, outcome, reason, worker=worker)
+        cause = Cause.INTERRUPTED if reason == INTERRUPTED_REASON else None
+        self._record(result, cause, journal=True, size_mtime=(item.size, item.mtime))
 
     def _record(
-        self, result: FileResult, info: FileInfo | None = None, journal: bool = True
+        self,
+        result: FileResult,
+        cause: Cause | None,
+        journal: bool,
+        info: FileInfo | None = None,
+        size_mtime: tuple[int, float] | None = None,
     ) -> None:
-        """Account for one file's outcome: summary, console, progress, and the journal.
+        """Account for one file's outcome: summary, console, progress, and the inventory.
 
-        ``journal`` is False only for what a local worker journalled itself.
+        ``journal`` is False only for what an executor wrote itself.
         """
-        self.summary.results.append(result)
+        self.summary.add(result, cause)
+        if result.worker is not None and result.outcome in (Outcome.STORED, Outcome.WARNING):
+            self._stored_by[result.worker] += 1
         self.hooks.result(result)
         self.hooks.progress(result)
-        if journal and self.config.journal is not None:
-            self._unjournalled.append((result, *_size_and_mtime(result.path, info)))
+        if journal:
+            if size_mtime is None:
+                size_mtime = (info.size, info.mtime) if info is not None else (0, 0.0)
+            self._unjournalled.append((result, *size_mtime))
             if len(self._unjournalled) >= JOURNAL_BATCH:
                 self._flush_journal()
+
+    def _flush_journal(self) -> None:
+        if self._inventory is not None and self._unjournalled:
+            self._inventory.record_many(self._unjournalled)
+        self._unjournalled.clear()
 
     def _event(self, level: str, message: str) -> None:
         self.summary.events.append(message)
         self.hooks.log(level, message)
-
-    # ------------------------------------------------------------ workers
-
-    def _start_worker(self) -> None:
-        worker = self._next_worker
-        self._next_worker += 1
-        parent, child = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=worker_main,
-            args=(self._worker_config(worker), child, self._shared_rate),
-            name=f"fastsend-worker-{worker}",
-            daemon=True,
-        )
-        # Workers must not see the terminal's Ctrl-C; the coordinator decides.
-        # An ignored SIGINT is inherited by a forked worker, and a spawned one
-        # keeps it across exec (Python leaves an ignored SIGINT ignored).
-        previous = _set_sigint(signal.SIG_IGN)
-        try:
-            process.start()
-        finally:
-            _set_sigint(previous)
-        child.close()
-        handle = _WorkerHandle(worker, process, parent)
-        self._workers[worker] = handle
-        self._selector.register(parent.fileno(), selectors.EVENT_READ, (handle, False))
-        self._selector.register(process.sentinel, selectors.EVENT_READ, (handle, True))
-        self.hooks.log("info", f"worker {worker} started, pid {process.pid}")
-
-    def _send_all(self, infos: list[FileInfo]) -> None:
-        config = self.config
-        self._plans = tuple(
-            plan_associations(
-                ((i.sop_class_uid, i.transfer_syntax_uid) for i in infos),
-                transcode=config.transcode,
-            )
-        )
-        if self._client is not None:
-            self._send_on_cluster(infos)
-            return
-        batches = make_batches(group_by_study(infos), config.processes)
-        self._dispatcher = Dispatcher.of(batches)
-        if config.max_rate_mb_s > 0:
-            # Guarded by flock on this file rather than a multiprocessing lock,
-            # which a SIGKILLed worker could leave held (see RateLimiter).
-            self._shared_rate = self._context.RawValue("d", 0.0)
-            lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
-            os.close(lock_fd)
-        self._announce(infos, batches, f"{config.processes} worker process(es)")
-        # A child should not inherit an SQLite connection it could close (the
-        # SQLite FAQ on fork): commit and close ours while the first workers
-        # start, then open it again.
-        self._close_journal()
-        for _ in range(min(config.processes, len(batches))):
-            self._start_worker()
-        if config.journal is not None:
-            self._journal = Journal(
-                config.journal, destination_key(config.peer), self.summary.session_id
-            )
-        self._run_workers()
-
-    def _run_workers(self) -> None:
-        # The workers append to the journal; its checkpoints (an fsync each)
-        # happen here, off their path.
-        next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
-        while any(not h.done for h in self._workers.values()):
-            self._check_interrupts()
-            self._flush_journal()
-            if self._journal is not None and time.monotonic() >= next_checkpoint:
-                self._journal.checkpoint()
-                next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
-            handled = 0
-            for key, _ in self._selector.select(timeout=0.2):
-                handle, is_sentinel = key.data
-                if handle.done:
-                    continue
-                if is_sentinel:
-                    self._reap(handle)
-                else:
-                    handled += self._drain(handle)
-            if handled:
-                # Results are flowing: let a few gather in the pipes so each
-                # wake-up handles a burst. They are safe there meanwhile: the
-                # kernel keeps a pipe's contents even if its writer is killed.
-                time.sleep(0.002)
-        # Every worker is gone; whatever is still queued has nobody to send it.
-        for info in self._dispatcher.stop():
-            self._record(
-                _interrupted(info)
-                if self._stopping
-                else FileResult.of(
-                    info,
-                    Outcome.FAILED,
-                    f"not sent: no worker process left ({self._restarts} restarted after dying)",
-                ),
-                info,
-            )
-        if self._rate_lock is not None:
-            os.unlink(self._rate_lock)
-        for handle in self._workers.values():
-            handle.process.join(timeout=5)
-            self.summary.workers.append(
-                handle.stats
-                or WorkerStats(handle.worker, handle.process.pid or 0, host=socket.gethostname())
-            )
-
-    def _announce(self, infos: list[FileInfo], batches: list[Batch], where: str) -> None:
-        self.hooks.started(len(infos), sum(i.size for i in infos))
-        self.hooks.log(
-            "info",
-            f"{len(infos)} files in {len({i.study_instance_uid for i in infos})} studies, "
-            f"{len(batches)} batches, {len(self._plans)} planned association(s), {where}",
-        )
-
-    def _worker_config(self, worker: int) -> WorkerConfig:
-        return WorkerConfig(
-            worker=worker,
-            peer=self.config.peer,
-            plans=self._plans,
-            max_rate=self.config.max_rate_mb_s * 1e6,
-            rate_lock_path=self._rate_lock,
-            retries=self.config.retries,
-            retry_delay=self.config.retry_delay,
-            transcode=self.config.transcode,
-            max_ops=self.config.max_ops,
-            journal_path=self.config.journal,
-            destination=destination_key(self.config.peer),
-            session_id=self.summary.session_id,
-        )
-
-    def _send_on_cluster(self, infos: list[FileInfo]) -> None:
-        from .cluster import ClusterHooks, ClusterRun
-
-        assert self.config.cluster is not None
-        # The Dask workers are on other hosts: every outcome is journalled here,
-        # in one transaction per message merged (flush).
-        hooks = ClusterHooks(
-            record=self._record,
-            flush=self._flush_journal,
-            association=self._association,
-            event=self._event,
-            log=self.hooks.log,
-            interrupts=self._cluster_interrupts,
-        )
-        run = ClusterRun(self._client, self.config.cluster, self.summary.session_id, hooks)
-        batches = run.plan(infos)
-        self._announce(infos, batches, f"on the Dask cluster {self.config.cluster}")
-        try:
-            run.run(batches, self._worker_config(0), self.config.max_rate_mb_s * 1e6)
-        finally:
-            self.summary.workers.extend(run.workers)
-            self.summary.cluster = run.summary()
-
-    def _cluster_interrupts(self) -> int:
-        if self.interrupts and not self._stopping:
-            self._stopping = True
-            self.summary.interrupted = True
-            self._event(
-                "warning",
-                "interrupted (Ctrl-C): the cluster's tasks stop after the files in flight; "
-                "Ctrl-C again to cancel them at once",
-            )
-        return self.interrupts
-
-    def _drain(self, handle: _WorkerHandle) -> int:
-        """Handle every message waiting on a worker's pipe; return how many."""
-        count = 0
-        try:
-            while not handle.done and handle.pending():
-                self._handle(handle, handle.conn.recv())
-                count += 1
-        except (EOFError, OSError):
-            # The worker is gone; its sentinel says so and _reap accounts for it.
-            self._unregister(handle, sentinel=False)
-        if handle.done:
-            # Finished: nothing more will come, and its exit must not wake us.
-            self._unregister(handle, sentinel=True)
-        return count
-
-    def _unregister(self, handle: _WorkerHandle, sentinel: bool) -> None:
-        for fileobj in (handle.conn.fileno(),) + ((handle.process.sentinel,) if sentinel else ()):
-            try:
-                self._selector.unregister(fileobj)
-            except (KeyError, ValueError, OSError):
-                pass
-
-    def _handle(self, handle: _WorkerHandle, message: tuple[Any, ...]) -> None:
-        kind, worker = message[0], message[1]
-        dispatcher = self._dispatcher
-        if kind == "ready":
-            batch = None if self._stopping else dispatcher.next_for(worker)
-            handle.conn.send(("batch", batch) if batch is not None else ("stop",))
-        elif kind == "result":
-            result: FileResult = message[2]
-            dispatcher.file_done(worker, result.path)
-            self._record(result, journal=False)  # the worker journalled it
-        elif kind == "batch_done":
-            dispatcher.batch_done(worker)
-        elif kind == "association":
-            self._association(worker, message[2], message[3])
-        elif kind == "stats":
-            handle.stats = message[2]
-        elif kind == "done":
-            handle.done = True
-            # A worker that stopped early (abort) hands back what it held.
-            for info in dispatcher.unfinished(worker):
-                self._record(_interrupted(info), info)
-            if worker in dispatcher.held:
-                dispatcher.batch_done(worker)
-
-    def _association(self, worker: int, kind: str, message: str) -> None:
-        summary = self.summary
-        if kind == "opened":
-            summary.associations_opened += 1
-            self.hooks.log("info", f"worker {worker}: association opened with {message}")
-        elif kind == "released":
-            self.hooks.log("info", f"worker {worker}: association released with {message}")
-        elif kind == "retry":
-            summary.retries += 1
-            self.hooks.log("warning", f"worker {worker}: {message}")
-        elif kind == "aborted":
-            summary.associations_aborted += 1
-            self.hooks.log("warning", f"worker {worker}: association aborted: {message}")
-        else:  # rejected or failed: none could be made
-            summary.associations_failed += 1
-            if kind == "rejected":
-                summary.associations_rejected += 1
-            summary.association_errors.append(message)
-            self.hooks.log("error", f"worker {worker}: {message}")
-
-    def _reap(self, handle: _WorkerHandle) -> None:
-        """A worker process ended: account for whatever it had not reported."""
-        self._drain(handle)
-        self._unregister(handle, sentinel=True)
-        if handle.done:
-            return
-        handle.done = True
-        handle.process.join(timeout=5)
-        code = handle.process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        handle.stats = WorkerStats(
-            handle.worker,
-            handle.process.pid or 0,
-            files=sum(
-                1
-                for r in self.summary.results
-                if r.worker == handle.worker and r.outcome in (Outcome.STORED, Outcome.WARNING)
-            ),
-            exit=f"died ({how})",
-            host=socket.gethostname(),
-        )
-        retry, given_up = self._dispatcher.worker_lost(handle.worker)
-        message = f"worker {handle.worker} (pid {handle.process.pid}) died ({how})"
-        if retry is not None:
-            message += f"; its {len(retry.files)} unfinished file(s) go to another worker"
-        self._event("error", message)
-        for info in given_up:
-            reason = (
-                "not sent: the run was interrupted"
-                if self._stopping
-                else f"not sent: worker died ({how}) while holding this file, "
-                "and it had already been handed back once"
-            )
-            outcome = Outcome.SKIPPED if self._stopping else Outcome.FAILED
-            self._record(FileResult.of(info, outcome, reason, worker=handle.worker), info)
-        # Keep the pool at strength while work remains, within reason.
-        alive = sum(1 for h in self._workers.values() if not h.done)
-        if (
-            not self._stopping
-            and self._dispatcher.pending
-            and alive < self.config.processes
-            and self._restarts < 2 * self.config.processes + 2
-        ):
-            self._restarts += 1
-            self._start_worker()
 
 
 def _set_sigint(handler: Any) -> Any:
@@ -540,18 +543,3 @@ def _set_sigint(handler: Any) -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGINT, handler)
-
-
-def _interrupted(info: FileInfo) -> FileResult:
-    return FileResult.of(info, Outcome.SKIPPED, INTERRUPTED_REASON)
-
-
-def _size_and_mtime(path: str, info: FileInfo | None) -> tuple[int, float]:
-    """What the journal keys a file's outcome by; a missing file has (0, 0.0)."""
-    if info is not None:
-        return info.size, info.mtime
-    try:
-        status = os.stat(path)
-    except OSError:
-        return 0, 0.0
-    return status.st_size, status.st_mtime

@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS files (
     first_at             REAL NOT NULL,
     last_at              REAL NOT NULL,
     session_id           TEXT NOT NULL,
+    -- What the destination holds of this file, whatever this run does with
+    -- it: the size, mtime and outcome (stored or warning) of the last
+    -- version stored; NULL if none was.
+    held_size            INTEGER,
+    held_mtime           REAL,
+    held_outcome         TEXT,
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_sop_instance ON files (sop_instance_uid)
@@ -91,24 +97,34 @@ class State(Enum):
 
 _HELD = (State.STORED.value, State.WARNING.value)  # the destination holds the instance
 
-# Attempts add up across sessions. A *skipped* outcome (interrupted, a
-# duplicate) never replaces a stored one: the destination still holds what
-# it stored, and the row's size and mtime still tell a rerun whether the
-# file changed since.
+# Attempts add up across sessions. A stored outcome records what the
+# destination now holds (held_*). A *skipped* outcome (interrupted, a
+# duplicate) of a version the destination holds leaves the row as that
+# outcome said: the destination still has it, and a rerun skips it.
 _RECORD = """
 INSERT INTO files (dir, name, size, mtime, sop_class_uid, sop_instance_uid, state, status,
-    reason, attempts, first_at, last_at, session_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    reason, attempts, first_at, last_at, session_id, held_size, held_mtime, held_outcome)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (dir, name) DO UPDATE SET
     size = excluded.size, mtime = excluded.mtime,
     sop_class_uid = CASE WHEN excluded.sop_class_uid <> '' THEN excluded.sop_class_uid
                          ELSE files.sop_class_uid END,
     sop_instance_uid = CASE WHEN excluded.sop_instance_uid <> '' THEN excluded.sop_instance_uid
                             ELSE files.sop_instance_uid END,
-    state = excluded.state, status = excluded.status, reason = excluded.reason,
+    state = CASE WHEN excluded.state = 'skipped' AND files.held_size = excluded.size
+                      AND abs(files.held_mtime - excluded.mtime) < 1e-6
+                 THEN files.held_outcome ELSE excluded.state END,
+    status = CASE WHEN excluded.state = 'skipped' AND files.held_size = excluded.size
+                      AND abs(files.held_mtime - excluded.mtime) < 1e-6
+                  THEN files.status ELSE excluded.status END,
+    reason = CASE WHEN excluded.state = 'skipped' AND files.held_size = excluded.size
+                       AND abs(files.held_mtime - excluded.mtime) < 1e-6
+                  THEN files.reason ELSE excluded.reason END,
     attempts = files.attempts + excluded.attempts,
-    last_at = excluded.last_at, session_id = excluded.session_id
-WHERE NOT (excluded.state = 'skipped' AND files.state IN ('stored', 'warning'))
+    last_at = excluded.last_at, session_id = excluded.session_id,
+    held_size = COALESCE(excluded.held_size, files.held_size),
+    held_mtime = COALESCE(excluded.held_mtime, files.held_mtime),
+    held_outcome = COALESCE(excluded.held_outcome, files.held_outcome)
 """
 
 _PENDING = """
@@ -142,16 +158,11 @@ class JournalError(FastsendError):
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """What the inventory says of a file the walk meets again."""
+    """What the destination holds of a file the walk meets again: the version stored."""
 
     size: int
     mtime: float
-    state: str
-
-    @property
-    def held(self) -> bool:
-        """The destination holds it (stored, with or without a warning)."""
-        return self.state in _HELD
+    outcome: str  # stored or warning
 
     def unchanged(self, size: int, mtime: float) -> bool:
         """Same size and modification time as recorded (mtime to the microsecond)."""
@@ -198,7 +209,9 @@ class Inventory:
         destination: str,
         session_id: str,
         checkpoint: bool = True,
+        shown_as: Path | None = None,
     ) -> None:
+        """``shown_as``: the name errors give the file (scan works on a copy)."""
         self.path = path
         self.destination = destination
         self.session_id = session_id
@@ -207,7 +220,7 @@ class Inventory:
             # isolation_level=None: we issue our own transactions.
             self._db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(_cannot_use(path, exc)) from exc
+            raise JournalError(_cannot_use(shown_as or path, exc)) from exc
         deadline = time.monotonic() + BUSY_SECONDS
         while True:
             try:
@@ -222,7 +235,7 @@ class Inventory:
                 # and do it again, as busy_timeout would.
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     self._db.close()
-                    raise JournalError(_cannot_use(path, exc)) from exc
+                    raise JournalError(_cannot_use(shown_as or path, exc)) from exc
                 time.sleep(0.01)
         theirs = self._meta("destination")
         if theirs is None:
@@ -230,7 +243,8 @@ class Inventory:
         elif theirs != destination:
             self._db.close()
             raise JournalError(
-                f"cannot use the journal {path}: it records the migration to {theirs}, not to "
+                f"cannot use the journal {shown_as or path}: it records the migration to "
+                f"{theirs}, not to "
                 f"{destination}; give --journal a path of its own for {destination} (or "
                 "leave it out: the default is one journal per destination in --log-dir)"
             )
@@ -280,9 +294,17 @@ class Inventory:
         ).fetchall()
         self._db.executemany(
             "INSERT OR IGNORE INTO files (dir, name, size, mtime, sop_instance_uid,"
-            " sop_class_uid, state, status, reason, attempts, first_at, last_at, session_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ((*split(row[0]), *row[1:]) for row in rows),
+            " sop_class_uid, state, status, reason, attempts, first_at, last_at, session_id,"
+            " held_size, held_mtime, held_outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    *split(row[0]),
+                    *row[1:],
+                    *((row[1], row[2], row[5]) if row[5] in _HELD else (None, None, None)),
+                )
+                for row in rows
+            ),
         )
 
     # ------------------------------------------------------------ sessions
@@ -305,13 +327,17 @@ class Inventory:
     def known(self, directory: str) -> dict[str, Known]:
         """Rows of the files directly in ``directory``, by name."""
         rows = self._db.execute(
-            "SELECT name, size, mtime, state FROM files WHERE dir = ?", (directory,)
+            "SELECT name, held_size, held_mtime, held_outcome FROM files"
+            " WHERE dir = ? AND held_size IS NOT NULL",
+            (directory,),
         )
-        return {name: Known(size, mtime, state) for name, size, mtime, state in rows}
+        return {name: Known(size, mtime, outcome) for name, size, mtime, outcome in rows}
 
     def known_path(self, path: str) -> Known | None:
         row = self._db.execute(
-            "SELECT size, mtime, state FROM files WHERE dir = ? AND name = ?", split(path)
+            "SELECT held_size, held_mtime, held_outcome FROM files"
+            " WHERE dir = ? AND name = ? AND held_size IS NOT NULL",
+            split(path),
         ).fetchone()
         return None if row is None else Known(*row)
 
@@ -355,6 +381,14 @@ class Inventory:
         self._db.execute("COMMIT")
         return taken
 
+    def has_pending(self) -> bool:
+        """Whether this session has files still to dispatch."""
+        row = self._db.execute(
+            "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1",
+            (self.session_id,),
+        ).fetchone()
+        return row is not None
+
     def pending(self) -> Iterator[Pending]:
         """This session's files still pending (after an interrupt: those never sent)."""
         rows = self._db.execute(
@@ -381,7 +415,7 @@ class Inventory:
         now = time.time()
         query = (
             "SELECT dir, name FROM files WHERE sop_instance_uid = ?"
-            " AND state IN ('stored', 'warning', 'in_flight') AND NOT (dir = ? AND name = ?)"
+            " AND (held_size IS NOT NULL OR state = 'in_flight') AND NOT (dir = ? AND name = ?)"
             + ("" if resume else " AND session_id = ?")
             + " LIMIT 1"
         )
@@ -434,6 +468,7 @@ class Inventory:
     def _outcome_row(
         self, result: FileResult, size: int, mtime: float, now: float
     ) -> tuple[object, ...]:
+        held = result.outcome.value in _HELD
         return (
             *split(result.path),
             size,
@@ -447,6 +482,9 @@ class Inventory:
             now,
             now,
             self.session_id,
+            size if held else None,
+            mtime if held else None,
+            result.outcome.value if held else None,
         )
 
     def _transaction(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
@@ -485,9 +523,10 @@ class Inventory:
     def stored(self) -> dict[str, Known]:
         """Paths the destination holds, with their size and mtime then (small inventories)."""
         rows = self._db.execute(
-            "SELECT dir, name, size, mtime, state FROM files WHERE state IN (?, ?)", _HELD
+            "SELECT dir, name, held_size, held_mtime, held_outcome FROM files"
+            " WHERE held_size IS NOT NULL"
         )
-        return {os.path.join(d, n): Known(s, m, st) for d, n, s, m, st in rows}
+        return {os.path.join(d, n): Known(s, m, o) for d, n, s, m, o in rows}
 
     # ------------------------------------------------------------ housekeeping
 

@@ -1,156 +1,251 @@
-"""What a run will send: the one preparation step that `send` and `scan` share.
+"""What a run will send: the walk into the inventory, and the admission of a batch.
 
-Walk the inputs, read each file's header, drop duplicate SOP Instance UIDs,
-and skip what the journal says the destination already holds. `scan` runs
-exactly this and stops, so it predicts what `send` does: the same files
-found, instances to send, duplicates, already stored, unreadable and not
-DICOM. Every file that will not be sent is handed to ``report`` with its
-outcome and reason; nothing is dropped silently.
+Both `send` and `scan` run these, so `scan` predicts what `send` does: the
+same files found, already stored, duplicates, unreadable and not DICOM.
+
+The walk (``Walker``) goes one directory at a time, so sending starts while
+it goes on: each file is stat()ed and compared with the inventory's row for
+it; one the destination holds, unchanged, is counted as already stored
+without being opened, and every other one becomes a *pending* row. Nothing
+is held in memory but the directory in hand.
+
+Admission (``admit``) happens just before a batch is sent, in the worker
+that sends it (or, with --cluster, in the coordinator): each file's header is
+read (so its data then comes from the page cache), and its SOP Instance UID
+claimed in the inventory, which finds the duplicates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from typing import Protocol
 
-from .config import SendConfig
-from .discover import MissingInput, UnsearchedSubdirectories, discover
+from .discover import MissingInput, UnsearchedSubdirectories
 from .header import FileInfo, HeaderError, read_header
-from .journal import StoredEntry, file_unchanged
-from .results import FileResult, Outcome
+from .inventory import Inventory, Known, Pending
+from .results import Cause, FileResult, Outcome
 
-
-class Cause(Enum):
-    """Why preparation decided a file's outcome before any sending."""
-
-    MISSING = "missing"  # an input that does not exist or cannot be listed: failed
-    UNREADABLE = "unreadable"  # truncated, damaged, cannot be opened: failed
-    NOT_DICOM = "not DICOM"  # or a DICOMDIR: skipped
-    DUPLICATE = "duplicate"  # another file has its SOP Instance UID: skipped
-    ALREADY_STORED = "already stored"  # the journal says the destination holds it: skipped
-
-
-# A file that will not be sent: its result, its header when read, and why.
+# A file whose outcome was decided here: its result, its header when read, and why.
 Reporter = Callable[[FileResult, FileInfo | None, Cause], None]
+
+# Files handled per step of the walk, so that the coordinator's loop stays
+# responsive in a directory of a hundred thousand files.
+STEP_FILES = 1000
 
 
 @dataclass(slots=True)
-class Preparation:
-    """The files to send, and how many of the others fell in each category."""
+class Walk:
+    """What the walk found so far."""
 
-    to_send: list[FileInfo] = field(default_factory=list)
-    found: int = 0  # every file and missing input, each ends in exactly one outcome
-    failed: int = 0  # unreadable, truncated, or an input that does not exist
-    not_dicom: int = 0  # skipped while indexing: not DICOM, DICOMDIR
-    duplicates: int = 0
+    found: int = 0  # files and missing inputs: each ends in exactly one outcome
+    pending: int = 0  # of those, written as pending rows
     already_stored: int = 0
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
-    interrupted: bool = False  # stopped during the walk; to_send holds what was read
+    done: bool = False
+
+
+class Walker:
+    """The inputs, walked one step at a time into the inventory's pending rows."""
+
+    def __init__(
+        self,
+        inputs: Sequence[os.PathLike[str] | str],
+        recursive: bool,
+        inventory: Inventory,
+        resume: bool,
+        report: Reporter,
+        already_stored: Callable[[str, int], None] = lambda directory, count: None,
+    ) -> None:
+        self.walk = Walk()
+        self._inventory = inventory
+        self._resume = resume
+        self._report = report
+        self._already_stored = already_stored
+        self._units = _units(inputs, recursive)
+
+    def step(self) -> bool:
+        """Walk one directory (or STEP_FILES of it); False once the walk is done."""
+        if self.walk.done:
+            return False
+        for unit in self._units:
+            if isinstance(unit, MissingInput):
+                self.walk.found += 1
+                self._report(
+                    FileResult(unit.path, Outcome.FAILED, unit.reason), None, Cause.MISSING
+                )
+                continue
+            if isinstance(unit, UnsearchedSubdirectories):
+                self.walk.unsearched.append(unit)
+                continue
+            self._take(unit)
+            return True
+        self.walk.done = True
+        return False
+
+    def _take(self, unit: _Unit) -> None:
+        known: dict[str, Known] = {}
+        if self._resume:
+            if unit.listed:
+                known = self._inventory.known(unit.directory)
+            else:
+                for entry in unit.entries:
+                    row = self._inventory.known_path(entry.path)
+                    if row is not None:
+                        known[os.path.basename(entry.path)] = row
+        pending: list[Pending] = []
+        held = 0
+        for entry in unit.entries:
+            self.walk.found += 1
+            try:
+                status = entry.stat()
+            except OSError as exc:
+                reason = f"cannot read file: {exc.strerror or exc}"
+                result = FileResult(entry.path, Outcome.FAILED, reason)
+                self._report(result, None, Cause.UNREADABLE)
+                continue
+            row = known.get(os.path.basename(entry.path))
+            if row is not None and row.unchanged(status.st_size, status.st_mtime):
+                held += 1
+                continue
+            pending.append(Pending(entry.path, status.st_size, status.st_mtime))
+        self._inventory.add_pending(pending)
+        self.walk.pending += len(pending)
+        if held:
+            self.walk.already_stored += held
+            self._already_stored(unit.directory, held)
+
+
+class _Entry(Protocol):
+    """A file the walk met: an os.DirEntry, or a _Named input."""
 
     @property
-    def instances(self) -> int:
-        """DICOM instances found: to send, duplicates and already stored."""
-        return len(self.to_send) + self.duplicates + self.already_stored
+    def path(self) -> str: ...
 
-    @property
-    def nothing_to_send(self) -> str:
-        """Why the inputs hold nothing to send, or '' when they do (or something failed).
-
-        A run that found no DICOM instance at all is not a success: the user
-        may have forgotten ``-r`` or named the wrong folder, and would believe
-        the migration done (issue 13). A failure already says so by itself.
-        """
-        if self.instances or self.failed or self.interrupted:
-            return ""
-        if self.found:
-            plural = "" if self.found == 1 else "s"
-            why = [f"none of the {self.found} file{plural} found is DICOM"]
-        else:
-            why = ["no files found in the inputs"]
-        why += [note.hint for note in self.unsearched]
-        return "nothing to send: " + "; ".join(why)
+    def stat(self) -> os.stat_result: ...
 
 
-def prepare(
-    config: SendConfig,
-    report: Reporter,
-    stored: Mapping[str, StoredEntry] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> Preparation:
-    """Index the inputs and decide, file by file, what a send does with them.
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """A file named as an input (or in --input-list), not met in a listing."""
 
-    ``stored`` is what the journal says the destination holds (None: do not
-    resume). ``should_stop`` is asked between files, so Ctrl-C works during a
-    long walk.
+    path: str
+
+    def stat(self) -> os.stat_result:
+        return os.stat(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """Files of one directory, sorted by name; ``listed``: from a listing of it."""
+
+    directory: str
+    entries: Sequence[_Entry]
+    listed: bool
+
+
+def _units(
+    inputs: Sequence[os.PathLike[str] | str], recursive: bool
+) -> Iterator[_Unit | MissingInput | UnsearchedSubdirectories]:
+    """The walk in order: at most STEP_FILES files of a directory at a time.
+
+    Directory symlinks are not followed (a link loop cannot make the walk
+    endless); symlinked files are sent.
     """
-    prepared = Preparation()
-    infos: list[FileInfo] = []
-    for item in discover(config.inputs, config.recursive):
-        if should_stop():
-            prepared.interrupted = True
-            break
-        if isinstance(item, UnsearchedSubdirectories):
-            prepared.unsearched.append(item)
+    for root in inputs:
+        path = os.fspath(root)
+        if os.path.isfile(path):
+            yield _Unit(os.path.dirname(path), [_Named(path)], listed=False)
             continue
-        prepared.found += 1
-        if isinstance(item, MissingInput):
-            prepared.failed += 1
-            report(FileResult(item.path, Outcome.FAILED, item.reason), None, Cause.MISSING)
+        if not os.path.exists(path):
+            yield MissingInput(path, "no such file or directory")
+            continue
+        if not os.path.isdir(path):
+            yield MissingInput(path, "not a regular file or directory")
+            continue
+        stack = [path]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as listing:
+                    entries = sorted(listing, key=lambda e: e.name)
+            except OSError as exc:
+                yield MissingInput(directory, f"cannot list directory: {exc.strerror or exc}")
+                continue
+            files: list[os.DirEntry[str]] = []
+            subdirectories: list[str] = []
+            for entry in entries:
+                # Everything that is not a directory is a file to account for,
+                # as os.walk lists them: a dangling link fails with its reason,
+                # a FIFO or device is skipped as not DICOM, never dropped.
+                # A link to a directory is a directory, but not followed.
+                try:
+                    is_directory = entry.is_dir()
+                    linked = is_directory and entry.is_symlink()
+                except OSError:
+                    is_directory = linked = False
+                if not is_directory:
+                    files.append(entry)
+                elif not linked:
+                    subdirectories.append(entry.path)
+            for start in range(0, len(files), STEP_FILES):
+                yield _Unit(directory, files[start : start + STEP_FILES], listed=True)
+            if not recursive:
+                if subdirectories:
+                    yield UnsearchedSubdirectories(directory, len(subdirectories))
+                continue
+            stack.extend(reversed(subdirectories))
+
+
+def admit(
+    files: Sequence[Pending | FileInfo],
+    inventory: Inventory | None,
+    resume: bool,
+    report: Reporter,
+) -> list[FileInfo]:
+    """Read the headers of a batch and claim its instances; return what to send.
+
+    Files that are not DICOM or cannot be read, and duplicates of an instance
+    the destination holds or another worker sends, are reported here.
+    """
+    infos: list[FileInfo] = []
+    for item in files:
+        if isinstance(item, FileInfo):
+            infos.append(item)
             continue
         try:
-            infos.append(read_header(item))
+            infos.append(read_header(item.path))
         except HeaderError as exc:
             if exc.kind == "unreadable":
-                prepared.failed += 1
-                report(FileResult(item, Outcome.FAILED, exc.reason), None, Cause.UNREADABLE)
+                report(FileResult(item.path, Outcome.FAILED, exc.reason), None, Cause.UNREADABLE)
             else:
-                prepared.not_dicom += 1
-                report(FileResult(item, Outcome.SKIPPED, exc.reason), None, Cause.NOT_DICOM)
-    if prepared.interrupted:
-        prepared.to_send = infos
-        return prepared
-    infos = _skip_duplicates(infos, report, prepared)
-    if stored:
-        infos = _skip_stored(infos, stored, report, prepared)
-    prepared.to_send = infos
-    return prepared
-
-
-def _skip_duplicates(
-    infos: list[FileInfo], report: Reporter, prepared: Preparation
-) -> list[FileInfo]:
-    """Two files with one SOP Instance UID: the first (by path) is sent, once."""
-    first: dict[str, str] = {}
-    unique: list[FileInfo] = []
-    for info in sorted(infos, key=lambda i: i.path):
-        original = first.setdefault(info.sop_instance_uid, info.path)
-        if original == info.path:
-            unique.append(info)
+                report(FileResult(item.path, Outcome.SKIPPED, exc.reason), None, Cause.NOT_DICOM)
+    if inventory is not None:
+        duplicates = inventory.claim(infos, resume)
+    else:
+        duplicates = _duplicates_within(infos)
+    if not duplicates:
+        return infos
+    kept: list[FileInfo] = []
+    for info in infos:
+        original = duplicates.get(info.path)
+        if original is None:
+            kept.append(info)
             continue
-        prepared.duplicates += 1
         reason = (
-            f"duplicate SOP Instance UID {info.sop_instance_uid}: {original} has the "
-            "same one and is sent instead"
+            f"duplicate SOP Instance UID {info.sop_instance_uid}: {original} has the same one "
+            "and is sent (or was stored) instead"
         )
         report(FileResult.of(info, Outcome.SKIPPED, reason), info, Cause.DUPLICATE)
-    return unique
+    return kept
 
 
-def _skip_stored(
-    infos: list[FileInfo],
-    stored: Mapping[str, StoredEntry],
-    report: Reporter,
-    prepared: Preparation,
-) -> list[FileInfo]:
-    """Skip what the journal says this destination already holds, unless changed."""
-    pending: list[FileInfo] = []
+def _duplicates_within(infos: Sequence[FileInfo]) -> dict[str, str]:
+    first: dict[str, str] = {}
+    duplicates: dict[str, str] = {}
     for info in infos:
-        entry = stored.get(info.path)
-        if entry is None or not file_unchanged(entry, info.size, info.mtime):
-            pending.append(info)
-            continue
-        prepared.already_stored += 1
-        reason = f"already stored (journal, session {entry.session_id})"
-        report(FileResult.of(info, Outcome.SKIPPED, reason), info, Cause.ALREADY_STORED)
-    return pending
+        original = first.setdefault(info.sop_instance_uid, info.path)
+        if original != info.path:
+            duplicates[info.path] = original
+    return duplicates

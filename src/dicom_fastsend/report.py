@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,17 +64,24 @@ class ProgressBar:
         self.bar: Any = None
         self._bytes = 0
 
-    def start(self, files: int, size: int) -> None:
+    def grow(self, files: int) -> None:
+        """More files found: the walk runs while files are sent, so the total grows."""
         if not self.enabled:
             return
-        from tqdm import tqdm
+        if self.bar is None:
+            from tqdm import tqdm
 
-        # No monitor thread: the coordinator forks workers and must have no threads.
-        tqdm.monitor_interval = 0
-        self.bar = tqdm(
-            total=files, unit="file", file=self.stream, dynamic_ncols=True, smoothing=0.1
-        )
-        self._total_mb = size / 1e6
+            # No monitor thread: the coordinator forks workers and must have no threads.
+            tqdm.monitor_interval = 0
+            self.bar = tqdm(
+                total=0, unit="file", file=self.stream, dynamic_ncols=True, smoothing=0.1
+            )
+        self.bar.total += files
+
+    def advance(self, files: int) -> None:
+        """Files done without a result each (skipped as already stored)."""
+        if self.bar is not None:
+            self.bar.update(files)
 
     def update(self, result: FileResult) -> None:
         if self.bar is None:
@@ -85,8 +91,7 @@ class ProgressBar:
         elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
         megabytes = self._bytes / 1e6
         self.bar.set_postfix_str(
-            f"{megabytes:.0f}/{self._total_mb:.0f} MB, {megabytes / elapsed:.1f} MB/s",
-            refresh=False,
+            f"{megabytes:.0f} MB, {megabytes / elapsed:.1f} MB/s", refresh=False
         )
 
     def close(self) -> None:
@@ -148,7 +153,7 @@ def _status(status: int | None) -> str | None:
 def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dict[str, Any]:
     """The JSON summary (its schema: summary.schema.json beside this module)."""
     peer = config.peer
-    found = len(summary.results)
+    found = summary.found
     stored = summary.count(Outcome.STORED)
     warned = summary.count(Outcome.WARNING)
     elapsed = summary.elapsed
@@ -184,6 +189,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "warning": warned,
             "failed": summary.count(Outcome.FAILED),
             "skipped": summary.count(Outcome.SKIPPED),
+            "already_stored": summary.already_stored,
         },
         "bytes_sent": summary.bytes_sent,
         "throughput": {
@@ -198,13 +204,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "aborted": summary.associations_aborted,
             "errors": list(dict.fromkeys(summary.association_errors)),
         },
-        "sop_classes_sent": dict(
-            Counter(
-                r.sop_class_uid
-                for r in summary.results
-                if r.outcome in (Outcome.STORED, Outcome.WARNING)
-            )
-        ),
+        "sop_classes_sent": dict(summary.sop_classes_sent),
         "retries": summary.retries,
         "journal": None if config.journal is None else str(config.journal),
         "interrupted": summary.interrupted,
@@ -238,7 +238,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
                 "status": _status(r.status),
                 "reason": r.reason,
             }
-            for r in summary.results
+            for r in summary.noted
             if r.outcome is Outcome.WARNING
         ],
         "failures": [
@@ -250,12 +250,12 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
                 "reason": r.reason,
                 "attempts": r.attempts,
             }
-            for r in summary.results
+            for r in summary.noted
             if r.outcome is Outcome.FAILED
         ],
         "skipped": [
             {"path": r.path, "reason": r.reason}
-            for r in summary.results
+            for r in summary.noted
             if r.outcome is Outcome.SKIPPED
         ],
     }
@@ -272,7 +272,7 @@ def write_failures(path: Path, summary: SendSummary) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(FAILURE_COLUMNS)
-        for r in summary.results:
+        for r in summary.noted:
             if r.outcome is Outcome.FAILED:
                 writer.writerow((r.path, r.sop_instance_uid, _status(r.status) or "", r.reason,
                                  r.attempts))  # fmt: skip
@@ -305,25 +305,23 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
             print(f"WARNING {UnsearchedSubdirectories(path, count).hint}", file=stream)
     for message in dict.fromkeys(summary.association_errors):
         print(f"ERROR {message}", file=stream)
-    for event in summary.events:
-        if "died" in event:
-            print(f"ERROR {event}", file=stream)
+    for problem in summary.problems:
+        print(f"ERROR {problem}", file=stream)
     elapsed = summary.elapsed
     sent = summary.bytes_sent
     stored = summary.count(Outcome.STORED)
     warned = summary.count(Outcome.WARNING)
     print(
-        f"{len(summary.results)} files: {stored} stored, {warned} stored with warning, "
-        f"{summary.count(Outcome.FAILED)} failed, {summary.count(Outcome.SKIPPED)} skipped; "
-        f"{sent / 1e6:.1f} MB in {elapsed:.2f} s "
+        f"{summary.found} files: {stored} stored, {warned} stored with warning, "
+        f"{summary.count(Outcome.FAILED)} failed, {summary.count(Outcome.SKIPPED)} skipped"
+        + (f" ({summary.already_stored} already stored)" if summary.already_stored else "")
+        + f"; {sent / 1e6:.1f} MB in {elapsed:.2f} s "
         f"({(stored + warned) / elapsed:.1f} files/s, {sent / 1e6 / elapsed:.1f} MB/s); "
         f"associations: {summary.associations_opened} opened, "
         f"{summary.associations_failed} failed, {summary.associations_aborted} aborted",
         file=stream,
     )
-    classes = Counter(
-        r.sop_class_uid for r in summary.results if r.outcome in (Outcome.STORED, Outcome.WARNING)
-    )
+    classes = summary.sop_classes_sent
     if classes:
         listed = ", ".join(f"{uid_name(uid)} {count}" for uid, count in classes.most_common())
         print(f"SOP classes sent: {listed}", file=stream)

@@ -7,6 +7,8 @@ which merges everything into one SendSummary.
 from __future__ import annotations
 
 import math
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
@@ -95,10 +97,36 @@ class WorkerStats:
     host: str = ""  # where it ran (--cluster: the Dask worker's host)
 
 
+class Cause(Enum):
+    """Why a file was not sent, when that was decided before any C-STORE."""
+
+    MISSING = "missing"  # an input that does not exist or cannot be listed: failed
+    UNREADABLE = "unreadable"  # truncated, damaged, cannot be opened: failed
+    NOT_DICOM = "not DICOM"  # or a DICOMDIR: skipped
+    DUPLICATE = "duplicate"  # another file has its SOP Instance UID: skipped
+    INTERRUPTED = "interrupted"  # not sent: the run was interrupted: skipped
+
+
 @dataclass(slots=True)
 class SendSummary:
+    """What a run did, accumulated as outcomes arrive (``add``).
+
+    Memory follows the problems, not the archive: stored files are counted
+    (bytes, SOP classes, C-STORE latencies as 4-byte floats), and only the
+    warned, failed and skipped files are kept, for the JSON summary.
+    Files skipped as already stored are only counted (``already_stored``):
+    a rerun of a finished migration of millions would list them all.
+    """
+
     session_id: str = ""
-    results: list[FileResult] = field(default_factory=list)
+    # Every warned, failed and skipped file (not the "already stored" ones).
+    noted: list[FileResult] = field(default_factory=list)
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    causes: Counter[Cause] = field(default_factory=Counter)  # skips and failures by cause
+    already_stored: int = 0  # skipped without opening: the journal says the destination has it
+    bytes_sent: int = 0
+    sop_classes_sent: Counter[str] = field(default_factory=Counter)
+    latencies: array[float] = field(default_factory=lambda: array("f"))  # seconds, answered
     workers: list[WorkerStats] = field(default_factory=list)
     associations_opened: int = 0
     associations_rejected: int = 0
@@ -107,6 +135,8 @@ class SendSummary:
     retries: int = 0  # attempts repeated after a transient failure
     association_errors: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
+    # Of those, what the console repeats at the end (worker deaths, failed cluster tasks).
+    problems: list[str] = field(default_factory=list)
     interrupted: bool = False
     error: str = ""  # why the run could not start at all (e.g. no Dask scheduler): exit 3
     nothing_to_send: str = ""  # why the inputs held no DICOM instance at all: exit 4
@@ -116,12 +146,31 @@ class SendSummary:
     started: float = 0.0
     finished: float = 0.0
 
+    def add(self, result: FileResult, cause: Cause | None = None) -> None:
+        """Account for one file's outcome."""
+        outcome = result.outcome
+        self.counts[outcome] += 1
+        if cause is not None:
+            self.causes[cause] += 1
+        if outcome is Outcome.STORED or outcome is Outcome.WARNING:
+            self.bytes_sent += result.bytes_sent
+            self.sop_classes_sent[result.sop_class_uid] += 1
+        if result.status is not None and result.seconds > 0:
+            self.latencies.append(result.seconds)
+        if outcome is not Outcome.STORED:
+            self.noted.append(result)
+
+    def add_already_stored(self, count: int) -> None:
+        self.counts[Outcome.SKIPPED] += count
+        self.already_stored += count
+
     def count(self, outcome: Outcome) -> int:
-        return sum(1 for r in self.results if r.outcome is outcome)
+        return self.counts[outcome]
 
     @property
-    def bytes_sent(self) -> int:
-        return sum(r.bytes_sent for r in self.results)
+    def found(self) -> int:
+        """Every file the run met: stored + warning + failed + skipped."""
+        return sum(self.counts.values())
 
     @property
     def elapsed(self) -> float:
@@ -146,9 +195,7 @@ class SendSummary:
 
     def latency_ms(self) -> dict[str, float]:
         """C-STORE round-trip times of the answered stores, in milliseconds."""
-        times = sorted(
-            r.seconds * 1000 for r in self.results if r.status is not None and r.seconds > 0
-        )
+        times = sorted(seconds * 1000 for seconds in self.latencies)
         if not times:
             return {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
 

@@ -46,7 +46,8 @@ def send(
 
     Writes the session log, the JSON summary and (if anything failed) the
     failures CSV under ``config.log_dir`` unless it is None, also when
-    interrupted; the workers write the journal (``config.journal``).
+    interrupted; the coordinator and the workers write the journal (the
+    inventory, ``config.journal``).
     """
     summary = SendSummary(session_id=new_session_id())
     log_path = summary_path = failures_path = None
@@ -70,7 +71,13 @@ def send(
         log.result(result)
         report(result)
 
-    hooks = Hooks(result=on_result, log=log.write, progress=progress.update, started=progress.start)
+    hooks = Hooks(
+        result=on_result,
+        log=log.write,
+        progress=progress.update,
+        found=progress.grow,
+        already_stored=progress.advance,
+    )
     try:
         Coordinator(config, hooks, summary).run()
     finally:

@@ -7,18 +7,21 @@ attribute of its package).
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .config import SendConfig
+from .config import SendConfig, destination_key
 from .contexts import plan_associations
 from .discover import UnsearchedSubdirectories
 from .header import FileInfo
-from .journal import Journal, StoredEntry, destination_key
-from .plan import group_by_study
-from .prepare import Cause, prepare
-from .results import ExitStatus, FileResult
+from .inventory import Inventory, JournalError
+from .plan import BATCH_BYTES, BATCH_FILES
+from .prepare import Walker, admit
+from .results import Cause, ExitStatus, FileResult
 from .uids import uid_name
 
 
@@ -77,25 +80,17 @@ class ScanReport:
 
 
 def scan(config: SendConfig) -> ScanReport:
-    """What `send` with this configuration would do, by the same preparation step.
+    """What `send` with this configuration would do, by the same walk and admission.
 
-    The journal is consulted as send consults it (``config.resume``), but only
-    read: a journal that does not exist yet is not created.
+    They run on a copy of the destination's journal (SQLite's online backup),
+    consulted as send consults it (``config.resume``): the real one is only
+    read, and one that does not exist is not created.
     """
     report = ScanReport()
-    stored: dict[str, StoredEntry] = {}
-    journal_path = config.journal
-    if config.resume and journal_path is not None and journal_path.exists():
-        journal = Journal(journal_path, destination_key(config.peer), "scan")
-        try:
-            stored = journal.stored()
-        finally:
-            journal.close()
-        report.journal = str(journal_path)
+    studies: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
 
     def decided(result: FileResult, info: FileInfo | None, cause: Cause) -> None:
-        if cause is Cause.ALREADY_STORED:
-            return  # counted by prepare; a rerun of millions would list them all
         bucket = {
             Cause.MISSING: report.unreadable,
             Cause.UNREADABLE: report.unreadable,
@@ -104,23 +99,63 @@ def scan(config: SendConfig) -> ScanReport:
         }[cause]
         bucket.append(result)
 
-    prepared = prepare(config, decided, stored or None)
-    infos = prepared.to_send
-    report.found = prepared.found
-    report.already_stored = prepared.already_stored
-    report.unsearched = prepared.unsearched
-    report.nothing_to_send = prepared.nothing_to_send
-    report.files = len(infos)
-    report.total_bytes = sum(i.size for i in infos)
-    report.studies = len(group_by_study(infos))
-    report.sop_classes = Counter(i.sop_class_uid for i in infos)
-    report.transfer_syntaxes = Counter(i.transfer_syntax_uid for i in infos)
-    report.associations_needed = len(
-        plan_associations(
-            ((i.sop_class_uid, i.transfer_syntax_uid) for i in infos), transcode=config.transcode
+    with tempfile.TemporaryDirectory(prefix="fastsend-scan-") as directory:
+        scratch = Path(directory) / "inventory.sqlite"
+        journal = config.journal
+        if config.resume and journal is not None and journal.exists():
+            _copy(journal, scratch)
+            report.journal = str(journal)
+        inventory = Inventory(
+            scratch, destination_key(config.peer), "scan", shown_as=journal or scratch
         )
-    )
+        try:
+            walker = Walker(config.inputs, config.recursive, inventory, config.resume, decided)
+            while walker.step():
+                pass
+            while files := inventory.take_pending(BATCH_FILES, BATCH_BYTES):
+                for info in admit(files, inventory, config.resume, decided):
+                    report.files += 1
+                    report.total_bytes += info.size
+                    studies.add(info.study_instance_uid)
+                    report.sop_classes[info.sop_class_uid] += 1
+                    report.transfer_syntaxes[info.transfer_syntax_uid] += 1
+                    pairs.add((info.sop_class_uid, info.transfer_syntax_uid))
+        finally:
+            inventory.close()
+    walk = walker.walk
+    report.found = walk.found
+    report.already_stored = walk.already_stored
+    report.unsearched = walk.unsearched
+    report.studies = len(studies)
+    report.associations_needed = len(plan_associations(pairs, transcode=config.transcode))
+    instances = report.files + report.already_stored + len(report.duplicates)
+    if not instances and not report.unreadable:
+        why = (
+            [f"none of the {walk.found} file{'' if walk.found == 1 else 's'} found is DICOM"]
+            if walk.found
+            else ["no files found in the inputs"]
+        )
+        report.nothing_to_send = "nothing to send: " + "; ".join(
+            why + [note.hint for note in walk.unsearched]
+        )
     return report
+
+
+def _copy(journal: Path, target: Path) -> None:
+    """A consistent copy of a journal that a running send may be writing."""
+    try:
+        source = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"cannot read the journal {journal}: {exc}; give --journal the journal of this "
+            "destination, or --no-resume to ignore it"
+        ) from exc
 
 
 def format_report(report: ScanReport) -> str:

@@ -1,13 +1,21 @@
-"""A worker process: pulls study batches, keeps one association, stores files.
+"""A worker: pulls batches, keeps one association, stores files.
 
-It talks to the coordinator over its own pipe (``multiprocessing.Pipe``):
-``("ready", worker)`` asks for a batch; the coordinator answers
-``("batch", Batch)`` or ``("stop",)``. Each file's FileResult is journalled
-and goes back with a blocking send. Without --max-ops, that happens once the
-next file's C-STORE-RQ is on the wire, while the peer stores it, so the
-bookkeeping costs nothing in the round trip; a worker killed at any moment
-has reported everything but the file in flight and the one answered just
-before it (the files in flight, with --max-ops).
+It talks to the coordinator over its own pipe (``multiprocessing.Pipe``) in
+typed messages (messages.py): ``Ready`` asks for a batch; the coordinator
+answers ``Assign(batch)`` or ``Stop()``. A batch holds pending files: the
+worker reads their headers and claims their SOP Instance UIDs in the
+inventory just before sending them (admission, prepare.py), so several
+workers read a cold archive in parallel and each file's data then comes from
+the page cache. The presentation contexts follow the (SOP class, transfer
+syntax) pairs met so far: a batch with a new pair re-plans them, and the
+association is opened again with the new set.
+
+Each file's FileResult is written to the inventory and then goes back with
+a blocking send. Without --max-ops, that happens once the next file's
+C-STORE-RQ is on the wire, while the peer stores it, so the bookkeeping
+costs nothing in the round trip; a worker killed at any moment has reported
+everything but the file in flight and the one answered just before it (the
+files in flight, with --max-ops).
 
 Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
 SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
@@ -29,13 +37,23 @@ from types import FrameType
 from typing import Any, Protocol
 
 from .config import PeerConfig
-from .contexts import NoAcceptableContext, association_for
+from .contexts import NoAcceptableContext, association_for, plan_associations
 from .dimse import StatusCategory, status_category, status_text
 from .errors import FastsendError
 from .header import FileInfo
-from .journal import Journal
+from .inventory import Inventory
+from .messages import (
+    Assign,
+    AssociationEvent,
+    AssociationKind,
+    BatchDone,
+    FileDone,
+    Finished,
+    Ready,
+)
 from .plan import Batch
-from .results import FileResult, Outcome, WorkerStats
+from .prepare import admit
+from .results import Cause, FileResult, Outcome, WorkerStats
 from .scu import (
     AssociationAbortedError,
     AssociationError,
@@ -68,16 +86,16 @@ class AbortRequested(BaseException):
 class WorkerConfig:
     worker: int
     peer: PeerConfig
-    plans: tuple[tuple[PresentationContextRQ, ...], ...]
     max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
     rate_lock_path: str | None = None  # the flock file that guards the shared budget
     retries: int = 3
     retry_delay: float = 0.5  # seconds before the first retry; doubles each time
     transcode: bool = False
     max_ops: int = 1  # Asynchronous Operations Window to propose (PS3.7 D.3.3.3)
-    journal_path: Path | None = None
+    journal_path: Path | None = None  # the inventory; None: the coordinator keeps it
     destination: str = ""
     session_id: str = ""
+    resume: bool = True  # a duplicate of what earlier sessions stored is skipped
 
 
 class RateLimiter:
@@ -179,23 +197,24 @@ class Worker:
         # --max-ops: C-STOREs sent and not yet answered, by Message ID.
         self.outstanding: dict[int, tuple[FileInfo, float]] = {}
         self._retry_later: list[FileInfo] = []
+        # (SOP class, transfer syntax) pairs met so far, and the associations
+        # planned for them (at most 128 presentation contexts each).
+        self.pairs: set[tuple[str, str]] = set()
+        self.plans: list[tuple[PresentationContextRQ, ...]] = []
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
         self.in_flight: FileInfo | None = None
         # The last file's outcome, reported once the next C-STORE-RQ is sent.
         self._answered: tuple[FileInfo, FileResult] | None = None
         self.stats = WorkerStats(config.worker, os.getpid(), host=socket.gethostname())
-        self.journal: Journal | None = None
+        self.journal: Inventory | None = None
         if config.journal_path is not None:
-            # Checkpoints are the coordinator's (see journal.py).
-            self.journal = Journal(
+            # Checkpoints are the coordinator's (see inventory.py).
+            self.journal = Inventory(
                 config.journal_path, config.destination, config.session_id, checkpoint=False
             )
 
     # ------------------------------------------------------------ messages
-
-    def _send(self, *message: object) -> None:
-        self.conn.send(message)
 
     def _report(self, info: FileInfo, result: FileResult) -> None:
         """Report now, after any outcome held back: outcomes go out in order."""
@@ -224,10 +243,31 @@ class Worker:
         if result.outcome in (Outcome.STORED, Outcome.WARNING):
             self.stats.files += 1
             self.stats.bytes_sent += result.bytes_sent
-        self._send("result", self.config.worker, result)
+        cause = Cause.INTERRUPTED if result.reason == INTERRUPTED_REASON else None
+        self.conn.send(FileDone(self.config.worker, result, self.journal is not None, cause))
 
-    def _association(self, kind: str, message: str) -> None:
-        self._send("association", self.config.worker, kind, message)
+    def _admit(self, batch: Batch) -> list[FileInfo]:
+        """Read the batch's headers and claim its instances; report what will not be sent."""
+        decided: list[tuple[FileResult, FileInfo | None, Cause]] = []
+        infos = admit(
+            batch.files,
+            self.journal,
+            self.config.resume,
+            lambda result, info, cause: decided.append((result, info, cause)),
+        )
+        if decided:
+            rows = [(r, *_size_and_mtime(r.path, i)) for r, i, _ in decided]
+            if self.journal is not None:
+                self.journal.record_many(rows)  # one transaction for the batch's decisions
+            for result, _, cause in decided:
+                result.worker = self.config.worker
+                self.conn.send(
+                    FileDone(self.config.worker, result, self.journal is not None, cause)
+                )
+        return infos
+
+    def _association(self, kind: AssociationKind, message: str) -> None:
+        self.conn.send(AssociationEvent(self.config.worker, kind, message))
 
     # ------------------------------------------------------------ main loop
 
@@ -235,23 +275,24 @@ class Worker:
         try:
             try:
                 while not self.stopping:
-                    self._send("ready", self.config.worker)
+                    self.conn.send(Ready(self.config.worker))
                     message = self.conn.recv()
-                    if message[0] != "batch":
+                    if not isinstance(message, Assign):
                         break
-                    batch: Batch = message[1]
-                    self.send_batch(batch)
+                    self.send_batch(message.batch)
                     self._report_answered()
-                    self._send("batch_done", self.config.worker, batch.batch_id)
+                    self.conn.send(BatchDone(self.config.worker, message.batch.batch_id))
                 self.client.release()
                 if self.plan_index is not None:
-                    self._association("released", self.client.name)
+                    self._association(AssociationKind.RELEASED, self.client.name)
                 self.stats.exit = "interrupted" if self.stopping else "finished"
             except AbortRequested:
                 _block_abort_signal()
                 self.client.abort()
                 self._report_answered()
-                self._association("aborted", f"{self.client.name}: aborted (second Ctrl-C)")
+                self._association(
+                    AssociationKind.ABORTED, f"{self.client.name}: aborted (second Ctrl-C)"
+                )
                 in_flight = [info for info, _ in self.outstanding.values()]
                 if self.in_flight is not None:
                     in_flight.append(self.in_flight)
@@ -273,8 +314,7 @@ class Worker:
             self._finish_stats()
             if self.journal is not None:
                 self.journal.close()
-            self._send("stats", self.config.worker, self.stats)
-            self._send("done", self.config.worker)
+            self.conn.send(Finished(self.config.worker, self.stats))
 
     def _finish_stats(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -283,7 +323,13 @@ class Worker:
         self.stats.peak_rss_bytes = usage.ru_maxrss * 1024  # Linux reports KiB
 
     def send_batch(self, batch: Batch) -> None:
-        plans = self.config.plans
+        infos = self._admit(batch)
+        if self.stopping:
+            for info in infos:
+                self._report(info, _unsent(info, INTERRUPTED_REASON, 0))
+            return
+        self._plan_for(infos)
+        plans = self.plans
 
         # Files whose SOP class lives in the open association go first, so a
         # batch switches associations as rarely as possible.
@@ -291,7 +337,7 @@ class Worker:
             index = association_for(plans, info.sop_class_uid)
             return (0 if index == self.plan_index else 1, index)
 
-        files = sorted(batch.files, key=order)
+        files = sorted(infos, key=order)
         # Planned associations that could not be opened even after retries:
         # the rest of the batch's files for them fail at once with that reason.
         unavailable: dict[int, str] = {}
@@ -314,6 +360,24 @@ class Worker:
                 self.in_flight = None
                 self._report_later(info, result)
         self._drain(unavailable)
+
+    def _plan_for(self, infos: list[FileInfo]) -> None:
+        """Plan the associations again when a batch brings a pair not proposed yet.
+
+        The open association is released first (after its outstanding
+        responses): its contexts were negotiated without the new pair.
+        """
+        new = {(i.sop_class_uid, i.transfer_syntax_uid) for i in infos} - self.pairs
+        if not new:
+            return
+        self.pairs |= new
+        if self.outstanding:
+            self._drain({})
+        if self.client.is_open:
+            self.client.release()
+            self._association(AssociationKind.RELEASED, self.client.name)
+        self.plan_index = None
+        self.plans = plan_associations(self.pairs, transcode=self.config.transcode)
 
     # ------------------------------------------------------------ --max-ops pipeline
 
@@ -374,7 +438,7 @@ class Worker:
         unavailable: dict[int, str],
     ) -> None:
         """The association died with files outstanding: send each again, with retries."""
-        self._association("aborted", str(exc))
+        self._association(AssociationKind.ABORTED, str(exc))
         self.plan_index = None
         lost = [info for info, _ in self.outstanding.values()] + also
         self.outstanding.clear()
@@ -393,9 +457,7 @@ class Worker:
             # A7xx (out of resources) on the pipeline: try again the careful way.
             self._report(
                 info,
-                self.send_file(
-                    info, association_for(self.config.plans, info.sop_class_uid), unavailable
-                ),
+                self.send_file(info, association_for(self.plans, info.sop_class_uid), unavailable),
             )
 
     def send_file(self, info: FileInfo, index: int, unavailable: dict[int, str]) -> FileResult:
@@ -416,7 +478,7 @@ class Worker:
                 return result
             delay = backoff(attempt, self.config.retry_delay)
             self._association(
-                "retry",
+                AssociationKind.RETRY,
                 f"{info.path}: attempt {attempt} failed: {result.reason}; retrying in {delay:g} s",
             )
             self._sleep(delay)
@@ -443,21 +505,21 @@ class Worker:
             # PS3.8 allows at most 128 presentation contexts per association;
             # this file's class lives in another planned association.
             self.client.release()
-            self._association("released", self.client.name)
+            self._association(AssociationKind.RELEASED, self.client.name)
         self.plan_index = None
         try:
-            self.client.open(self.config.plans[index])
+            self.client.open(self.plans[index])
         except AssociationRejectedError as exc:
             message = describe_association_error(exc, self.config.peer)
-            self._association("rejected", message)
+            self._association(AssociationKind.REJECTED, message)
             return message, exc.reject.transient
         except TLSError as exc:
             # A certificate that fails verification will fail again.
-            self._association("failed", str(exc))
+            self._association(AssociationKind.FAILED, str(exc))
             return str(exc), False
         except (AssociationError, ConnectError, TransportError) as exc:
             message = describe_association_error(exc, self.config.peer)
-            self._association("failed", message)
+            self._association(AssociationKind.FAILED, message)
             return message, True
         self.plan_index = index
         self.stats.associations_opened += 1
@@ -470,7 +532,7 @@ class Worker:
             window = (
                 f" (--max-ops {self.client.max_ops} declined: the peer takes one C-STORE at a time)"
             )
-        self._association("opened", self.client.name + window)
+        self._association(AssociationKind.OPENED, self.client.name + window)
         return None
 
     def store(self, info: FileInfo) -> tuple[FileResult, bool]:
@@ -515,7 +577,7 @@ class Worker:
 
         A retry opens a new one.
         """
-        self._association("aborted", str(exc))
+        self._association(AssociationKind.ABORTED, str(exc))
         self.plan_index = None
         return FileResult.of(info, Outcome.FAILED, f"association lost while sending: {exc}")
 
@@ -529,6 +591,17 @@ def _file_error(exc: OSError | FastsendError) -> str:
 
 def _block_abort_signal() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+
+
+def _size_and_mtime(path: str, info: FileInfo | None) -> tuple[int, float]:
+    """What the inventory keeps of a file; (0, 0.0) for one that cannot be stat()ed."""
+    if info is not None:
+        return info.size, info.mtime
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0, 0.0
+    return status.st_size, status.st_mtime
 
 
 def _unsent(info: FileInfo, reason: str, attempt: int) -> FileResult:

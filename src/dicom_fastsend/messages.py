@@ -1,0 +1,107 @@
+"""Typed messages between the coordinator and whatever runs the batches.
+
+NamedTuples: typed and immutable, and they pickle as a class and a tuple,
+which matters for the one message per file. The coordinator dispatches on
+the type, never on the wording of a text: texts are for people (the log,
+the console), enums and fields are for decisions.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+from .plan import Batch
+from .results import Cause, FileResult, WorkerStats
+
+# ---------------------------------------------------------------- to an executor
+
+
+class Assign(NamedTuple):
+    """Send this batch, then ask again."""
+
+    batch: Batch
+
+
+class Stop(NamedTuple):
+    """No more work: release the association and finish."""
+
+
+# ---------------------------------------------------------------- from an executor
+
+
+class Ready(NamedTuple):
+    """Free for a batch."""
+
+    executor: int
+
+
+class FileDone(NamedTuple):
+    """One file's outcome. ``journaled``: the executor wrote it to the inventory itself.
+
+    ``cause`` says why, when it was not sent because of what it is (not
+    DICOM, a duplicate ...) or because the run stopped.
+    """
+
+    executor: int
+    result: FileResult
+    journaled: bool
+    cause: Cause | None = None
+
+
+class BatchDone(NamedTuple):
+    executor: int
+    batch_id: int
+
+
+class AssociationKind(Enum):
+    OPENED = "opened"
+    RELEASED = "released"
+    RETRY = "retry"  # a file's attempt failed; it is tried again (the detail says why)
+    ABORTED = "aborted"  # an open association was lost (A-ABORT, reset, timeout)
+    REJECTED = "rejected"  # A-ASSOCIATE-RJ: none could be made
+    FAILED = "failed"  # could not connect, TLS refused, ...: none could be made
+
+
+class AssociationEvent(NamedTuple):
+    executor: int
+    kind: AssociationKind
+    detail: str  # for people: the peer, the window, what went wrong
+
+
+class Finished(NamedTuple):
+    """The executor ended normally (its last message), with its statistics.
+
+    A Dask task whose worker was lost and that ran again sends one per
+    attempt; an executor that never ran anything has none.
+    """
+
+    executor: int
+    stats: WorkerStats | None
+
+
+class ExecutorLost(NamedTuple):
+    """The executor died (killed, crashed, its Dask task failed) holding a batch or not.
+
+    ``may_retry`` is False when the backend already ran its work again (Dask
+    reruns a task whose worker was lost, up to its allowed-failures).
+    """
+
+    executor: int
+    how: str
+    may_retry: bool
+    stats: WorkerStats
+
+
+class Note(NamedTuple):
+    """Something for people (level: info, warning, error); no decision hangs on it.
+
+    Warnings and errors also go to the summary's events.
+    """
+
+    level: str
+    text: str
+
+
+ToExecutor = Assign | Stop
+FromExecutor = Ready | FileDone | BatchDone | AssociationEvent | Finished | ExecutorLost | Note

@@ -535,8 +535,8 @@ def measure_indexing(files: Sequence[Path], runs: int, say: Say) -> list[Indexin
     """
     import pydicom
 
-    from dicom_fastsend.header import read_header
-    from dicom_fastsend.hotpath import IMPLEMENTATION
+    from dicom_fastsend.io.header import read_header
+    from dicom_fastsend.protocol.hotpath import IMPLEMENTATION
 
     def header_scan() -> None:
         for path in files:

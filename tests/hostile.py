@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
-from dicom_fastsend.dimse import (
+from dicom_fastsend.protocol.dimse import (
     TAG_AFFECTED_SOP_CLASS_UID,
     TAG_AFFECTED_SOP_INSTANCE_UID,
     TAG_MESSAGE_ID,
@@ -50,7 +50,7 @@ from dicom_fastsend.dimse import (
     c_echo_rsp,
     c_store_rsp,
 )
-from dicom_fastsend.ul.pdu import (
+from dicom_fastsend.protocol.pdu import (
     AAssociateAC,
     AAssociateRQ,
     PresentationContextAC,

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 # same lookup and Orthanc configuration as the benchmark (bench/compare.py).
 from compare import find_dcmtk, find_orthanc, orthanc_config
 from dicom_fastsend import synth
-from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicom_fastsend.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -570,7 +570,7 @@ class PynetdicomSCP:
 
 def dataset_bytes(path: Path) -> bytes:
     """The data set of a Part 10 file, without preamble and File Meta."""
-    from dicom_fastsend.header import read_header
+    from dicom_fastsend.io.header import read_header
 
     return path.read_bytes()[read_header(path).dataset_offset :]
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from dicom_fastsend.inventory import Inventory
-from dicom_fastsend.prepare import Walker, admit
-from dicom_fastsend.results import Cause, ExitStatus, FileResult, Outcome
+from dicom_fastsend.engine.inventory import Inventory
+from dicom_fastsend.engine.prepare import Walker, admit
+from dicom_fastsend.engine.results import Cause, ExitStatus, FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend, send_args
 from invariants import assert_nothing_lost, load_summary
@@ -188,9 +188,9 @@ def test_the_walk_and_admission_sort_every_file_by_cause_without_processes(
         str(extra["truncated"]): Cause.UNREADABLE,
         str(missing): Cause.MISSING,
     }
-    assert {i.path for i in sent} == {str(p) for p in archive.files[1:]} - {
-        str(stored_file)
-    } | {str(extra["duplicate"])}
+    assert {i.path for i in sent} == {str(p) for p in archive.files[1:]} - {str(stored_file)} | {
+        str(extra["duplicate"])
+    }
 
 
 # ---------------------------------------------------------------- every outcome in the journal

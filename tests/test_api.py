@@ -80,7 +80,7 @@ def test_more_than_128_contexts_go_through_several_associations(
 
 
 def test_ctrl_c_while_walking_sends_nothing_and_says_so(archive: SynthArchive) -> None:
-    from dicom_fastsend.coordinator import Coordinator
+    from dicom_fastsend.engine.coordinator import Coordinator
 
     peer = fs.PeerConfig(host=LOOPBACK, port=free_port(), called_ae_title="NOBODY")
     coordinator = Coordinator(fs.SendConfig(peer=peer, inputs=(archive.root,), log_dir=None))

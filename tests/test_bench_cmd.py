@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from dicom_fastsend import benchmark, synth
 from dicom_fastsend.cli import main
-from dicom_fastsend.header import read_header
+from dicom_fastsend.io.header import read_header
 from fastsend_cli import fastsend
 from peers import PynetdicomSCP
 

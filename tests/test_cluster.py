@@ -22,15 +22,15 @@ import dask
 import pytest
 from distributed import Client, LocalCluster, Variable
 
-from dicom_fastsend.cluster import ClusterTask, run_task
 from dicom_fastsend.config import PeerConfig, SendConfig, destination_key
-from dicom_fastsend.coordinator import Coordinator, Hooks
-from dicom_fastsend.header import read_header
-from dicom_fastsend.inventory import Inventory
-from dicom_fastsend.plan import Batch
-from dicom_fastsend.results import FileResult, Outcome
+from dicom_fastsend.engine.cluster import ClusterTask, run_task
+from dicom_fastsend.engine.coordinator import Coordinator, Hooks
+from dicom_fastsend.engine.inventory import Inventory
+from dicom_fastsend.engine.plan import Batch
+from dicom_fastsend.engine.results import FileResult, Outcome
+from dicom_fastsend.engine.worker import WorkerConfig
+from dicom_fastsend.io.header import read_header
 from dicom_fastsend.sink import Sink
-from dicom_fastsend.worker import WorkerConfig
 from fastsend_cli import fastsend, send_args
 from invariants import assert_nothing_lost, load_summary
 from peers import Orthanc, StoreSCP, SynthArchive, free_port, make_archive

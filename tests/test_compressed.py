@@ -19,9 +19,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
 from dicom_fastsend import synth
-from dicom_fastsend.header import HeaderError, read_header
-from dicom_fastsend.synth import synth_uid
-from dicom_fastsend.uids import (
+from dicom_fastsend.io.header import HeaderError, read_header
+from dicom_fastsend.protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -29,6 +28,7 @@ from dicom_fastsend.uids import (
     UNCOMPRESSED_LITTLE_ENDIAN,
     describe,
 )
+from dicom_fastsend.synth import synth_uid
 from fastsend_cli import fastsend
 from peers import PynetdicomSCP, StoreSCP, dataset_bytes
 from transcoded import BIG_ENDIAN_FILES, assert_arrived_unchanged, big_endian_file, write_ct

@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicom_fastsend.contexts import (
+from dicom_fastsend.protocol.contexts import (
     AcceptedContexts,
     NoAcceptableContext,
     association_for,
     plan_associations,
     transfer_syntaxes_for,
 )
-from dicom_fastsend.uids import TRANSFER_SYNTAX_NAMES, describe
-from dicom_fastsend.ul.pdu import PresentationContextAC, PresentationContextRQ
+from dicom_fastsend.protocol.pdu import PresentationContextAC, PresentationContextRQ
+from dicom_fastsend.protocol.uids import TRANSFER_SYNTAX_NAMES, describe
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 MR = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage

@@ -22,10 +22,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import RLELossless
 
 from dicom_fastsend import synth
-from dicom_fastsend.convert import ConversionError, convert_dataset, transcode_file
 from dicom_fastsend.errors import FastsendError
-from dicom_fastsend.header import read_header
-from dicom_fastsend.uids import (
+from dicom_fastsend.io.convert import ConversionError, convert_dataset, transcode_file
+from dicom_fastsend.io.header import read_header
+from dicom_fastsend.protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dicom_fastsend.dimse import (
+from dicom_fastsend.protocol.dimse import (
     Command,
     DIMSEError,
     MessageAssembler,
@@ -19,8 +19,8 @@ from dicom_fastsend.dimse import (
     status_category,
     status_text,
 )
-from dicom_fastsend.hotpath import fragment_pdata
-from dicom_fastsend.ul.pdu import PDV, PDataTF, decode_pdu
+from dicom_fastsend.protocol.hotpath import fragment_pdata
+from dicom_fastsend.protocol.pdu import PDV, PDataTF, decode_pdu
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"  # 25 characters: odd
 SOP_INSTANCE = "1.2.826.0.1.3680043.10.1447.1.2.3"  # 33 characters: odd

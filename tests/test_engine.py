@@ -220,7 +220,7 @@ def test_rate_budget_survives_a_holder_killed_mid_update(tmp_path: Path) -> None
     import fcntl
     import multiprocessing
 
-    from dicom_fastsend.worker import RateLimiter
+    from dicom_fastsend.engine.worker import RateLimiter
 
     lock_path = tmp_path / "rate.lock"
     lock_path.touch()

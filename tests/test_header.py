@@ -29,8 +29,8 @@ from pydicom.uid import (
 
 import dicom_fastsend._pdu as compiled
 import dicom_fastsend._pdu_py as pure
-from dicom_fastsend import header
-from dicom_fastsend.header import FileInfo, HeaderError, read_header
+from dicom_fastsend.io import header
+from dicom_fastsend.io.header import FileInfo, HeaderError, read_header
 
 
 @pytest.fixture(params=[compiled, pure], ids=["cython", "python"], autouse=True)
@@ -289,7 +289,8 @@ def _run_with_env(value: str | None) -> Any:
     if value is not None:
         env["FASTSEND_PURE_PYTHON"] = value
     code = (
-        "from dicom_fastsend import hotpath; print(hotpath.IMPLEMENTATION, hotpath.impl.__name__)"
+        "from dicom_fastsend.protocol import hotpath; "
+        "print(hotpath.IMPLEMENTATION, hotpath.impl.__name__)"
     )
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

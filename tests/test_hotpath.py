@@ -595,7 +595,7 @@ def test_selector_falls_back_with_a_warning_when_extension_missing() -> None:
         "sys.modules['dicom_fastsend._pdu'] = None\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    from dicom_fastsend import hotpath\n"
+        "    from dicom_fastsend.protocol import hotpath\n"
         "print(hotpath.IMPLEMENTATION, hotpath.impl.__name__,"
         " any('not built' in str(w.message) for w in caught))\n"
     )

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_fastsend.header import FileInfo
-from dicom_fastsend.inventory import Inventory, JournalError, Known, Pending, State
-from dicom_fastsend.results import FileResult, Outcome
+from dicom_fastsend.engine.inventory import Inventory, JournalError, Known, Pending, State
+from dicom_fastsend.engine.results import FileResult, Outcome
+from dicom_fastsend.io.header import FileInfo
 
 DEST = "PACS@h:104"
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -20,8 +20,8 @@ import pydicom
 import pytest
 
 from dicom_fastsend.config import PeerConfig, default_journal_path, destination_key
-from dicom_fastsend.inventory import Inventory, JournalError
-from dicom_fastsend.results import FileResult, Outcome
+from dicom_fastsend.engine.inventory import Inventory, JournalError
+from dicom_fastsend.engine.results import FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend
 from peers import PynetdicomSCP, StoreSCP, SynthArchive, make_archive

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import dicom_fastsend as fs
-from dicom_fastsend.scu import negotiated_window
+from dicom_fastsend.engine.scu import negotiated_window
 from dicom_fastsend.sink import MAX_OPERATIONS_PERFORMED, Sink
 from fastsend_cli import fastsend
 from peers import LOOPBACK, PynetdicomSCP, SynthArchive

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicom_fastsend.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from peers import (
     Orthanc,
     PeerStartError,

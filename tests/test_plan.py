@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicom_fastsend.inventory import Pending
-from dicom_fastsend.plan import BATCH_FILES, MIN_BATCH_FILES, Batch, BatchBook, batch_files
+from dicom_fastsend.engine.inventory import Pending
+from dicom_fastsend.engine.plan import BATCH_FILES, MIN_BATCH_FILES, Batch, BatchBook, batch_files
 
 
 def files(count: int, prefix: str = "/a") -> tuple[Pending, ...]:

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from dicom_fastsend.results import FileResult, Outcome
+from dicom_fastsend.engine.results import FileResult, Outcome
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicom_fastsend.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from fastsend_cli import fastsend
 from peers import SynthArchive
 

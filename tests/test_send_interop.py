@@ -14,8 +14,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from dicom_fastsend.header import read_header
-from dicom_fastsend.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicom_fastsend.io.header import read_header
+from dicom_fastsend.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from fastsend_cli import IMPLEMENTATIONS, fastsend, send_args
 from peers import Orthanc, PynetdicomSCP, StoreSCP, SynthArchive, dataset_bytes
 from test_convert import assert_same_values
@@ -165,7 +165,7 @@ def test_statuses_are_reported_per_file(
 def test_a_large_file_streams_in_windows_byte_for_byte_with_bounded_memory(
     tmp_path: Path, archive: SynthArchive, storescp: StoreSCP
 ) -> None:
-    from dicom_fastsend.scu import STREAM_WINDOW
+    from dicom_fastsend.engine.scu import STREAM_WINDOW
     from dicom_fastsend.synth import write_multiframe
     from invariants import load_summary
 

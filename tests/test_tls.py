@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from dicom_fastsend.header import read_header
+from dicom_fastsend.io.header import read_header
 from fastsend_cli import fastsend
 from peers import LOOPBACK, PynetdicomSCP, StoreSCP, SynthArchive, dataset_bytes
 

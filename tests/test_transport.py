@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dicom_fastsend.transport import ConnectError, Transport, TransportTimeout
+from dicom_fastsend.io.transport import ConnectError, Transport, TransportTimeout
 
 
 @pytest.fixture

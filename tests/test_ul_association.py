@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from dicom_fastsend.errors import LocalProtocolError
-from dicom_fastsend.hotpath import fragment_pdata
-from dicom_fastsend.ul.association import (
+from dicom_fastsend.protocol.association import (
     TRANSITIONS,
     Aborted,
     Association,
@@ -27,7 +26,8 @@ from dicom_fastsend.ul.association import (
     Role,
     State,
 )
-from dicom_fastsend.ul.pdu import (
+from dicom_fastsend.protocol.hotpath import fragment_pdata
+from dicom_fastsend.protocol.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicom_fastsend.errors import PDUError
-from dicom_fastsend.ul.pdu import (
+from dicom_fastsend.protocol.pdu import (
     MAX_CONTROL_PDU_LENGTH,
     PDV,
     AAbort,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dicom_fastsend.ul.pdu import (
+from dicom_fastsend.protocol.pdu import (
     AAssociateAC,
     AAssociateRQ,
     PresentationContextRQ,

@@ -21,7 +21,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from .config import PeerConfig, SendConfig, TLSConfig  # noqa: E402
-from .results import FileResult, Outcome, SendSummary, WorkerStats  # noqa: E402
+from .engine.results import FileResult, Outcome, SendSummary, WorkerStats  # noqa: E402
 
 if TYPE_CHECKING:
     from .survey import ScanReport

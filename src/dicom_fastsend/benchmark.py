@@ -196,7 +196,7 @@ def _sink_child(conn: Connection, ae_title: str) -> None:
 def run_bench(options: BenchOptions, say: Say = lambda line: None) -> BenchReport:
     """Generate the synthetic studies, send them `options.runs` times, check every run."""
     from . import synth
-    from .results import Outcome
+    from .engine.results import Outcome
     from .sender import send
 
     with tempfile.TemporaryDirectory(prefix="fastsend-bench-") as temporary:

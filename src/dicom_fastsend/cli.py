@@ -28,12 +28,12 @@ from .config import (
     TLSConfig,
     UserCredentials,
 )
-from .dimse import status_text
-from .results import ExitStatus
+from .engine.results import ExitStatus
+from .protocol.dimse import status_text
 
 
 def _version() -> str:
-    from .hotpath import IMPLEMENTATION
+    from .protocol.hotpath import IMPLEMENTATION
 
     return f"fastsend {__version__} (hot path: {IMPLEMENTATION})"
 
@@ -323,7 +323,7 @@ def send(
 ) -> None:
     """Send DICOM files with C-STORE."""
     if cluster is not None and importlib.util.find_spec("distributed") is None:
-        from .cluster import INSTALL_HINT
+        from .engine.cluster import INSTALL_HINT
 
         raise click.UsageError(
             f"--cluster needs Dask's distributed package, which is not installed. "
@@ -410,7 +410,7 @@ def scan(
     """
     import json
 
-    from .inventory import JournalError
+    from .engine.inventory import JournalError
     from .survey import format_report
     from .survey import scan as run_scan
 

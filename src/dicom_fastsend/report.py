@@ -11,10 +11,10 @@ from typing import Any, TextIO
 
 from . import __version__
 from .config import SendConfig
-from .discover import UnsearchedSubdirectories
-from .results import FileResult, Outcome, SendSummary
-from .uids import uid_name
-from .worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
+from .engine.results import FileResult, Outcome, SendSummary
+from .engine.worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
+from .io.discover import UnsearchedSubdirectories
+from .protocol.uids import uid_name
 
 SUMMARY_SCHEMA = Path(__file__).with_name("summary.schema.json")
 

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import PeerConfig, SendConfig
-from .coordinator import Coordinator, Hooks
-from .hotpath import IMPLEMENTATION
+from .engine.coordinator import Coordinator, Hooks
+from .engine.results import FileResult, Outcome, SendSummary
+from .engine.scu import AssociationError, Response, StoreClient
+from .engine.worker import describe_association_error
+from .io.transport import TransportError
+from .protocol.hotpath import IMPLEMENTATION
+from .protocol.pdu import PresentationContextRQ
+from .protocol.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS, describe
 from .report import ProgressBar, SessionLog, summary_dict, write_failures, write_summary
-from .results import FileResult, Outcome, SendSummary
-from .scu import AssociationError, Response, StoreClient
-from .transport import TransportError
-from .uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS, describe
-from .ul.pdu import PresentationContextRQ
-from .worker import describe_association_error
 
 
 def new_session_id() -> str:

@@ -15,7 +15,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dimse import (
+from .engine.scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .io.transport import Listener, Transport, TransportError
+from .protocol.association import (
+    Aborted,
+    Association,
+    AssociationRequested,
+    DataReceived,
+    ReleaseRequested,
+    Role,
+    State,
+)
+from .protocol.dimse import (
     TAG_AFFECTED_SOP_CLASS_UID,
     TAG_AFFECTED_SOP_INSTANCE_UID,
     CommandField,
@@ -25,19 +36,8 @@ from .dimse import (
     c_echo_rsp,
     c_store_rsp,
 )
-from .hotpath import fragment_pdata
-from .scu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from .transport import Listener, Transport, TransportError
-from .ul.association import (
-    Aborted,
-    Association,
-    AssociationRequested,
-    DataReceived,
-    ReleaseRequested,
-    Role,
-    State,
-)
-from .ul.pdu import (
+from .protocol.hotpath import fragment_pdata
+from .protocol.pdu import (
     AAssociateAC,
     AAssociateRQ,
     PresentationContextAC,

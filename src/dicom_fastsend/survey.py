@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import SendConfig, destination_key
-from .contexts import plan_associations
-from .discover import UnsearchedSubdirectories
-from .header import FileInfo
-from .inventory import Inventory, JournalError
-from .plan import BATCH_BYTES, BATCH_FILES
-from .prepare import Walker, admit
-from .results import Cause, ExitStatus, FileResult
-from .uids import uid_name
+from .engine.inventory import Inventory, JournalError
+from .engine.plan import BATCH_BYTES, BATCH_FILES
+from .engine.prepare import Walker, admit
+from .engine.results import Cause, ExitStatus, FileResult
+from .io.discover import UnsearchedSubdirectories
+from .io.header import FileInfo
+from .protocol.contexts import plan_associations
+from .protocol.uids import uid_name
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
 from dicom_fastsend import __version__
-from dicom_fastsend.uids import (
+from dicom_fastsend.protocol.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID_ROOT,

@@ -16,9 +16,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .errors import ElementScanError
-from .hotpath import scan_elements
-from .uids import (
+from ..errors import ElementScanError
+from ..protocol.hotpath import scan_elements
+from ..protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,

@@ -36,11 +36,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from .config import PeerConfig
-from .contexts import NoAcceptableContext, association_for, plan_associations
-from .dimse import StatusCategory, status_category, status_text
-from .errors import FastsendError
-from .header import FileInfo
+from ..config import PeerConfig
+from ..errors import FastsendError
+from ..io.header import FileInfo
+from ..io.transport import ConnectError, TLSError, TransportError
+from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
+from ..protocol.dimse import StatusCategory, status_category, status_text
+from ..protocol.pdu import PresentationContextRQ
 from .inventory import Inventory
 from .messages import (
     Assign,
@@ -61,8 +63,6 @@ from .scu import (
     Response,
     StoreClient,
 )
-from .transport import ConnectError, TLSError, TransportError
-from .ul.pdu import PresentationContextRQ
 
 INTERRUPTED_REASON = "not sent: the run was interrupted"
 # Files that could not go because no association could be made share one message,

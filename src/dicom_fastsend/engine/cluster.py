@@ -44,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import FastsendError
-from .header import FileInfo
+from .. import __version__
+from ..errors import FastsendError
+from ..io.header import FileInfo
 from .inventory import Pending
 from .messages import (
     Assign,

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .discover import MissingInput, UnsearchedSubdirectories
-from .header import FileInfo, HeaderError, read_header
+from ..io.discover import MissingInput, UnsearchedSubdirectories
+from ..io.header import FileInfo, HeaderError, read_header
 from .inventory import Inventory, Known, Pending
 from .results import Cause, FileResult, Outcome
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from .header import FileInfo
+from ..io.header import FileInfo
 from .inventory import Pending
 
 # Files per batch at most: enough to keep a worker busy between two requests

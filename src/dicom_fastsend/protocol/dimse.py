@@ -11,8 +11,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from .errors import FastsendError
-from .ul.pdu import PDV
+from ..errors import FastsendError
+from .pdu import PDV
 
 
 class DIMSEError(FastsendError):

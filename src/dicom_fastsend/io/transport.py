@@ -13,8 +13,8 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import TLSConfig
-from .errors import FastsendError
+from ..config import TLSConfig
+from ..errors import FastsendError
 
 if TYPE_CHECKING:
     # Imported where TLS is used: ssl costs every run about 10 ms to import.

@@ -1,6 +1,6 @@
 """Choose the hot-path implementation: compiled ``_pdu`` or pure-Python ``_pdu_py``.
 
-``from dicom_fastsend.hotpath import impl`` (or the functions re-exported here)
+``from dicom_fastsend.protocol.hotpath import impl`` (or the functions re-exported here)
 gives the compiled module unless FASTSEND_PURE_PYTHON=1 asks for the reference,
 as msgpack does with MSGPACK_PUREPYTHON. A missing extension (an unbuilt source
 checkout) falls back to pure Python with a warning, because sending still works,
@@ -14,7 +14,7 @@ import warnings
 from types import ModuleType
 from typing import TYPE_CHECKING, Final, Literal
 
-from . import _pdu_py
+from .. import _pdu_py
 
 PURE_PYTHON_ENV: Final = "FASTSEND_PURE_PYTHON"
 
@@ -23,7 +23,7 @@ def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
     if os.environ.get(PURE_PYTHON_ENV) == "1":
         return _pdu_py, "python"
     try:
-        from . import _pdu
+        from .. import _pdu
     except ImportError as error:
         warnings.warn(
             f"compiled hot path dicom_fastsend._pdu is not built ({error}); using the"

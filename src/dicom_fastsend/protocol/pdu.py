@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..errors import PDUError
-from ..hotpath import parse_pdvs
-from ..uids import APPLICATION_CONTEXT
+from .hotpath import parse_pdvs
+from .uids import APPLICATION_CONTEXT
 
 PROTOCOL_VERSION = 0x0001  # PS3.8 9.3.2: bit 0 set, the only version defined
 PDU_HEADER_LENGTH = 6

@@ -27,9 +27,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from .config import SendConfig, destination_key
-from .errors import FastsendError
-from .header import FileInfo
+from ..config import SendConfig, destination_key
+from ..errors import FastsendError
+from ..io.header import FileInfo
 from .inventory import Inventory, JournalError, Pending
 from .messages import (
     Assign,

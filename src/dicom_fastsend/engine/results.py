@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
-from .header import FileInfo
+from ..io.header import FileInfo
 
 
 class ExitStatus(IntEnum):

@@ -31,8 +31,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Final
 
-from .errors import FastsendError
-from .header import FileInfo
+from ..errors import FastsendError
+from ..io.header import FileInfo
 from .results import FileResult, Outcome
 
 SCHEMA_VERSION: Final = "2"

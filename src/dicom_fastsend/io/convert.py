@@ -44,7 +44,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from dicom_fastsend.errors import FastsendError
-from dicom_fastsend.uids import (
+from dicom_fastsend.protocol.uids import (
     CONVERTS_ON_THE_FLY,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,

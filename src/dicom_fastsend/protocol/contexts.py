@@ -18,6 +18,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .pdu import (
+    PresentationContextAC,
+    PresentationContextRQ,
+    presentation_context_result_text,
+)
 from .uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -26,11 +31,6 @@ from .uids import (
     UNCOMPRESSED_LITTLE_ENDIAN,
     describe,
     uid_name,
-)
-from .ul.pdu import (
-    PresentationContextAC,
-    PresentationContextRQ,
-    presentation_context_result_text,
 )
 
 # Presentation context IDs are odd numbers 1..255 (PS3.8 9.3.2.2).

@@ -13,32 +13,12 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from . import __version__
-from .config import PeerConfig, UserCredentials
-from .contexts import AcceptedContexts, Selection
-from .dimse import (
-    TAG_ERROR_COMMENT,
-    TAG_MESSAGE_ID_BEING_RESPONDED_TO,
-    TAG_OFFENDING_ELEMENT,
-    TAG_STATUS,
-    Command,
-    CommandField,
-    DIMSEError,
-    MessageAssembler,
-    c_echo_rq,
-    c_store_rq,
-)
-from .errors import FastsendError
-from .header import FileInfo
-from .hotpath import fragment_pdata
-from .transport import Transport, TransportError, TransportTimeout
-from .uids import (
-    CONVERTS_ON_THE_FLY,
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLEMENTATION_CLASS_UID_ROOT,
-    VERIFICATION_SOP_CLASS,
-)
-from .ul.association import (
+from .. import __version__
+from ..config import PeerConfig, UserCredentials
+from ..errors import FastsendError
+from ..io.header import FileInfo
+from ..io.transport import Transport, TransportError, TransportTimeout
+from ..protocol.association import (
     Aborted,
     Association,
     AssociationAccepted,
@@ -50,13 +30,33 @@ from .ul.association import (
     Role,
     State,
 )
-from .ul.pdu import (
+from ..protocol.contexts import AcceptedContexts, Selection
+from ..protocol.dimse import (
+    TAG_ERROR_COMMENT,
+    TAG_MESSAGE_ID_BEING_RESPONDED_TO,
+    TAG_OFFENDING_ELEMENT,
+    TAG_STATUS,
+    Command,
+    CommandField,
+    DIMSEError,
+    MessageAssembler,
+    c_echo_rq,
+    c_store_rq,
+)
+from ..protocol.hotpath import fragment_pdata
+from ..protocol.pdu import (
     AAssociateRJ,
     AAssociateRQ,
     PresentationContextRQ,
     UserIdentity,
     UserIdentityType,
     UserInformation,
+)
+from ..protocol.uids import (
+    CONVERTS_ON_THE_FLY,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLEMENTATION_CLASS_UID_ROOT,
+    VERIFICATION_SOP_CLASS,
 )
 
 IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
@@ -461,7 +461,7 @@ def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> 
     if selection.needs_conversion(file_syntax):
         # Imported here: pydicom costs a worker a quarter second to import,
         # and most runs never convert anything.
-        from .convert import convert_dataset, transcode_file
+        from ..io.convert import convert_dataset, transcode_file
 
         if file_syntax in CONVERTS_ON_THE_FLY:
             # The other LE syntax, or (with --transcode if-needed) big endian

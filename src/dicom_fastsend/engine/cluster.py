@@ -426,7 +426,10 @@ class DaskBackend:
             except Exception as exc:  # a worker with other code; its task says more
                 self._log("warning", f"cluster: unreadable progress event: {exc!r}")
                 return
-            if report.task_id in self._tasks:
+            # A task already accounted for (finished, failed or cancelled) may
+            # still publish: a cancelled one Dask could not interrupt goes on
+            # until its file in flight is done. Its files have their outcome.
+            if report.task_id in self._tasks and report.task_id not in self._finished:
                 self._merge(report)
             return
         executor = self._futures.pop(item)

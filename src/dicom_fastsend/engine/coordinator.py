@@ -16,12 +16,13 @@ itself, and the inventory writes they need.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -439,16 +440,14 @@ class Coordinator:
     def _conclude(self, walker: Walker) -> None:
         """Account for what was found and never dispatched; say if nothing was there."""
         assert self._inventory is not None
-        left: list[Pending | FileInfo] = list(self._book.drop_retries())
-        left += self._inventory.pending()
-        if left:
-            if self._stopping:
-                reason, outcome = INTERRUPTED_REASON, Outcome.SKIPPED
-            else:
-                reason = f"not sent: no worker left ({self._deaths} died)"
-                outcome = Outcome.FAILED
-            for item in left:
-                self._record_unsent(item, reason, outcome)
+        if self._stopping:
+            reason, outcome = INTERRUPTED_REASON, Outcome.SKIPPED
+        else:
+            reason = f"not sent: no worker left ({self._deaths} died)"
+            outcome = Outcome.FAILED
+        left: Iterable[Pending | FileInfo] = self._book.drop_retries()
+        for item in itertools.chain(left, self._inventory.pending()):
+            self._record_unsent(item, reason, outcome)
         summary = self.summary
         for note in walker.walk.unsearched:
             summary.unsearched.append((note.path, note.count))

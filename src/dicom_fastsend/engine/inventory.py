@@ -389,15 +389,26 @@ class Inventory:
         ).fetchone()
         return row is not None
 
-    def pending(self) -> Iterator[Pending]:
-        """This session's files still pending (after an interrupt: those never sent)."""
-        rows = self._db.execute(
-            "SELECT dir, name, size, mtime FROM files"
-            " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name",
-            (self.session_id,),
-        ).fetchall()
-        for directory, name, size, mtime in rows:
-            yield Pending(os.path.join(directory, name), size, mtime)
+    def pending(self, chunk: int = 1000) -> Iterator[Pending]:
+        """This session's files still pending (after an interrupt: those never sent).
+
+        Read a chunk at a time, each read whole before it is yielded, so the
+        caller may record outcomes (which change these rows) as it goes, and
+        memory holds a chunk, not the archive.
+        """
+        after = ("", "")
+        while True:
+            rows = self._db.execute(
+                "SELECT dir, name, size, mtime FROM files"
+                " WHERE state = 'pending' AND session_id = ? AND (dir, name) > (?, ?)"
+                " ORDER BY dir, name LIMIT ?",
+                (self.session_id, *after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for directory, name, size, mtime in rows:
+                yield Pending(os.path.join(directory, name), size, mtime)
+            after = (rows[-1][0], rows[-1][1])
 
     # ------------------------------------------------------------ before sending
 

@@ -38,40 +38,44 @@ stdout, with a check of the issue's targets; the figures are merged into --out
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_data import GeneratedSet, SetShape, generate  # noqa: E402
+from scale_measure import (  # noqa: E402
+    LOOPBACK,
+    MAX_PDU,
+    RECEIVER_AE,
+    Measured,
+    ProcessPeak,
+    dcmtk_environment,
+    describe_machine,
+    drop_caches,
+    find_dcmtk,
+    machine,
+    run_measured,
+    stop_group,
+    storescp,
+    tail,
+    warm_up,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-RECEIVER_AE = "STORESCP"
-MAX_PDU = 131072
 STORESCU = "DCMTK storescu"
 RERUN = "rerun"
 MB = 1e6
-SAMPLE_INTERVAL = 0.01
-STARTUP_TIMEOUT = 30.0
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 # storescu -v prints this line when a C-STORE-RSP arrives (DCMTK 3.6.x, storescu.cc).
 STORESCU_RESPONSE = "Received Store Response"
 
@@ -83,320 +87,6 @@ TARGET_COLD_SPEEDUP = 1.5
 TARGET_RERUN_SHARE = 0.05
 
 Say = Callable[[str], None]
-
-
-# ====================================================================== tools
-
-
-def find_dcmtk(tool: str) -> str | None:
-    """DCMTK's `tool` on PATH, /usr/bin or /usr/local/bin.
-
-    pynetdicom installs console scripts named storescp/storescu too, often
-    first on PATH in a virtualenv; only a binary whose --version names DCMTK
-    counts (the same rule as tests/peers.py).
-    """
-    directories = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
-    seen: set[str] = set()
-    for directory in directories:
-        path = os.path.join(directory, tool)
-        if path in seen or not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            continue
-        seen.add(path)
-        try:
-            out = subprocess.run([path, "--version"], capture_output=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if b"$dcmtk:" in out:
-            return path
-    return None
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    return (
-        f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, "
-        f"Linux {info['kernel']}, Python {info['python']}"
-    )
-
-
-def drop_caches() -> str | None:
-    """`sync; echo 3 > /proc/sys/vm/drop_caches`: None if done, else why not."""
-    os.sync()
-    try:
-        DROP_CACHES.write_text("3\n")
-    except OSError as exc:
-        return f"cannot drop the page cache ({DROP_CACHES}: {exc.strerror}); run as root"
-    return None
-
-
-def warm_up(tree: Path) -> float:
-    """Read every file once so a warm run finds the set in the page cache."""
-    started = time.perf_counter()
-    stack = [str(tree)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                else:
-                    with open(entry.path, "rb") as file:
-                        while file.read(1 << 20):
-                            pass
-    return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _stop_group(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """Stop a process started with start_new_session and everything it forked."""
-    if process.returncode is None and process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-    # storescp --fork children may outlive their parent briefly.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def dcmtk_environment() -> dict[str, str]:
-    """TCP_NODELAY=1: DCMTK leaves Nagle on without it (DCMTK FAQ #48)."""
-    return {**os.environ, "TCP_NODELAY": "1"}
-
-
-@contextlib.contextmanager
-def storescp(binary: str, workdir: Path) -> Iterator[int]:
-    """DCMTK storescp at its best on 127.0.0.1, discarding; yields its port."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "storescp.log"
-    for _attempt in range(5):
-        port = free_port()
-        command = [
-            binary,
-            "--fork",
-            "--ignore",
-            "--max-pdu",
-            str(MAX_PDU),
-            "-aet",
-            RECEIVER_AE,
-            "-od",
-            str(workdir),
-            str(port),
-        ]
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                command,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=dcmtk_environment(),
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while process.poll() is None and not _accepts(port):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        if process.poll() is None and _accepts(port):
-            try:
-                yield port
-            finally:
-                _stop_group(process)
-            return
-        _stop_group(process)  # most likely the port was taken meanwhile: try another
-    raise RuntimeError(
-        f"storescp did not start: {' '.join(command)}\n{log.read_text(errors='replace')[-2000:]}"
-    )
-
-
-# ====================================================================== measuring one command
-
-
-@dataclass(slots=True)
-class ProcessPeak:
-    """The largest memory one process of a sender's tree was seen using."""
-
-    pid: int
-    role: str
-    rss_bytes: int = 0
-    anon_bytes: int = 0  # RSS minus file-backed and shared pages (statm's "shared")
-
-
-class TreeSampler:
-    """Samples the RSS of every process under `pid` every 10 ms, in a thread.
-
-    Sampling rather than the kernel's high-water mark (ru_maxrss): a process
-    forked from another starts with that one's mark, which would hide its own.
-    The list of processes is refreshed less often than the memory (each scan
-    reads every /proc entry), often enough to see workers start.
-    """
-
-    def __init__(self, pid: int, root_role: str) -> None:
-        self.pid = pid
-        self.root_role = root_role
-        self.peaks: dict[int, ProcessPeak] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _role(self, process: psutil.Process, root_command: list[str]) -> str:
-        try:
-            command = process.cmdline()
-        except psutil.Error:
-            return "child"
-        if any("resource_tracker" in part for part in command):
-            return "resource tracker"
-        # multiprocessing's fork start method: a worker has its parent's command line.
-        if command == root_command:
-            return "worker"
-        return os.path.basename(command[0]) if command else "child"
-
-    def _run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-            root_command = root.cmdline()
-        except psutil.Error:
-            return
-        processes: dict[int, psutil.Process] = {self.pid: root}
-        self.peaks[self.pid] = ProcessPeak(self.pid, self.root_role)
-        started = time.monotonic()
-        next_scan = started
-        while True:
-            now = time.monotonic()
-            if now >= next_scan:
-                with contextlib.suppress(psutil.Error):
-                    for child in root.children(recursive=True):
-                        if child.pid not in processes:
-                            processes[child.pid] = child
-                            self.peaks[child.pid] = ProcessPeak(
-                                child.pid, self._role(child, root_command)
-                            )
-                next_scan = now + (0.05 if now - started < 3 else 0.25)
-            for pid, process in processes.items():
-                try:
-                    info = process.memory_info()
-                except psutil.Error:
-                    continue  # gone: its peak so far stays
-                peak = self.peaks[pid]
-                if info.rss > peak.rss_bytes:
-                    peak.rss_bytes = info.rss
-                peak.anon_bytes = max(peak.anon_bytes, info.rss - info.shared)
-            if self._stop.wait(SAMPLE_INTERVAL):
-                return
-
-
-@dataclass(slots=True)
-class Measured:
-    """One command, run to its end."""
-
-    seconds: float
-    started_wall: float  # time.time() just before the process was started
-    returncode: int
-    cpu_user: float
-    cpu_system: float
-    processes: list[ProcessPeak]
-    timed_out: bool = False
-
-
-def run_measured(
-    command: Sequence[str],
-    *,
-    role: str,
-    output: Path,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-) -> Measured:
-    """Run `command` with its output to `output`; time, sample and account for it.
-
-    CPU time comes from wait4(2) on the command's process: Linux adds to it
-    the usage of every descendant it waited for (a fastsend coordinator joins
-    its workers), so it is the whole tree's.
-    """
-    with output.open("wb") as sink:
-        started_wall = time.time()
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            list(command),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-    timer = threading.Timer(timeout, expire) if timeout else None
-    if timer:
-        timer.start()
-    with TreeSampler(process.pid, role) as sampler:
-        # Not process.wait(): that reaps the child without its rusage.
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-    if timer:
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # nothing of it may run on into the next command
-    return Measured(
-        seconds=elapsed,
-        started_wall=started_wall,
-        returncode=process.returncode,
-        cpu_user=usage.ru_utime,
-        cpu_system=usage.ru_stime,
-        processes=sorted(sampler.peaks.values(), key=lambda peak: peak.pid),
-        timed_out=timed_out.is_set(),
-    )
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        with path.open("rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - limit))
-            return file.read().decode(errors="replace")
-    except OSError:
-        return "<no output>"
 
 
 # ====================================================================== senders
@@ -513,7 +203,7 @@ def run_storescu(bench: Bench, number: int) -> RunResult:
     # exit 0 means every file it found was stored.
     problem = None
     if measured.returncode != 0:
-        problem = f"storescu exited {measured.returncode}: {_tail(output)}"
+        problem = f"storescu exited {measured.returncode}: {tail(output)}"
     stored = bench.files if measured.returncode == 0 else None
     return _result(STORESCU, number, bench.files, measured, None, stored, problem)
 
@@ -542,7 +232,7 @@ def probe_storescu_first_store(bench: Bench) -> float | None:
                 first = time.time() - started
                 break
     finally:
-        _stop_group(process)
+        stop_group(process)
         if process.stderr:
             process.stderr.close()
     return first
@@ -606,7 +296,7 @@ def run_fastsend(bench: Bench, number: int, processes: int, log_dir: Path, label
     summaries = sorted(set(log_dir.glob("fastsend_summary_*.json")) - before)
     if len(summaries) != 1:
         missing = f"{len(summaries)} new summaries in {log_dir}; exit {measured.returncode}: "
-        return _result(label, number, bench.files, measured, None, None, missing + _tail(output))
+        return _result(label, number, bench.files, measured, None, None, missing + tail(output))
     summary = json.loads(summaries[0].read_text())
     counts = summary.get("counts", {})
     stored = int(counts.get("stored", 0)) + int(counts.get("warning", 0))
@@ -616,11 +306,11 @@ def run_fastsend(bench: Bench, number: int, processes: int, log_dir: Path, label
     rerun = label == RERUN
     problem: str | None = None
     if measured.returncode != 0 or summary.get("exit_code") != 0:
-        problem = f"fastsend exited {measured.returncode}: {_tail(output)}"
+        problem = f"fastsend exited {measured.returncode}: {tail(output)}"
     elif rerun and (skipped != bench.files or stored != 0):
         problem = f"the rerun stored {stored} and skipped {skipped}, not 0 and {bench.files}"
     elif not rerun and stored != bench.files:
-        problem = f"fastsend stored {stored} of {bench.files} files: {_tail(output)}"
+        problem = f"fastsend stored {stored} of {bench.files} files: {tail(output)}"
     return _result(
         label,
         number,
@@ -667,6 +357,9 @@ class Row:
             return _median(self.first_store_probe)
         return self.median("first_store_seconds")
 
+    def roles(self) -> list[str]:
+        return sorted({p.role for run in self.runs for p in run.processes})
+
     def peak(self, role: str | None = None) -> int:
         """Largest RSS over the rounds of the processes of `role` (None: any)."""
         return max(
@@ -679,6 +372,15 @@ class Row:
             default=0,
         )
 
+    def cpu_us_per_file(self, role: str, files: int) -> float | None:
+        """Median over the rounds of the sampled CPU of the processes of `role`, per file."""
+        return _median(
+            [
+                sum(p.cpu_seconds for p in run.processes if p.role == role) / files * 1e6
+                for run in self.good
+            ]
+        )
+
     def as_dict(self, files: int) -> dict[str, Any]:
         seconds = self.median("seconds")
         return {
@@ -687,11 +389,11 @@ class Row:
             "files_per_second": files / seconds if seconds else None,
             "first_store_seconds": self.first_store_seconds,
             "cpu_us_per_file": self.median("cpu_us_per_file"),
-            "peak_rss_bytes": self.peak(),
-            "peak_rss_bytes_by_role": {
-                role: self.peak(role)
-                for role in sorted({p.role for run in self.runs for p in run.processes})
+            "cpu_us_per_file_by_role_sampled": {
+                role: self.cpu_us_per_file(role, files) for role in self.roles()
             },
+            "peak_rss_bytes": self.peak(),
+            "peak_rss_bytes_by_role": {role: self.peak(role) for role in self.roles()},
             "failed_runs": len(self.runs) - len(self.good),
             "runs": [
                 {**asdict(run), "processes": [asdict(p) for p in run.processes]}
@@ -836,7 +538,8 @@ def render(
         f"TCP_NODELAY=1 storescp --fork --ignore --max-pdu {MAX_PDU} on {LOOPBACK}.",
         "",
         "| sender | seconds | files/s | vs storescu | first stored (s) | peak RSS, MB: "
-        "largest process (coordinator / worker) | CPU us/file | failed runs |",
+        "largest process (coordinator / worker) | CPU us/file (coordinator / workers) | "
+        "failed runs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     storescu_row = rows.get(STORESCU)
@@ -848,9 +551,14 @@ def render(
             versus = _fmt(ratio, ".2f") + "x" if ratio else "n/a"
         elif name == RERUN:
             versus = "-"
+        cpu = _fmt(row.median("cpu_us_per_file"), ".0f")
         if name == STORESCU:
             memory = f"{row.peak() / MB:.0f}"
         else:
+            cpu += (
+                f" ({_fmt(row.cpu_us_per_file('coordinator', files), '.0f')} / "
+                f"{_fmt(row.cpu_us_per_file('worker', files), '.0f')})"
+            )
             memory = (
                 f"{row.peak() / MB:.0f} ({row.peak('coordinator') / MB:.0f} / "
                 f"{row.peak('worker') / MB:.0f})"
@@ -861,7 +569,7 @@ def render(
             f"| {label} | {_fmt(seconds, '.2f')} | "
             f"{_fmt(files / seconds if seconds and name != RERUN else None, ',.0f')} | "
             f"{versus} | {_fmt(first, '.2f')} | {memory} | "
-            f"{_fmt(row.median('cpu_us_per_file'), '.0f')} | {len(row.runs) - len(row.good)} |"
+            f"{cpu} | {len(row.runs) - len(row.good)} |"
         )
     if storescu_row is not None:
         lines += [

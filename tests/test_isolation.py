@@ -98,4 +98,6 @@ def test_the_probe_sees_a_test_file_that_needs_peers() -> None:
     report = probe([], ["tests/test_peers.py::test_pynetdicom_scp_status_callable"])
     assert report["codes"] == [0], report
     assert report["passed"] == 1, report
-    assert report["imported"] == list(FORBIDDEN), report
+    # (Not the benchmark harness: tests/peers.py need not keep taking DCMTK's finder from it.)
+    imported = report["imported"]
+    assert isinstance(imported, list) and {"peers", "pynetdicom"} <= set(imported), report

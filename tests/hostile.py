@@ -59,6 +59,7 @@ from dicom_fastsend.protocol.pdu import (
     decode_pdu,
     encode,
 )
+from waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 POLL = 0.05  # seconds per blocking slice: how fast stop() and restarts are noticed
@@ -354,13 +355,12 @@ class HostileSCP:
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no connection is being served (the records are then final)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def idle() -> bool:
             with self._lock:
-                if not self._connections:
-                    return
-            time.sleep(POLL)
-        raise AssertionError(f"hostile SCP connections still open after {timeout} s")
+                return not self._connections
+
+        wait_until(idle, timeout, "the hostile SCP's connections to close")
 
     # ------------------------------------------------------------ records
 

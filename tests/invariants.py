@@ -53,6 +53,15 @@ def log_messages(path: Path) -> list[str]:
     return messages
 
 
+def log_says(log_dir: Path, words: str) -> bool:
+    """Whether a session log under ``log_dir`` has `words` yet, also while the run goes on.
+
+    Warnings are flushed as they are written (report.SessionLog), so a test
+    can wait for one, e.g. the coordinator's "interrupted (Ctrl-C)".
+    """
+    return any(words in path.read_text(errors="replace") for path in log_dir.glob("fastsend_*.log"))
+
+
 def stored_paths(summary: dict[str, Any], inputs: Iterable[str | os.PathLike[str]]) -> set[str]:
     """Inputs that the summary does not list as warned, failed or skipped."""
     listed = {e["path"] for key in ("warnings", "failures", "skipped") for e in summary[key]}

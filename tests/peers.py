@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
 
 # DCMTK's own storescp/storescu, not pynetdicom's scripts of the same name; the
@@ -37,17 +36,11 @@ from pydicom.dataset import Dataset
 from compare import find_dcmtk, find_orthanc, orthanc_config
 from dicom_fastsend import synth
 from dicom_fastsend.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from require import DCMTK_HINT, ORTHANC_HINT, TEST_EXTRA_HINT, missing_peer
+from waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
-DCMTK_HINT = (
-    "DCMTK is not installed: `sudo apt-get install dcmtk` (or run `bash tests/run.sh`, "
-    "which installs it)"
-)
-ORTHANC_HINT = (
-    "Orthanc is not installed: `sudo apt-get install orthanc` (or run `bash tests/run.sh`, "
-    "which installs it)"
-)
 
 
 class PeerStartError(RuntimeError):
@@ -147,10 +140,10 @@ def _bind_failed(log: Path) -> bool:
 
 
 def require_dcmtk(tool: str) -> str:
-    """DCMTK's `tool`, or skip the test with the install hint."""
+    """DCMTK's `tool`; without it the test is skipped, or fails under FASTSEND_REQUIRE_PEERS."""
     path = find_dcmtk(tool)
     if path is None:
-        pytest.skip(f"{tool}: {DCMTK_HINT}")
+        missing_peer(f"DCMTK's {tool} not found", DCMTK_HINT)
     return path
 
 
@@ -361,7 +354,7 @@ def start_orthanc(
     """
     binary = find_orthanc()
     if binary is None:
-        pytest.skip(ORTHANC_HINT)
+        missing_peer("Orthanc not found", ORTHANC_HINT)
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: PeerStartError | None = None
     for attempt in range(3):
@@ -468,8 +461,11 @@ class PynetdicomSCP:
     host: str = LOOPBACK
 
     def start(self) -> PynetdicomSCP:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+        try:
+            from pynetdicom import AE, AllStoragePresentationContexts, evt
+            from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+        except ImportError as exc:
+            missing_peer(f"pynetdicom cannot be imported ({exc})", TEST_EXTRA_HINT)
 
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
@@ -540,14 +536,13 @@ class PynetdicomSCP:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Wait until `count` C-STOREs arrived; return them (raise on timeout)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = self.records()
-            if len(records) >= count or time.monotonic() > deadline:
-                if len(records) < count:
-                    raise AssertionError(f"only {len(records)} of {count} C-STOREs arrived")
-                return records
-            time.sleep(0.02)
+        wait_until(
+            lambda: len(self.records()) >= count,
+            timeout,
+            f"{count} C-STOREs at {self.ae_title}",
+            state=lambda: f"{len(self.records())} arrived",
+        )
+        return self.records()
 
     def shutdown(self) -> None:
         if self._server is not None:

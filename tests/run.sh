@@ -5,6 +5,11 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A test whose peer (a DCMTK tool, Orthanc, pynetdicom, distributed) is missing
+# fails here instead of being skipped (tests/require.py): this script installs
+# them all, so a skip would only hide a broken install.
+export FASTSEND_REQUIRE_PEERS=1
+
 # DCMTK and Orthanc are real peers the tests start on loopback. pynetdicom
 # installs Python scripts named storescp/storescu too, so look for DCMTK's
 # binaries themselves (which report a "$dcmtk:" version), not just a name on PATH.
@@ -38,4 +43,11 @@ python3 -m pip install -e '.[test]'
 
 ruff check src tests bench examples
 mypy
-python3 -m pytest -q "$@"
+# pytest exits 5 when it ran no test at all (say a mistyped path or -k in
+# "$@"); set -e already stops on it, and it must never be waved through.
+status=0
+python3 -m pytest -q "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "tests/run.sh: pytest ran no test (exit 5), which is a failure" >&2
+fi
+exit "$status"

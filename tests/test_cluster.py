@@ -13,14 +13,11 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import dask
 import pytest
-from distributed import Client, LocalCluster, Variable
 
 from dicom_fastsend.config import PeerConfig, SendConfig, destination_key
 from dicom_fastsend.engine.cluster import ClusterTask, run_task
@@ -32,8 +29,16 @@ from dicom_fastsend.engine.worker import WorkerConfig
 from dicom_fastsend.io.header import read_header
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend, send_args
-from invariants import assert_nothing_lost, load_summary
+from invariants import assert_nothing_lost, load_summary, log_says
 from peers import Orthanc, StoreSCP, SynthArchive, free_port, make_archive
+from require import require_module
+from waiting import wait_until
+
+# Every test here needs Dask's distributed (in the test extra): without it the
+# module is skipped, or fails under FASTSEND_REQUIRE_PEERS=1.
+dask = require_module("dask")
+distributed = require_module("distributed")
+Client, LocalCluster, Variable = distributed.Client, distributed.LocalCluster, distributed.Variable
 
 LOOPBACK = "127.0.0.1"
 
@@ -89,11 +94,23 @@ def start_slow_send(
         "--cluster", scheduler, "--log-dir", str(logs), "--no-progress",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while sink.stats.instances < wait_for and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sink.stats.instances >= wait_for, "the run did not get going"
+    wait_until(
+        lambda: sink.stats.instances >= wait_for or process.poll() is not None,
+        60,
+        f"the run to get going ({wait_for} C-STOREs at the sink)",
+        state=lambda: f"{sink.stats.instances} arrived",
+    )
+    assert sink.stats.instances >= wait_for, f"fastsend exited with {process.returncode} first"
     return process
+
+
+def tasks_running(client: Client) -> int:
+    """Tasks the cluster's workers are still running, including ones Dask cancelled:
+    it cannot interrupt a running task, so its thread goes on until the task returns."""
+    per_worker: dict[str, int] = client.run(
+        lambda dask_worker: len(dask_worker.state.executing) + len(dask_worker.state.long_running)
+    )
+    return sum(per_worker.values())
 
 
 def test_each_instance_stored_once_by_storescp_fork(
@@ -291,16 +308,30 @@ def test_ctrl_c_stops_the_cluster_tasks_and_accounts_for_every_file(
         tmp_path / "archive", explicit_studies=10, implicit_studies=2, instances_per_study=5
     )
     logs = tmp_path / "logs"
-    with Sink(ae_title="SINK", response_delay=0.05) as sink:
+    with (
+        Client(cluster.scheduler_address) as client,
+        Sink(ae_title="SINK", response_delay=0.05) as sink,
+    ):
         process = start_slow_send(archive, sink, cluster.scheduler_address, logs, wait_for=6)
-        for _ in range(interrupts):
+        process.send_signal(signal.SIGINT)
+        # Python runs a signal's handler once for signals that arrive before it
+        # gets to run: the second Ctrl-C must come after the first was handled.
+        wait_until(lambda: log_says(logs, "interrupted (Ctrl-C)"), 30, "the Ctrl-C in the log")
+        if interrupts == 2:
             process.send_signal(signal.SIGINT)
-            time.sleep(0.05)
         _, stderr = process.communicate(timeout=60)
         at_exit = sink.stats.instances
         # The second Ctrl-C cancels tasks that Dask cannot interrupt: each must
         # still end after its file in flight, not go on storing meanwhile.
-        time.sleep(1.5)
+        wait_until(
+            lambda: tasks_running(client) == 0,
+            30,
+            "the cluster's workers to end their tasks",
+            state=lambda: (
+                f"{tasks_running(client)} tasks running, "
+                f"{sink.stats.instances - at_exit} files stored since fastsend exited"
+            ),
+        )
         received = set(sink.stats.received_uids)
         after = sink.stats.instances
     assert process.returncode == 130, stderr.decode()

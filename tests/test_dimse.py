@@ -6,9 +6,13 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dicom_fastsend.protocol.dimse import (
+    _VR,
     Command,
+    CommandField,
     DIMSEError,
     MessageAssembler,
     StatusCategory,
@@ -166,6 +170,18 @@ def test_decode_errors(data: bytes) -> None:
         Command.decode(data)
 
 
+def test_answering_a_uid_outside_ascii_is_a_dimse_error() -> None:
+    """Found by the fuzzing below: a peer's UID with a byte outside the default character
+    repertoire decodes (as U+FFFD), and the C-STORE-RSP that copies it must fail as a
+    DIMSEError, which a receiver handles by aborting, not as a UnicodeEncodeError."""
+    request = bytearray(c_store_rq(1, CT_IMAGE_STORAGE, SOP_INSTANCE).encode())
+    request[request.index(SOP_INSTANCE.encode())] = 0x80
+    command = Command.decode(bytes(request))
+    assert command.get_str(0x00001000).startswith("\ufffd")
+    with pytest.raises(DIMSEError, match=r"\(0000,1000\): not in the default character"):
+        c_store_rsp(command, 0x0000).encode()
+
+
 # PS3.7 Annex C and PS3.4 B.2.3 (C-STORE statuses).
 @pytest.mark.parametrize(
     ("status", "category"),
@@ -267,7 +283,7 @@ def test_command_without_dataset_completes_at_its_last_fragment() -> None:
 
 def test_dataset_before_command() -> None:
     assembler = MessageAssembler()
-    with pytest.raises(DIMSEError):
+    with pytest.raises(DIMSEError, match="before any command"):
         assembler.feed((PDV(1, False, True, memoryview(b"\x00\x00")),))
 
 
@@ -293,3 +309,154 @@ def test_command_fragments_on_different_contexts_are_rejected() -> None:
     second = PDV(3, True, True, memoryview(command[10:]))
     with pytest.raises(DIMSEError, match="first fragment came on 1"):
         MessageAssembler().feed((first, second))
+
+
+# ----------------------------------------------------------------- properties
+
+# Values a command element can hold and get back (PS3.5 6.2): text without the
+# trailing spaces or NULs that pad it to even length, US within 16 bits, AT tags.
+TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64).map(
+    lambda text: text.rstrip(" ")
+)
+US_TAGS = [tag for tag, vr in _VR.items() if vr == "US"]
+TEXT_TAGS = [tag for tag, vr in _VR.items() if vr in ("UI", "AE", "LO")]
+# Group 0000 elements this module has no VR for: decoded as text.
+OTHER_TAGS = st.integers(0x0001, 0xFFFF).filter(lambda tag: tag not in _VR)
+COMMANDS = st.builds(
+    lambda command_field, us, text, at, other: Command(
+        {0x00000100: command_field, **us, **text, **at, **other}
+    ),
+    st.sampled_from(CommandField),
+    st.dictionaries(st.sampled_from(US_TAGS), st.integers(0, 0xFFFF)),
+    st.dictionaries(st.sampled_from(TEXT_TAGS), TEXT),
+    st.dictionaries(
+        st.just(0x00000901), st.lists(st.integers(0, 0xFFFFFFFF), max_size=4).map(tuple)
+    ),
+    st.dictionaries(OTHER_TAGS, TEXT, max_size=2),
+)
+GOLDEN_COMMANDS = [
+    C_ECHO_RQ_GOLDEN,
+    c_store_rq(513, CT_IMAGE_STORAGE, SOP_INSTANCE, priority=2).encode(),
+    c_store_rsp(c_store_rq(9, CT_IMAGE_STORAGE, SOP_INSTANCE), 0xB000, "coerced").encode(),
+    c_echo_rsp(c_echo_rq(3)).encode(),
+]
+
+
+@settings(max_examples=300)
+@given(command=COMMANDS)
+def test_a_valid_command_round_trips(command: Command) -> None:
+    raw = command.encode()
+    assert len(raw) % 2 == 0  # every value is padded to even length (PS3.5 7.1.1)
+    decoded = Command.decode(raw)
+    assert without_group_length(decoded) == command.elements
+    assert decoded.get_int(0x00000000) == len(raw) - 12
+    assert decoded.encode() == raw
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=300))
+def test_decode_arbitrary_bytes_raises_only_dimse_error(data: bytes) -> None:
+    try:
+        Command.decode(data)
+    except DIMSEError:
+        pass
+
+
+@settings(max_examples=500)
+@given(
+    golden=st.sampled_from(GOLDEN_COMMANDS),
+    edits=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 300),
+)
+def test_decode_mutated_commands_raises_only_dimse_error(
+    golden: bytes, edits: list[tuple[int, int]], cut: int
+) -> None:
+    """Byte flips and truncations of real command sets reach the value decoders.
+
+    What decodes must encode again: a receiver answers with values taken from
+    the request (c_store_rsp copies the UIDs), whatever bytes the peer sent.
+    """
+    data = bytearray(golden)
+    for position, value in edits:
+        data[position % len(data)] = value
+    del data[cut:]
+    try:
+        command = Command.decode(bytes(data))
+    except DIMSEError:
+        return
+    # Accepted only if its elements exactly fill it, by an independent walk.
+    assert {tag for tag, _ in walk_implicit(bytes(data))} == set(command.elements)
+    try:
+        command.encode()
+        c_store_rsp(command, 0x0000, "error comment").encode()
+    except DIMSEError:
+        pass
+
+
+# One message's PDVs: presentation context ID, command or data set, last, bytes.
+PDV_FIELDS = st.tuples(
+    st.sampled_from([1, 3, 255]), st.booleans(), st.booleans(), st.binary(max_size=40)
+)
+
+
+@settings(max_examples=500)
+@given(
+    pdvs=st.lists(
+        st.one_of(
+            PDV_FIELDS,
+            # Pieces of real command sets, so that some messages complete.
+            st.tuples(
+                st.sampled_from([1, 3]),
+                st.just(True),
+                st.booleans(),
+                st.sampled_from(GOLDEN_COMMANDS).flatmap(
+                    lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[cut:])
+                ),
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_assembler_raises_only_dimse_error_on_any_pdv_sequence(
+    pdvs: list[tuple[int, bool, bool, bytes]],
+) -> None:
+    assembler = MessageAssembler()
+    try:
+        for pc_id, is_command, is_last, data in pdvs:
+            for message in assembler.feed((PDV(pc_id, is_command, is_last, memoryview(data)),)):
+                assert message.command.command_field is not None
+    except DIMSEError:
+        pass
+
+
+@settings(max_examples=200)
+@given(
+    messages=st.lists(
+        st.tuples(COMMANDS, st.binary(max_size=200), st.sampled_from([1, 3, 255])), max_size=4
+    ),
+    fragment=st.integers(1, 64),
+)
+def test_any_fragmentation_reassembles_the_messages(
+    messages: list[tuple[Command, bytes, int]], fragment: int
+) -> None:
+    """PS3.8 E.2: a command's fragments, then its data set's if it says one follows."""
+    pdvs: list[PDV] = []
+    for command, dataset, pc_id in messages:
+        raw = command.encode()
+        chunks = [raw[i : i + fragment] for i in range(0, len(raw), fragment)]
+        pdvs += [
+            PDV(pc_id, True, i == len(chunks) - 1, memoryview(c)) for i, c in enumerate(chunks)
+        ]
+        if command.has_dataset:
+            pieces = [dataset[i : i + fragment] for i in range(0, len(dataset), fragment)] or [b""]
+            pdvs += [
+                PDV(pc_id, False, i == len(pieces) - 1, memoryview(p)) for i, p in enumerate(pieces)
+            ]
+    assembler = MessageAssembler()
+    received = []
+    for pdv in pdvs:
+        received += assembler.feed((pdv,))
+    assert [m.presentation_context_id for m in received] == [pc for _, _, pc in messages]
+    for message, (command, dataset, _) in zip(received, messages, strict=True):
+        assert without_group_length(message.command) == command.elements
+        assert message.dataset() == (dataset if command.has_dataset else b"")

@@ -23,7 +23,9 @@ import pytest
 
 from dicom_fastsend.report import SUMMARY_SCHEMA
 from dicom_fastsend.sink import Sink
+from invariants import log_says
 from peers import Orthanc, PynetdicomSCP, StoreSCP, SynthArchive, make_archive
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -69,19 +71,26 @@ def load_summary(log_dir: Path) -> dict[str, Any]:
 def worker_pids(process: subprocess.Popen[str], expected: int, timeout: float = 30) -> list[int]:
     """PIDs of the worker processes: forked, so they share the coordinator's command
     line (multiprocessing's resource tracker, also a child, has its own)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def workers() -> list[int]:
         try:
             coordinator = psutil.Process(process.pid)
-            workers = [
-                c.pid for c in coordinator.children() if c.cmdline() == coordinator.cmdline()
-            ]
+            found = [c.pid for c in coordinator.children() if c.cmdline() == coordinator.cmdline()]
         except psutil.Error:
-            workers = []
-        if len(workers) >= expected:
-            return workers
-        time.sleep(0.05)
-    raise AssertionError(f"{expected} worker processes did not appear")
+            return []
+        return found if len(found) >= expected else []
+
+    return wait_until(workers, timeout, f"{expected} worker processes of pid {process.pid}")
+
+
+def sink_has(sink: Sink, instances: int, timeout: float = 30) -> None:
+    """Wait until the sink has received `instances` C-STOREs: the run is under way."""
+    wait_until(
+        lambda: sink.stats.instances >= instances,
+        timeout,
+        f"{instances} C-STOREs at the sink",
+        state=lambda: f"{sink.stats.instances} arrived",
+    )
 
 
 def test_four_processes_store_every_instance_exactly_once_in_storescp(
@@ -128,7 +137,8 @@ def test_a_killed_worker_loses_nothing(
         big_archive, sink.port, "SINK", tmp_path / "logs", "-P", "2", "--max-rate", "0.7"
     )
     victim = worker_pids(process, 2)[0]
-    time.sleep(0.8)
+    # Killed once the run is storing, with most of the 40 files still to go.
+    sink_has(sink, 4)
     os.kill(victim, signal.SIGKILL)
     code, stderr = finish(process)
     assert code == 0, stderr
@@ -151,7 +161,7 @@ def test_first_ctrl_c_finishes_in_flight_and_writes_the_summary(
         big_archive, sink.port, "SINK", tmp_path / "logs", "-P", "2", "--max-rate", "0.5"
     )
     worker_pids(process, 2)
-    time.sleep(1.0)
+    sink_has(sink, 2)  # some files stored, most still to go
     process.send_signal(signal.SIGINT)
     code, stderr = finish(process)
     assert code == 130, stderr
@@ -183,7 +193,10 @@ def test_second_ctrl_c_aborts_and_still_writes_the_summary(
     worker_pids(process, 2)
     scp.wait_for(1, timeout=30)  # a C-STORE is in flight
     process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    # Python runs a signal's handler once for signals that arrive before it
+    # gets to run: the second Ctrl-C must come after the first was handled.
+    logs = tmp_path / "logs"
+    wait_until(lambda: log_says(logs, "interrupted (Ctrl-C)"), 30, "the first Ctrl-C in the log")
     interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)
     code, stderr = finish(process, timeout=30)

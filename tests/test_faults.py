@@ -10,15 +10,14 @@ if it outlives its bound) against tests/hostile.py, then checks:
 - the faulted file's line on stderr names it and the reason;
 - every other file was stored, as the hostile SCP recorded it: the run goes on.
 
-fastsend may retry transient failures (``--retries``, default 3). The tests of
-the faults themselves pass ``--retries 0`` when the option exists so that each
-fault is seen once; the retry tests at the end are skipped without it.
+fastsend retries transient failures (``--retries``, default 3). The tests of
+the faults themselves pass ``--retries 0`` so that each fault is seen once;
+the retry tests at the end pass a count and a short first delay.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import signal
 import subprocess
@@ -47,6 +46,7 @@ from hostile import (
 )
 from invariants import assert_nothing_lost, load_summary, log_messages, session_log
 from peers import SynthArchive, make_archive
+from waiting import wait_until
 
 # Short waits at every protocol step so that a fault costs seconds, not minutes.
 TIMEOUTS = ("--dimse-timeout", "2", "--acse-timeout", "2", "--connect-timeout", "2")
@@ -55,31 +55,9 @@ TIMEOUTS = ("--dimse-timeout", "2", "--acse-timeout", "2", "--connect-timeout", 
 QUICK = 20.0
 
 
-@functools.cache
-def _send_help() -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_fastsend", "send", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return result.stdout
-
-
-def has_retries() -> bool:
-    """Whether this fastsend has ``send --retries``."""
-    return "--retries" in _send_help()
-
-
 def retries(count: int) -> list[str]:
-    """``--retries count`` (and a short first delay) when fastsend has the option."""
-    if not has_retries():
-        return []
-    args = ["--retries", str(count)]
-    if count and "--retry-delay" in _send_help():
-        args += ["--retry-delay", "0.1"]
-    return args
+    """``--retries count``, and a short first delay when there are retries."""
+    return ["--retries", str(count), *(["--retry-delay", "0.1"] if count else [])]
 
 
 @dataclass(frozen=True)
@@ -345,17 +323,13 @@ def test_each_outcome_is_journalled_while_the_next_c_store_waits(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + QUICK
             answered: set[str] = set()
             journalled: set[str] = set()
-            # Until the unanswered C-STORE has arrived whole and every answered
-            # one is in the journal; with the outcome held until the next
-            # response, this waits out the deadline (the peer never answers).
-            while not answered or journalled != answered:
-                assert time.monotonic() < deadline, (answered, journalled)
-                time.sleep(0.05)
+
+            def journal_caught_up() -> bool:
+                nonlocal answered, journalled
                 if not any(s.fault and s.complete for s in scp.store_records()):
-                    continue
+                    return False
                 answered = {s.sop_instance_uid for s in scp.store_records() if s.status == 0}
                 for journal in log_dir.glob("fastsend_journal_*.sqlite"):
                     db = sqlite3.connect(journal)
@@ -366,6 +340,17 @@ def test_each_outcome_is_journalled_while_the_next_c_store_waits(
                         journalled = {uid for (uid,) in rows}
                     finally:
                         db.close()
+                return bool(answered) and journalled == answered
+
+            # Until the unanswered C-STORE has arrived whole and every answered
+            # one is in the journal; with the outcome held until the next
+            # response, this waits out the deadline (the peer never answers).
+            wait_until(
+                journal_caught_up,
+                QUICK,
+                "every answered C-STORE to be in the journal",
+                state=lambda: f"answered {sorted(answered)}, journalled {sorted(journalled)}",
+            )
             # The third of the first study: the second one's outcome is the one held.
             assert len(answered) == 2, answered
         finally:
@@ -525,11 +510,6 @@ def test_malformed_pdu_is_a_clear_protocol_error_without_hang_or_traceback(
 # With retries: transient faults end with everything stored
 
 
-needs_retries = pytest.mark.skipif(
-    not has_retries(), reason="this fastsend has no `send --retries` option"
-)
-
-
 def _retried_everything(run: Run, scp: HostileSCP, archive: SynthArchive) -> None:
     assert run.returncode == 0, run.stderr
     stored = assert_nothing_lost(run.summary, inputs(archive), run.log_dir)
@@ -543,7 +523,6 @@ def _retry_logged(run: Run, path: str) -> None:
     assert mentions, f"the failed attempt on {path} is not in the session log"
 
 
-@needs_retries
 def test_retry_after_a_abort_mid_data_set_stores_everything(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
@@ -559,7 +538,6 @@ def test_retry_after_a_abort_mid_data_set_stores_everything(
     _retry_logged(run, path_of(archive, faulted_uid))
 
 
-@needs_retries
 def test_retry_after_a_transient_rejection_stores_everything(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
@@ -571,7 +549,6 @@ def test_retry_after_a_transient_rejection_stores_everything(
     assert associations[0].rejected == (2, 3, 1) and associations[1].accepted
 
 
-@needs_retries
 def test_retry_after_a700_stores_everything(archive: SynthArchive, tmp_path: Path) -> None:
     with HostileSCP(Script(stores={1: Respond(status=0xA700)})) as scp:
         run = send(scp, archive, tmp_path, *retries(3))
@@ -582,7 +559,6 @@ def test_retry_after_a700_stores_everything(archive: SynthArchive, tmp_path: Pat
     _retry_logged(run, path_of(archive, uid))
 
 
-@needs_retries
 def test_retry_after_a_dimse_timeout_stores_everything(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
@@ -594,7 +570,6 @@ def test_retry_after_a_dimse_timeout_stores_everything(
     assert [r.fault for r in records if r.sop_instance_uid == uid] == ["no response", ""]
 
 
-@needs_retries
 def test_retry_rides_out_an_scp_restart(archive: SynthArchive, tmp_path: Path) -> None:
     # Down for 0.5 s; retries after 0.1, 0.2, 0.4, 0.8 s add up to more than that.
     scp = HostileSCP()
@@ -605,7 +580,6 @@ def test_retry_rides_out_an_scp_restart(archive: SynthArchive, tmp_path: Path) -
     _retried_everything(run, scp, archive)
 
 
-@needs_retries
 def test_permanent_failures_are_not_retried(archive: SynthArchive, tmp_path: Path) -> None:
     # 0xC000 (Cannot understand) will not pass on a second try.
     with HostileSCP(Script(stores={1: Respond(status=0xC000)})) as scp:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -271,11 +275,68 @@ def test_dicomdir(tmp_path: Path, head_length: int) -> None:
     _expect(path, "dicomdir", "DICOMDIR")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_permission_denied(tmp_path: Path) -> None:
-    path = _save(_ct(), tmp_path / "ct.dcm", ExplicitVRLittleEndian)
+@pytest.fixture
+def unprivileged_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory an unprivileged user can search: tmp_path, or as root (whose
+    pytest-of-root is private) a fresh one in the system's temporary directory."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(prefix="fastsend-unprivileged-"))
+    try:
+        directory.chmod(0o755)
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def as_unprivileged(check: Callable[[], None]) -> None:
+    """Run `check` as this user or, as root, in a forked child that became nobody.
+
+    Root reads a file whatever its mode; dropping privileges lets the check see
+    what a user sees. A fork, not a new interpreter: nobody cannot reach this
+    Python under /root, and the child keeps the test's monkeypatched modules.
+    """
+    if os.geteuid() != 0:
+        check()
+        return
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            assert os.geteuid() == nobody.pw_uid
+            check()
+            status = 0
+        except BaseException as exc:  # whatever it is, the parent reports it
+            os.write(write_end, "".join(traceback.format_exception(exc)).encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode(errors="replace")
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0, f"as nobody:\n{report}"
+
+
+def test_permission_denied(unprivileged_dir: Path) -> None:
+    path = _save(_ct(), unprivileged_dir / "ct.dcm", ExplicitVRLittleEndian)
+    # The same file with a mode anyone may read: the denial must come from the
+    # mode of the file, not from a directory on the way to it.
+    readable = _save(_ct(), unprivileged_dir / "readable.dcm", ExplicitVRLittleEndian)
+    readable.chmod(0o644)
     path.chmod(0)
-    _expect(path, "unreadable", "permission denied")
+
+    def check() -> None:
+        assert read_header(readable).sop_instance_uid
+        _expect(path, "unreadable", "permission denied")
+
+    as_unprivileged(check)
 
 
 def test_fifo_is_not_dicom_and_does_not_block(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from dicom_fastsend.engine.results import FileResult, Outcome
 from dicom_fastsend.sink import Sink
 from fastsend_cli import fastsend
 from peers import PynetdicomSCP, StoreSCP, SynthArchive, make_archive
+from waiting import wait_until
 
 
 def send(archive: SynthArchive, port: int, ae: str, logs: Path, *options: str) -> dict[str, Any]:
@@ -145,10 +146,15 @@ def test_sigkill_then_rerun_stores_everything_with_at_most_one_duplicate_per_wor
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 30
-    while len(peer.files()) < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    try:
+        wait_until(
+            lambda: len(peer.files()) >= 8,
+            30,
+            "8 files stored by storescp",
+            state=lambda: f"{len(peer.files())} stored",
+        )
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
     stored_before = len(peer.files())
     assert 0 < stored_before < len(archive.files), "the kill should land mid-run"

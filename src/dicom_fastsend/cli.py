@@ -283,8 +283,9 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     type=click.Choice(["never", "if-needed"]),
     default="never",
     show_default=True,
-    help="if-needed: decompress compressed files for a destination that takes their "
-    "class only uncompressed (needs dicom-fastsend[codecs]); never: they fail, named.",
+    help="if-needed: decompress compressed files, inflate deflated ones and convert big "
+    "endian ones to Explicit or Implicit VR Little Endian for a destination that takes their "
+    "class only uncompressed (JPEG needs dicom-fastsend[codecs]); never: they fail, named.",
 )
 @click.option(
     "--max-ops",

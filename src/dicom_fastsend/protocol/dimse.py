@@ -152,7 +152,17 @@ def _encode_value(tag: int, value: CommandValue) -> bytes:
     if vr == "AT" and isinstance(value, tuple):
         return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in value)
     if isinstance(value, str):
-        raw = value.encode("ascii")
+        try:
+            raw = value.encode("ascii")
+        except UnicodeEncodeError as exc:
+            # Command sets use the default character repertoire (PS3.7 6.3.1,
+            # PS3.5 6.1.2). A value decoded from a peer's bytes outside it holds
+            # U+FFFD, and answering with it (c_store_rsp copies the UIDs) must
+            # fail as a DIMSE error, which the caller handles, not as a crash.
+            raise DIMSEError(
+                f"cannot encode {value!r} for ({tag >> 16:04x},{tag & 0xFFFF:04x}): "
+                "not in the default character repertoire (ASCII)"
+            ) from exc
         if len(raw) % 2:
             # PS3.5 6.2: UI pads with NUL, text VRs with a space, to an even length.
             raw += b"\x00" if vr == "UI" else b" "

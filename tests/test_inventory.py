@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from dicom_fastsend.engine.inventory import Inventory, JournalError, Known, Pending, State
+from dicom_fastsend.engine.inventory import (
+    HOT_QUERIES,
+    Inventory,
+    JournalError,
+    Known,
+    Pending,
+    State,
+)
 from dicom_fastsend.engine.results import FileResult, Outcome
 from dicom_fastsend.io.header import FileInfo
 
@@ -152,3 +159,15 @@ def test_a_file_that_is_not_sqlite_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match=rf"cannot use the journal {path}: file is not a"):
         Inventory(path, DEST, "s1")
     assert path.read_text().startswith("these are my notes")
+
+
+def test_the_queries_of_a_run_use_an_index_not_a_scan(tmp_path: Path) -> None:
+    # A scan per file is invisible on a test archive and ruinous on an archive
+    # of millions (it was: the duplicate check once read the whole table).
+    path = tmp_path / "i.sqlite"
+    Inventory(path, DEST, "s1").close()
+    with sqlite3.connect(path) as db:
+        for query in HOT_QUERIES:
+            plan = db.execute("EXPLAIN QUERY PLAN " + query, ("x",) * query.count("?"))
+            details = [row[3] for row in plan]
+            assert not [d for d in details if d.startswith("SCAN files")], (query, details)

@@ -151,6 +151,44 @@ ON CONFLICT (dir, name) DO UPDATE SET
 """
 
 
+# The queries of a run's hot path, one per file or per batch: each must use
+# an index (tests/test_inventory.py checks their query plans), or a run slows
+# down with the size of the inventory.
+KNOWN_IN_DIRECTORY = (
+    "SELECT name, held_size, held_mtime, held_outcome FROM files"
+    " WHERE dir = ? AND held_size IS NOT NULL"
+)
+KNOWN_PATH = (
+    "SELECT held_size, held_mtime, held_outcome FROM files"
+    " WHERE dir = ? AND name = ? AND held_size IS NOT NULL"
+)
+NEXT_PENDING = (
+    "SELECT dir, name, size, mtime FROM files"
+    " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name LIMIT ?"
+)
+ANY_PENDING = "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1"
+PENDING_AFTER = (
+    "SELECT dir, name, size, mtime FROM files"
+    " WHERE state = 'pending' AND session_id = ? AND (dir, name) > (?, ?)"
+    " ORDER BY dir, name LIMIT ?"
+)
+# "<> ''" lets SQLite use the partial index, whose WHERE the query must imply.
+DUPLICATE = (
+    "SELECT dir, name FROM files WHERE sop_instance_uid = ? AND sop_instance_uid <> ''"
+    " AND (held_size IS NOT NULL OR state = 'in_flight') AND NOT (dir = ? AND name = ?)"
+)
+DUPLICATE_THIS_SESSION = DUPLICATE + " AND session_id = ?"
+HOT_QUERIES = (
+    KNOWN_IN_DIRECTORY,
+    KNOWN_PATH,
+    NEXT_PENDING,
+    ANY_PENDING,
+    PENDING_AFTER,
+    DUPLICATE,
+    DUPLICATE_THIS_SESSION,
+)
+
+
 class JournalError(FastsendError):
     """The journal (inventory) file cannot be used: not SQLite, not writable, another
     destination's ..."""
@@ -326,19 +364,11 @@ class Inventory:
 
     def known(self, directory: str) -> dict[str, Known]:
         """Rows of the files directly in ``directory``, by name."""
-        rows = self._db.execute(
-            "SELECT name, held_size, held_mtime, held_outcome FROM files"
-            " WHERE dir = ? AND held_size IS NOT NULL",
-            (directory,),
-        )
+        rows = self._db.execute(KNOWN_IN_DIRECTORY, (directory,))
         return {name: Known(size, mtime, outcome) for name, size, mtime, outcome in rows}
 
     def known_path(self, path: str) -> Known | None:
-        row = self._db.execute(
-            "SELECT held_size, held_mtime, held_outcome FROM files"
-            " WHERE dir = ? AND name = ? AND held_size IS NOT NULL",
-            split(path),
-        ).fetchone()
+        row = self._db.execute(KNOWN_PATH, split(path)).fetchone()
         return None if row is None else Known(*row)
 
     def add_pending(self, files: Sequence[Pending]) -> None:
@@ -359,11 +389,7 @@ class Inventory:
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._db.execute(
-                "SELECT dir, name, size, mtime FROM files"
-                " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name LIMIT ?",
-                (self.session_id, max_files),
-            ).fetchall()
+            rows = self._db.execute(NEXT_PENDING, (self.session_id, max_files)).fetchall()
             taken: list[Pending] = []
             total = 0
             for directory, name, size, mtime in rows:
@@ -383,10 +409,7 @@ class Inventory:
 
     def has_pending(self) -> bool:
         """Whether this session has files still to dispatch."""
-        row = self._db.execute(
-            "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1",
-            (self.session_id,),
-        ).fetchone()
+        row = self._db.execute(ANY_PENDING, (self.session_id,)).fetchone()
         return row is not None
 
     def pending(self, chunk: int = 1000) -> Iterator[Pending]:
@@ -398,12 +421,7 @@ class Inventory:
         """
         after = ("", "")
         while True:
-            rows = self._db.execute(
-                "SELECT dir, name, size, mtime FROM files"
-                " WHERE state = 'pending' AND session_id = ? AND (dir, name) > (?, ?)"
-                " ORDER BY dir, name LIMIT ?",
-                (self.session_id, *after, chunk),
-            ).fetchall()
+            rows = self._db.execute(PENDING_AFTER, (self.session_id, *after, chunk)).fetchall()
             if not rows:
                 return
             for directory, name, size, mtime in rows:
@@ -424,12 +442,7 @@ class Inventory:
         """
         duplicates: dict[str, str] = {}
         now = time.time()
-        query = (
-            "SELECT dir, name FROM files WHERE sop_instance_uid = ?"
-            " AND (held_size IS NOT NULL OR state = 'in_flight') AND NOT (dir = ? AND name = ?)"
-            + ("" if resume else " AND session_id = ?")
-            + " LIMIT 1"
-        )
+        query = DUPLICATE if resume else DUPLICATE_THIS_SESSION
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for info in infos:

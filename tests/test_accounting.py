@@ -54,13 +54,32 @@ def test_a_folder_of_folders_without_r_sends_nothing_says_why_and_exits_4(
     assert summary["exit_code"] == 4
     assert summary["nothing_to_send"].endswith(hint)
     assert summary["unsearched_directories"] == [
-        {"path": str(archive.root), "subdirectories": studies}
+        {"path": str(archive.root), "subdirectories": studies, "linked": False}
     ]
     assert_nothing_lost(summary, [], logs)
     # scan says the same, with the same exit status.
     scan = fastsend("scan", "-i", str(archive.root))
     assert scan.returncode == 4, scan.output
     assert hint in scan.stdout
+
+
+def test_a_folder_of_links_to_folders_says_they_are_not_followed(
+    archive: SynthArchive, sink: Sink, tmp_path: Path
+) -> None:
+    links = tmp_path / "links"
+    links.mkdir()
+    studies = sorted({p.parent.parent for p in archive.files})
+    for study in studies:
+        (links / study.name).symlink_to(study, target_is_directory=True)
+    logs = tmp_path / "logs"
+    run = sink_send(sink, links, logs=logs)
+    assert run.returncode == 4, run.output
+    hint = f"{links}: {len(studies)} links to directories not followed; give their targets with -i"
+    assert f"ERROR nothing to send: no files found in the inputs; {hint}" in run.stderr
+    assert load_summary(logs)["unsearched_directories"] == [
+        {"path": str(links), "subdirectories": len(studies), "linked": True}
+    ]
+    assert sink.stats.instances == 0
 
 
 def test_an_empty_folder_and_a_folder_without_dicom_exit_4(sink: Sink, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from . import __version__
 from .config import SendConfig
 from .engine.results import FileResult, Outcome, SendSummary
 from .engine.worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
-from .io.discover import UnsearchedSubdirectories
 from .protocol.uids import uid_name
 
 SUMMARY_SCHEMA = Path(__file__).with_name("summary.schema.json")
@@ -212,7 +211,8 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
         "error": summary.error or None,
         "nothing_to_send": summary.nothing_to_send or None,
         "unsearched_directories": [
-            {"path": path, "subdirectories": count} for path, count in summary.unsearched
+            {"path": u.path, "subdirectories": u.count, "linked": u.linked}
+            for u in summary.unsearched
         ],
         "cluster": summary.cluster,
         "events": summary.events,
@@ -301,8 +301,8 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
     if summary.nothing_to_send:
         print(f"ERROR {summary.nothing_to_send}", file=stream)
     elif summary.unsearched:
-        for path, count in summary.unsearched:
-            print(f"WARNING {UnsearchedSubdirectories(path, count).hint}", file=stream)
+        for note in summary.unsearched:
+            print(f"WARNING {note.hint}", file=stream)
     for message in dict.fromkeys(summary.association_errors):
         print(f"ERROR {message}", file=stream)
     for problem in summary.problems:

@@ -73,7 +73,8 @@ class ScanReport:
             "unreadable": listed(self.unreadable),
             "skipped": listed(self.skipped),
             "unsearched_directories": [
-                {"path": u.path, "subdirectories": u.count} for u in self.unsearched
+                {"path": u.path, "subdirectories": u.count, "linked": u.linked}
+                for u in self.unsearched
             ],
             "nothing_to_send": self.nothing_to_send or None,
         }

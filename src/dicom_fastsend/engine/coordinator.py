@@ -450,7 +450,7 @@ class Coordinator:
             self._record_unsent(item, reason, outcome)
         summary = self.summary
         for note in walker.walk.unsearched:
-            summary.unsearched.append((note.path, note.count))
+            summary.unsearched.append(note)
             self.hooks.log("warning", note.hint)
         if self._stopping and not walker.walk.done:
             self._event(

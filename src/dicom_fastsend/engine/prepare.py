@@ -18,21 +18,16 @@ claimed in the inventory, which finds the duplicates.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from ..io.discover import MissingInput, UnsearchedSubdirectories
+from ..io.discover import MissingInput, Unit, UnsearchedSubdirectories, discover
 from ..io.header import FileInfo, HeaderError, read_header
 from .inventory import Inventory, Known, Pending
 from .results import Cause, FileResult, Outcome
 
 # A file whose outcome was decided here: its result, its header when read, and why.
 Reporter = Callable[[FileResult, FileInfo | None, Cause], None]
-
-# Files handled per step of the walk, so that the coordinator's loop stays
-# responsive in a directory of a hundred thousand files.
-STEP_FILES = 1000
 
 
 @dataclass(slots=True)
@@ -63,7 +58,7 @@ class Walker:
         self._resume = resume
         self._report = report
         self._already_stored = already_stored
-        self._units = _units(inputs, recursive)
+        self._units = discover(inputs, recursive)
 
     def step(self) -> bool:
         """Walk one directory (or STEP_FILES of it); False once the walk is done."""
@@ -84,7 +79,7 @@ class Walker:
         self.walk.done = True
         return False
 
-    def _take(self, unit: _Unit) -> None:
+    def _take(self, unit: Unit) -> None:
         known: dict[str, Known] = {}
         if self._resume:
             if unit.listed:
@@ -115,87 +110,6 @@ class Walker:
         if held:
             self.walk.already_stored += held
             self._already_stored(unit.directory, held)
-
-
-class _Entry(Protocol):
-    """A file the walk met: an os.DirEntry, or a _Named input."""
-
-    @property
-    def path(self) -> str: ...
-
-    def stat(self) -> os.stat_result: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Named:
-    """A file named as an input (or in --input-list), not met in a listing."""
-
-    path: str
-
-    def stat(self) -> os.stat_result:
-        return os.stat(self.path)
-
-
-@dataclass(frozen=True, slots=True)
-class _Unit:
-    """Files of one directory, sorted by name; ``listed``: from a listing of it."""
-
-    directory: str
-    entries: Sequence[_Entry]
-    listed: bool
-
-
-def _units(
-    inputs: Sequence[os.PathLike[str] | str], recursive: bool
-) -> Iterator[_Unit | MissingInput | UnsearchedSubdirectories]:
-    """The walk in order: at most STEP_FILES files of a directory at a time.
-
-    Directory symlinks are not followed (a link loop cannot make the walk
-    endless); symlinked files are sent.
-    """
-    for root in inputs:
-        path = os.fspath(root)
-        if os.path.isfile(path):
-            yield _Unit(os.path.dirname(path), [_Named(path)], listed=False)
-            continue
-        if not os.path.exists(path):
-            yield MissingInput(path, "no such file or directory")
-            continue
-        if not os.path.isdir(path):
-            yield MissingInput(path, "not a regular file or directory")
-            continue
-        stack = [path]
-        while stack:
-            directory = stack.pop()
-            try:
-                with os.scandir(directory) as listing:
-                    entries = sorted(listing, key=lambda e: e.name)
-            except OSError as exc:
-                yield MissingInput(directory, f"cannot list directory: {exc.strerror or exc}")
-                continue
-            files: list[os.DirEntry[str]] = []
-            subdirectories: list[str] = []
-            for entry in entries:
-                # Everything that is not a directory is a file to account for,
-                # as os.walk lists them: a dangling link fails with its reason,
-                # a FIFO or device is skipped as not DICOM, never dropped.
-                # A link to a directory is a directory, but not followed.
-                try:
-                    is_directory = entry.is_dir()
-                    linked = is_directory and entry.is_symlink()
-                except OSError:
-                    is_directory = linked = False
-                if not is_directory:
-                    files.append(entry)
-                elif not linked:
-                    subdirectories.append(entry.path)
-            for start in range(0, len(files), STEP_FILES):
-                yield _Unit(directory, files[start : start + STEP_FILES], listed=True)
-            if not recursive:
-                if subdirectories:
-                    yield UnsearchedSubdirectories(directory, len(subdirectories))
-                continue
-            stack.extend(reversed(subdirectories))
 
 
 def admit(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
+from ..io.discover import UnsearchedSubdirectories
 from ..io.header import FileInfo
 
 
@@ -140,8 +141,8 @@ class SendSummary:
     interrupted: bool = False
     error: str = ""  # why the run could not start at all (e.g. no Dask scheduler): exit 3
     nothing_to_send: str = ""  # why the inputs held no DICOM instance at all: exit 4
-    # Directory inputs walked without -r that have subdirectories: (path, how many).
-    unsearched: list[tuple[str, int]] = field(default_factory=list)
+    # Subdirectories not searched: without -r, or links to directories.
+    unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
     started: float = 0.0
     finished: float = 0.0

@@ -1,11 +1,15 @@
-"""Find the files to send under the inputs, in a stable order."""
+"""Find the files to send under the inputs, one directory at a time, in a stable order."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
+
+# Files handed over per unit at most, so that the coordinator's loop stays
+# responsive in a directory of a hundred thousand files.
+STEP_FILES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,35 +22,73 @@ class MissingInput:
 
 @dataclass(frozen=True, slots=True)
 class UnsearchedSubdirectories:
-    """A directory input, walked without ``recursive``, that has subdirectories.
+    """Subdirectories of a directory input whose files were not searched.
 
     Not a file's outcome: a note for the user, who may have forgotten ``-r``
-    and would otherwise believe the files below were sent.
+    (or given a folder of links) and would otherwise believe the files below
+    were sent. ``linked``: links to directories, which are never followed.
     """
 
     path: str
     count: int
+    linked: bool = False
 
     @property
     def hint(self) -> str:
+        if self.linked:
+            plural = "" if self.count == 1 else "s"
+            return (
+                f"{self.path}: {self.count} link{plural} to directories not followed; "
+                "give their targets with -i"
+            )
         plural = "y" if self.count == 1 else "ies"
         return f"{self.path}: {self.count} subdirector{plural} not searched; add -r to descend"
 
 
-def discover(
-    inputs: Iterable[Path], recursive: bool
-) -> Iterator[str | MissingInput | UnsearchedSubdirectories]:
-    """Yield file paths under ``inputs`` (sorted per directory), MissingInput, or
-    UnsearchedSubdirectories (after the files of a directory walked without ``recursive``).
+class Entry(Protocol):
+    """A file the walk met: an os.DirEntry, or a Named input."""
 
-    Without ``recursive`` only a directory's own files are taken. Directory
-    symlinks are not followed, so a link loop cannot make the walk endless;
-    symlinked files are sent like any other.
+    @property
+    def path(self) -> str: ...
+
+    def stat(self) -> os.stat_result: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """A file named as an input (or in --input-list), not met in a listing."""
+
+    path: str
+
+    def stat(self) -> os.stat_result:
+        return os.stat(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """Files of one directory, sorted by name; ``listed``: from a listing of it."""
+
+    directory: str
+    entries: Sequence[Entry]
+    listed: bool
+
+
+def discover(
+    inputs: Sequence[os.PathLike[str] | str], recursive: bool
+) -> Iterator[Unit | MissingInput | UnsearchedSubdirectories]:
+    """The inputs in walk order: at most STEP_FILES files of one directory at a time.
+
+    A directory's own files come before its subdirectories (sorted by name),
+    as os.walk gives them. Everything that is not a directory is a file to
+    account for: a dangling link then fails with its reason, a FIFO or a
+    device is skipped as not DICOM; none is dropped. Links to directories
+    are not followed (a link loop cannot make the walk endless), and are
+    named in a note; symlinked files are sent.
     """
     for root in inputs:
         path = os.fspath(root)
         if os.path.isfile(path):
-            yield path
+            yield Unit(os.path.dirname(path), [Named(path)], listed=False)
             continue
         if not os.path.exists(path):
             yield MissingInput(path, "no such file or directory")
@@ -54,28 +96,36 @@ def discover(
         if not os.path.isdir(path):
             yield MissingInput(path, "not a regular file or directory")
             continue
-        if not recursive:
+        stack = [path]
+        while stack:
+            directory = stack.pop()
             try:
-                names = sorted(os.listdir(path))
+                with os.scandir(directory) as listing:
+                    entries = sorted(listing, key=lambda e: e.name)
             except OSError as exc:
-                yield MissingInput(path, f"cannot list directory: {exc.strerror or exc}")
+                yield MissingInput(directory, f"cannot list directory: {exc.strerror or exc}")
                 continue
-            unsearched = 0
-            for name in names:
-                child = os.path.join(path, name)
-                if os.path.isfile(child):
-                    yield child
-                elif os.path.isdir(child):
-                    unsearched += 1
-            if unsearched:
-                yield UnsearchedSubdirectories(path, unsearched)
-            continue
-        errors: list[OSError] = []
-        for directory, subdirectories, files in os.walk(path, onerror=errors.append):
-            subdirectories.sort()
-            for name in sorted(files):
-                yield os.path.join(directory, name)
-        for error in errors:
-            yield MissingInput(
-                str(error.filename), f"cannot list directory: {error.strerror or error}"
-            )
+            files: list[os.DirEntry[str]] = []
+            subdirectories: list[str] = []
+            links = 0
+            for entry in entries:
+                try:
+                    is_directory = entry.is_dir()
+                    linked = is_directory and entry.is_symlink()
+                except OSError:
+                    is_directory = linked = False
+                if not is_directory:
+                    files.append(entry)
+                elif linked:
+                    links += 1
+                else:
+                    subdirectories.append(entry.path)
+            for start in range(0, len(files), STEP_FILES):
+                yield Unit(directory, files[start : start + STEP_FILES], listed=True)
+            if links:
+                yield UnsearchedSubdirectories(directory, links, linked=True)
+            if not recursive:
+                if subdirectories:
+                    yield UnsearchedSubdirectories(directory, len(subdirectories))
+                continue
+            stack.extend(reversed(subdirectories))

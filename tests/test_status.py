@@ -145,7 +145,7 @@ def test_status_of_a_finished_send_adds_up_to_its_summary(sink: Sink, tmp_path: 
     assert "exit 1 (some files failed)" in text.stdout
     assert f"  stored    {len(archive.files):>14,}{len(archive.files):>14,}" in text.stdout
     assert f"        1  {failure['reason']}  (e.g. {cut})" in text.stdout
-    assert "studies: 4, 4 complete; the 2 with the most files not stored:" in text.stdout
+    assert "studies: 4, all complete; 2 of them:" in text.stdout
 
     # A rerun skips what is stored: counted in its summary, rows of the first session.
     again = fastsend(*send, "--log-dir", str(logs))
@@ -184,8 +184,9 @@ def test_failures_by_dicom_status_and_the_study_with_them_first(
     assert report["session_counts"] == counts_of_send(summary)
     reasons = {f["reason"] for f in summary["failures"]}
     assert len(reasons) == 1, reasons
+    reasons_text = reasons.pop()
     assert report["failures"]["by_reason"] == [
-        {"reason": reasons.pop(), "status": "0xC000", "files": 3, "example": min(map(str, refused))}
+        {"reason": reasons_text, "status": "0xC000", "files": 3, "example": min(map(str, refused))}
     ]
     listed = report["studies"]["listed"]
     assert len(listed) == report["studies"]["count"] == 4  # --studies 0: all
@@ -202,6 +203,10 @@ def test_failures_by_dicom_status_and_the_study_with_them_first(
     assert listed[1]["failed"] == 1
     assert report["studies"]["complete"] == 2
     assert report["studies"]["without_study_uid"] is None
+    text = status("--journal", summary["journal"], "--studies", "1")
+    assert "studies: 4, 2 complete; the 1 with the most files not stored:" in text.stdout
+    assert f"        4        2        2        0        0  {worst}" in text.stdout
+    assert f"        3  {reasons_text}  (e.g. {min(map(str, refused))})" in text.stdout
 
 
 # ---------------------------------------------------------------- during a send

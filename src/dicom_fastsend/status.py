@@ -470,10 +470,17 @@ def format_status(report: StatusReport) -> str:
 
 def _studies_heading(report: StatusReport) -> str:
     overview = report.overview
-    heading = f"studies: {overview.study_count:,}, {overview.complete_studies:,} complete"
+    count, complete = overview.study_count, overview.complete_studies
+    heading = f"studies: {count:,}"
+    if overview.no_study is not None and overview.no_study.remaining:
+        # Pending files are read (and their study known) only when sent.
+        heading += " so far"
+    heading += ", all complete" if count and complete == count else f", {complete:,} complete"
     listed = len(overview.studies)
     if not listed:
         return heading
-    if listed < overview.study_count:
+    if complete == count:
+        return heading + (f"; {listed:,} of them:" if listed < count else ":")
+    if listed < count:
         return heading + f"; the {listed:,} with the most files not stored:"
     return heading + ", most files not stored first:"

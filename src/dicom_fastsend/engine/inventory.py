@@ -682,35 +682,52 @@ class InventoryReader:
                 timeout=BUSY_SECONDS,
                 isolation_level=None,
             )
-            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.Error as exc:
-            raise JournalError(
-                f"cannot read {path} as a fastsend journal: {exc}; give --journal the journal a"
-                " `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite in its"
-                " --log-dir)"
-            ) from exc
-        if "files" not in tables and "instances" in tables:
+            raise JournalError(self._unreadable(exc)) from exc
+        try:
+            self.destination, self.schema = self._check()
+        except BaseException:
             self._db.close()
-            raise JournalError(
-                f"the journal {path} was written by an earlier version of fastsend (it has the"
-                " table instances, not the inventory); run `fastsend send` of this version to"
-                " the same destination once (it takes the journal over), then ask again"
-            )
-        if not {"files", "sessions", "meta"} <= tables:
-            self._db.close()
-            raise JournalError(
-                f"{path} is not a fastsend journal ("
-                + (
+            raise
+
+    def _unreadable(self, problem: object) -> str:
+        return (
+            f"cannot read {self.path} as a fastsend journal: {problem}; give --journal the"
+            " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite in"
+            " its --log-dir)"
+        )
+
+    def _check(self) -> tuple[str | None, str | None]:
+        """(destination, schema version) of a journal of this version; else JournalError."""
+        try:
+            tables = {
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+            if "files" not in tables and "instances" in tables:
+                raise JournalError(
+                    f"the journal {self.path} was written by an earlier version of fastsend (it"
+                    " has the table instances, not the inventory); run `fastsend send` of this"
+                    " version to the same destination once (it takes the journal over), then"
+                    " ask again"
+                )
+            if not {"files", "sessions", "meta"} <= tables:
+                found = (
                     f"an SQLite file with the tables {', '.join(sorted(tables))}"
                     if tables
                     else "an empty SQLite file"
                 )
-                + "); give --journal the journal a `fastsend send` wrote"
-                " (fastsend_journal_<AE>_<host>_<port>.sqlite in its --log-dir)"
-            )
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        self.destination: str | None = meta.get("destination")
-        self.schema: str | None = meta.get("schema")
+                raise JournalError(
+                    f"{self.path} is not a fastsend journal ({found}); give --journal the"
+                    " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite"
+                    " in its --log-dir)"
+                )
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise JournalError(self._unreadable(exc)) from exc
+        return meta.get("destination"), meta.get("schema")
 
     @property
     def overtaken(self) -> bool:

@@ -393,7 +393,10 @@ def _session_line(report: StatusReport) -> str:
             " finish it"
         )
     else:
-        how = f"not finished, run on {session.host} (pid {session.pid}): running there, or crashed"
+        how = (
+            f"not finished; it runs on {session.host} (pid {session.pid}), or crashed there:"
+            " this host cannot tell"
+        )
     earlier = len(report.sessions) - 1
     return f"session      {session.session_id}, started {_local(session.started_at)}: {how}" + (
         f"\n             ({earlier} earlier session{'s' * (earlier != 1)})" if earlier else ""
@@ -444,10 +447,9 @@ def format_status(report: StatusReport) -> str:
             lines.append(f"  {r.files:>9,}  {r.reason}  (e.g. {r.example})")
         if reasons > len(overview.failure_reasons):
             rest = failed - sum(r.files for r in overview.failure_reasons)
+            others = _plural(reasons - len(overview.failure_reasons), "other reason")
             lines.append(
-                f"  {rest:>9,}  ... {reasons - len(overview.failure_reasons):,} other reasons"
-                " (fastsend status --json lists the top ones; the failures CSV of each session"
-                " lists every file)"
+                f"  {rest:>9,}  ... {others} (the failures CSV of each session lists every file)"
             )
     lines += ["", _studies_heading(report)]
     if overview.studies or overview.no_study:

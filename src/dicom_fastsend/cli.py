@@ -448,6 +448,78 @@ def scan(
 
 
 @main.command()
+@click.option("-a", "--ae-title", "called", help="Destination AE title (with -H and -p).")
+@click.option("-H", "--host", help="Destination host (with -a and -p).")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), help="Destination port.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("logs"),
+    show_default=True,
+    help="Where send keeps the destination's journal.",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The journal to read (instead of -a/-H/-p).",
+)
+@click.option("--session", "session_id", help="The session to report on (default: the latest).")
+@click.option(
+    "--studies",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Studies listed, most files not stored first (0: all).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(
+    called: str | None,
+    host: str | None,
+    port: int | None,
+    log_dir: Path,
+    journal: Path | None,
+    session_id: str | None,
+    studies: int,
+    as_json: bool,
+) -> None:
+    """Show a migration's progress from its journal, while `send` runs or after.
+
+    Counts per state (all sessions, and the latest or --session), what the
+    destination holds, failures by reason, per-study progress, rate and ETA.
+    The journal is only read, never written. Give the destination (-a/-H/-p,
+    and send's --log-dir) or --journal. Exit 3 when there is no usable journal.
+    """
+    import json
+
+    from .config import default_journal_path, destination_key
+    from .engine.inventory import JournalError
+    from .status import UnknownSession, format_status, read_status
+
+    destination = (called, host, port)
+    if any(v is not None for v in destination) and None in destination:
+        raise click.UsageError("-a, -H and -p go together (the destination whose journal to read)")
+    if journal is None and called is None:
+        raise click.UsageError("give the destination (-a, -H, -p) or --journal")
+    expected = None
+    if called is not None and host is not None and port is not None:
+        try:
+            peer = PeerConfig(host=host, port=port, called_ae_title=called)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        expected = destination_key(peer)
+        journal = journal or default_journal_path(log_dir, peer)
+    assert journal is not None
+    try:
+        report = read_status(journal, session_id, studies or None, expected)
+    except JournalError as exc:
+        click.echo(f"ERROR {exc}", err=True)
+        sys.exit(ExitStatus.NO_ASSOCIATION)
+    except UnknownSession as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_status(report))
+
+
+@main.command()
 @_peer_options
 def echo(**peer: Any) -> None:
     """Check a destination with C-ECHO (verification)."""

@@ -575,6 +575,285 @@ class Inventory:
         self._db.close()
 
 
+# ------------------------------------------------------------ reading, from outside a run
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A row of the sessions table: one `send` (finished_at None: not finished, or running)."""
+
+    session_id: str
+    started_at: float
+    finished_at: float | None
+    pid: int
+    host: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateTally:
+    """Files in one state: in all sessions, and in the session asked about."""
+
+    files: int
+    session_files: int
+    session_bytes: int  # their sizes
+    session_recent: int  # of those, written (last_at) after ``since``
+
+
+@dataclass(frozen=True, slots=True)
+class StudyTally:
+    """One study's files by state, whatever the session; study '' = no Study Instance UID."""
+
+    study_instance_uid: str
+    files: int
+    stored: int  # stored or warning
+    failed: int
+    skipped: int
+    remaining: int  # pending or in flight
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonTally:
+    """Failed files with one reason (and DICOM status), with the first path as an example."""
+
+    reason: str
+    status: int | None
+    files: int
+    example: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The whole inventory in aggregates, from one read transaction."""
+
+    states: dict[str, StateTally]  # every State value, also those with no file
+    held_files: int  # rows with a version the destination holds
+    held_bytes: int
+    session_last_at: float | None  # the session's last write to a row
+    studies: list[StudyTally]  # with a Study Instance UID, most files not stored first
+    study_count: int
+    complete_studies: int  # every file stored or stored with a warning
+    no_study: StudyTally | None  # rows without a Study Instance UID (not read yet, unreadable...)
+    failure_reasons: list[ReasonTally]  # most files first
+    failure_reason_count: int
+
+
+# Counts per (study, state, session or not) in one scan of the files table,
+# which both the state counts and the per-study table are then taken from (a
+# second scan, sorting 1 M rows by study, would double the time). A TEMP
+# table lives in the connection's own temporary database, not in the file.
+_TALLY = """
+CREATE TEMP TABLE tally AS
+SELECT study_instance_uid AS study, state, session_id = :session AS mine, COUNT(*) AS files,
+    COUNT(held_size) AS held_files, IFNULL(SUM(held_size), 0) AS held_bytes,
+    SUM(size) AS bytes, SUM(last_at > :since) AS recent, MAX(last_at) AS last_at
+FROM files GROUP BY study_instance_uid, state, mine
+"""
+
+# One row per study from the tally (study '': the rows without a UID): its
+# files, stored (or with a warning), failed, skipped and not yet sent.
+_STUDY_ROWS = """
+SELECT study, SUM(files) AS files,
+    IFNULL(SUM(files) FILTER (WHERE state IN ('stored', 'warning')), 0) AS stored,
+    IFNULL(SUM(files) FILTER (WHERE state = 'failed'), 0) AS failed,
+    IFNULL(SUM(files) FILTER (WHERE state = 'skipped'), 0) AS skipped,
+    IFNULL(SUM(files) FILTER (WHERE state IN ('pending', 'in_flight')), 0) AS remaining
+FROM temp.tally GROUP BY study
+"""
+
+# The studies with the most files not stored first, and (window functions,
+# computed before the LIMIT) how many studies there are and how many are complete.
+_STUDIES = f"""
+SELECT *, COUNT(*) OVER (), SUM(stored = files) OVER ()
+FROM ({_STUDY_ROWS}) WHERE study <> '' ORDER BY files - stored DESC, study LIMIT :limit
+"""
+
+
+class InventoryReader:
+    """An inventory opened read-only, for `fastsend status`: it never writes the file.
+
+    Not the Inventory class, whose opening sets WAL mode, creates the schema and
+    adopts a journal of an earlier version. Opening never creates the ``-wal``
+    and ``-shm`` files either: a plain ``mode=ro`` connection makes both beside
+    a journal that has none and leaves them, and rewrites the ``-shm`` of one
+    that a killed run left behind. So (SQLite's "WAL mode: read-only databases"):
+
+    - no ``-wal``: no connection has the file open (the first one in WAL mode
+      creates it, the last one removes it), so the file alone holds every
+      commit; ``immutable=1`` reads it as it is, without locks or side files.
+      A run that starts meanwhile makes ``overtaken`` true: read again.
+    - ``-wal`` and ``-shm``: ``readonly_shm=1`` opens the wal-index read-only
+      (readers then take only shared locks, which is all they need); without a
+      live writer SQLite reads the WAL into private memory instead.
+    - a ``-wal`` without its ``-shm`` (someone removed it): plain ``mode=ro``,
+      which has to make the ``-shm``; the journal and its WAL are still only read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+        self._immutable = not wal.exists()
+        if self._immutable:
+            options = "mode=ro&immutable=1"
+        elif shm.exists():
+            options = "mode=ro&readonly_shm=1"
+        else:
+            options = "mode=ro"
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?{options}",
+                uri=True,
+                timeout=BUSY_SECONDS,
+                isolation_level=None,
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(self._unreadable(exc)) from exc
+        try:
+            self.destination, self.schema = self._check()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _unreadable(self, problem: object) -> str:
+        return (
+            f"cannot read {self.path} as a fastsend journal: {problem}; give --journal the"
+            " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite in"
+            " its --log-dir)"
+        )
+
+    def _check(self) -> tuple[str | None, str | None]:
+        """(destination, schema version) of a journal of this version; else JournalError."""
+        try:
+            tables = {
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+            if "files" not in tables and "instances" in tables:
+                raise JournalError(
+                    f"the journal {self.path} was written by an earlier version of fastsend (it"
+                    " has the table instances, not the inventory); run `fastsend send` of this"
+                    " version to the same destination once (it takes the journal over), then"
+                    " ask again"
+                )
+            if not {"files", "sessions", "meta"} <= tables:
+                found = (
+                    f"an SQLite file with the tables {', '.join(sorted(tables))}"
+                    if tables
+                    else "an empty SQLite file"
+                )
+                raise JournalError(
+                    f"{self.path} is not a fastsend journal ({found}); give --journal the"
+                    " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite"
+                    " in its --log-dir)"
+                )
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise JournalError(self._unreadable(exc)) from exc
+        return meta.get("destination"), meta.get("schema")
+
+    @property
+    def overtaken(self) -> bool:
+        """A run opened the journal while it was read as immutable: read it again."""
+        return self._immutable and Path(f"{self.path}-wal").exists()
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every session, oldest first."""
+        rows = self._db.execute(
+            "SELECT session_id, started_at, finished_at, pid, host, exit_code FROM sessions"
+            " ORDER BY started_at, session_id"
+        )
+        return [SessionRecord(*row) for row in rows]
+
+    def overview(
+        self, session_id: str, since: float, studies: int | None, reasons: int
+    ) -> Overview:
+        """Counts by state (all, and ``session_id``'s), by study and by failure reason.
+
+        ``studies``: how many studies to list (None: all). Three scans of the
+        files table in one read transaction, so a running send cannot make the
+        parts disagree.
+        """
+        db = self._db
+        db.execute("BEGIN")  # one snapshot for every query below
+        try:
+            db.execute("DROP TABLE IF EXISTS temp.tally")
+            db.execute(_TALLY, {"session": session_id, "since": since})
+            return self._overview(studies, reasons)
+        finally:
+            db.execute("DROP TABLE IF EXISTS temp.tally")
+            db.execute("COMMIT")
+
+    def _overview(self, studies: int | None, reasons: int) -> Overview:
+        db = self._db
+        everywhere: dict[str, int] = dict.fromkeys((s.value for s in State), 0)
+        mine: dict[str, tuple[int, int, int]] = {}
+        held_files = held_bytes = 0
+        last_at: float | None = None
+        for state, in_session, files, held, held_size, size, recent, last in db.execute(
+            "SELECT state, mine, SUM(files), SUM(held_files), SUM(held_bytes), SUM(bytes),"
+            " SUM(recent), MAX(last_at) FROM temp.tally GROUP BY state, mine"
+        ):
+            everywhere[state] = everywhere.get(state, 0) + files
+            held_files += held
+            held_bytes += held_size
+            if in_session:
+                mine[state] = (files, size, recent)
+                last_at = last if last_at is None else max(last_at, last)
+        states = {
+            state: StateTally(files, *mine.get(state, (0, 0, 0)))
+            for state, files in everywhere.items()
+        }
+        listed: list[StudyTally] = []
+        study_count = complete = 0
+        if studies != 0:
+            for row in db.execute(_STUDIES, {"limit": -1 if studies is None else studies}):
+                listed.append(StudyTally(*row[:6]))
+                study_count, complete = row[6], row[7]
+        else:
+            study_count, complete = db.execute(
+                f"SELECT COUNT(*), IFNULL(SUM(stored = files), 0) FROM ({_STUDY_ROWS})"
+                " WHERE study <> ''"
+            ).fetchone()
+        unread = db.execute(f"SELECT * FROM ({_STUDY_ROWS}) WHERE study = ''").fetchone()
+        reasons_listed: list[ReasonTally] = []
+        reason_count = 0
+        for reason, status, files, example, count in db.execute(
+            "SELECT reason, status, COUNT(*),"
+            " MIN(CASE WHEN dir = '' THEN name ELSE dir || '/' || name END),"
+            " COUNT(*) OVER () FROM files WHERE state = 'failed' GROUP BY reason, status"
+            " ORDER BY COUNT(*) DESC, reason LIMIT ?",
+            (reasons,),
+        ):
+            reasons_listed.append(ReasonTally(reason, status, files, example))
+            reason_count = count
+        return Overview(
+            states=states,
+            held_files=held_files,
+            held_bytes=held_bytes,
+            session_last_at=last_at,
+            studies=listed,
+            study_count=study_count,
+            complete_studies=complete,
+            no_study=None if unread is None else StudyTally(*unread),
+            failure_reasons=reasons_listed,
+            failure_reason_count=reason_count,
+        )
+
+    def written_since(self, session_id: str, since: float) -> int:
+        """Files the session stored (with or without a warning) after ``since``."""
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM files WHERE session_id = ? AND state IN ('stored', 'warning')"
+            " AND last_at > ?",
+            (session_id, since),
+        ).fetchone()
+        return int(count)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def outcome_state(outcome: Outcome) -> State:
     return State(outcome.value)
 

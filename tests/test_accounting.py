@@ -148,11 +148,17 @@ def test_scan_predicts_exactly_what_send_does(sink: Sink, tmp_path: Path) -> Non
     already = len([p for p in archive.files if first_study in p.parents])
 
     destination = ["-a", "SINK", "-H", LOOPBACK, "-p", str(sink.port), "--log-dir", str(logs)]
+
+    def journal_files() -> dict[str, tuple[bytes, int]]:
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in logs.glob("*.sqlite*")}
+
+    before = journal_files()
     scan = fastsend("scan", "-i", str(archive.root), "-r", *destination, "--json")
     assert scan.returncode == 1, scan.output  # the truncated file would fail
     predicted = json.loads(scan.stdout)
+    assert journal_files() == before  # only read: not changed, no -wal or -shm left beside it
 
-    before = sink.stats.instances
+    stored_before = sink.stats.instances
     run = sink_send(sink, archive.root, logs=logs)
     assert run.returncode == 1, run.output
     [newest] = sorted(logs.glob("fastsend_summary_*.json"), key=os.path.getmtime)[-1:]
@@ -163,7 +169,7 @@ def test_scan_predicts_exactly_what_send_does(sink: Sink, tmp_path: Path) -> Non
         return sum(1 for s in skipped if s["reason"].startswith(prefix))
 
     assert predicted["found"] == summary["counts"]["found"] == len(archive.files) + 3
-    assert predicted["files"] == summary["counts"]["stored"] == sink.stats.instances - before
+    assert predicted["files"] == summary["counts"]["stored"] == sink.stats.instances - stored_before
     assert predicted["files"] == len(archive.files) - already
     assert predicted["already_stored"] == summary["counts"]["already_stored"] == already
     assert len(predicted["duplicates"]) == reasons("duplicate SOP Instance UID") == 1

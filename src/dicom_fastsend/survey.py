@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SendConfig, destination_key
-from .engine.inventory import Inventory, JournalError
+from .engine.inventory import Inventory, JournalError, connect_read_only
 from .engine.plan import BATCH_BYTES, BATCH_FILES
 from .engine.prepare import Walker, admit
 from .engine.results import Cause, ExitStatus, FileResult
@@ -145,7 +145,7 @@ def scan(config: SendConfig) -> ScanReport:
 def _copy(journal: Path, target: Path) -> None:
     """A consistent copy of a journal that a running send may be writing."""
     try:
-        source = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        source = connect_read_only(journal)
         copy = sqlite3.connect(target)
         try:
             source.backup(copy)

@@ -669,6 +669,23 @@ FROM ({_STUDY_ROWS}) WHERE study <> '' ORDER BY files - stored DESC, study LIMIT
 """
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that only reads ``path`` and leaves no side file (see InventoryReader)."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if not wal.exists():
+        options = "mode=ro&immutable=1"
+    elif shm.exists():
+        options = "mode=ro&readonly_shm=1"
+    else:
+        options = "mode=ro"
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?{options}",
+        uri=True,
+        timeout=BUSY_SECONDS,
+        isolation_level=None,
+    )
+
+
 class InventoryReader:
     """An inventory opened read-only, for `fastsend status`: it never writes the file.
 
@@ -691,21 +708,9 @@ class InventoryReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
-        self._immutable = not wal.exists()
-        if self._immutable:
-            options = "mode=ro&immutable=1"
-        elif shm.exists():
-            options = "mode=ro&readonly_shm=1"
-        else:
-            options = "mode=ro"
+        self._immutable = not Path(f"{path}-wal").exists()
         try:
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?{options}",
-                uri=True,
-                timeout=BUSY_SECONDS,
-                isolation_level=None,
-            )
+            self._db = connect_read_only(path)
         except sqlite3.Error as exc:
             raise JournalError(self._unreadable(exc)) from exc
         try:

@@ -1,6 +1,6 @@
 """Benchmark fastsend against DCMTK storescu, pynetdicom and a raw TCP pump, in one run.
 
-    python bench/run.py                  # the full set (20-30 minutes on 2 cores, 3.6 GB of data)
+    python bench/run.py                  # the full set (20-30 minutes on 2 cores, 3.7 GB of data)
     python bench/run.py --scale-files 0  # without the 100,000 small files (10-20 minutes)
     python bench/run.py --quick          # a smaller set to try the harness
     python bench/run.py --readme         # also rewrite the table in README.md

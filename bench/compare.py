@@ -1,11 +1,14 @@
-"""The benchmark of issue #5: fastsend against DCMTK, pynetdicom and a raw TCP pump.
+"""The benchmark of issues 5 and 15: fastsend against DCMTK, pynetdicom and a raw TCP pump.
 
 ``run_compare`` (``python bench/run.py``): DCMTK storescu, pynetdicom's
-storescu, a raw TCP pump and fastsend, to DCMTK storescp (with and without
-TCP_NODELAY), a stock Orthanc and the built-in sink, on the same synthetic
-files, each figure the median of several runs of the whole command; plus the
-header scan against pydicom, and one large multi-frame file. It needs DCMTK's
-storescu and storescp; Orthanc and pynetdicom are measured when installed.
+storescu, a raw TCP pump and fastsend, to DCMTK storescp (at its best, with
+TCP_NODELAY=1 and 128 KB PDUs; with TCP_NODELAY=1 and its default 16 KB PDUs;
+and stock), a stock Orthanc and the built-in sink, on the same synthetic
+files, each figure the median of several runs of the whole command, with the
+CPU time of each sender's whole process tree per file; plus the header scan
+against pydicom, one large multi-frame file, and a set of many small files
+(bench/scale_data.py's). It needs DCMTK's storescu and storescp; Orthanc and
+pynetdicom are measured when installed.
 
 Tooling of a checkout, not of the package: it imports dicom_fastsend for the
 synthetic data and the header scan, and runs the installed `fastsend` as a
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,6 +44,9 @@ from typing import Any
 
 import dicom_fastsend
 from delayproxy import start_in_thread
+from scale_data import SetShape
+from scale_data import generate as generate_scale_set
+from scale_measure import run_measured
 
 LOOPBACK = "127.0.0.1"
 DCMTK_TOOLS = ("storescu", "storescp")
@@ -50,6 +57,9 @@ README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
 RAW_PUMP = "raw pump (sendfile)"
 STORESCU = "DCMTK storescu"
+# The PDU size DCMTK's tools are given at their best, both sides (PS3.8 D.1:
+# each side states the largest P-DATA-TF PDU it receives; storescp's default is 16 KB).
+MAX_PDU = 131072
 
 Say = Callable[[str], None]
 
@@ -139,6 +149,14 @@ class Measurement:
     # fastsend's own MB/s from its summary line: the send alone, start-up excluded.
     reported_mb_s: list[float] = field(default_factory=list)
     failed: str = ""
+    # CPU seconds of each run: the sender's whole process tree (wait4), or for
+    # the in-process raw pump its sending thread.
+    cpu_user_seconds: list[float] = field(default_factory=list)
+    cpu_system_seconds: list[float] = field(default_factory=list)
+    # The sum over the tree's processes of their CPU as last sampled (every
+    # 0.1 s): a lower bound of what wait4 must count, a check that it counted
+    # every process (see cpu_notes).
+    cpu_sampled_seconds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -151,6 +169,20 @@ class Measurement:
     @property
     def megabytes_per_second(self) -> float:
         return self.bytes / 1e6 / self.median if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_file(self) -> tuple[float, float] | None:
+        """(user, system) CPU microseconds per file of the run of median CPU, if measured.
+
+        One run's user and system, not the median of each, so that they add up
+        to the median total.
+        """
+        runs = list(zip(self.cpu_user_seconds, self.cpu_system_seconds, strict=True))
+        if not runs or not self.files:
+            return None
+        # The lower median: with an even number of runs, a run that took place.
+        user, system = sorted(runs, key=sum)[(len(runs) - 1) // 2]
+        return user / self.files * 1e6, system / self.files * 1e6
 
 
 @dataclass
@@ -170,6 +202,11 @@ class Timed:
     peak_rss_bytes: int = 0
     peak_anon_rss_bytes: int = 0
     reported_mb_s: float | None = None
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    # CPU seconds of each role in the tree ("sender" for the command itself,
+    # "worker" for a forked copy of it...) as last sampled, every 0.1 s.
+    cpu_sampled: dict[str, float] = field(default_factory=dict)
 
 
 def machine() -> str:
@@ -186,50 +223,35 @@ def machine() -> str:
     )
 
 
-def _sample_peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
-    """Largest RSS (and its anonymous part) of any one process in the tree under ``pid``.
-
-    Sampled every 10 ms, because a forked child's kernel high-water mark
-    starts with the memory of the parent it was forked from (this process),
-    which would hide the sender's own figure.
-    """
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.Error:
-        return
-    while not stop.is_set():
-        try:
-            for process in [root, *root.children(recursive=True)]:
-                info = process.memory_info()
-                if info.rss > peak[0]:
-                    # "shared" is RssFile + RssShmem: pages of mapped files.
-                    peak[0], peak[1] = info.rss, info.rss - info.shared
-        except psutil.Error:
-            pass
-        stop.wait(0.01)
-
-
 def run_timed(command: Sequence[str], env: dict[str, str] | None = None) -> tuple[Timed, str]:
-    """Run a command to its end: its timing and sampled memory, and its output.
+    """Run a command to its end: its timing, CPU and sampled memory, and its output.
 
+    The CPU is the whole process tree's, from wait4(2) on the command: Linux
+    adds to a process's usage that of every descendant it waited for, and a
+    fastsend coordinator joins its forked workers. The peak RSS is the largest
+    of any one process of the tree, sampled every 10 ms, because a forked
+    child's kernel high-water mark starts with the memory of its parent.
     Raises RuntimeError with the output's tail when it exits non-zero.
     """
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+    with tempfile.TemporaryDirectory(prefix="fastsend-bench-run-") as temporary:
+        log = Path(temporary) / "output"
+        measured = run_measured(command, role="sender", output=log, env=env)
+        output = log.read_text(errors="replace")
+    if measured.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited {measured.returncode}: {output[-2000:]}")
+    peak = max(measured.processes, key=lambda process: process.rss_bytes, default=None)
+    sampled: dict[str, float] = {}
+    for process in measured.processes:
+        sampled[process.role] = sampled.get(process.role, 0.0) + process.cpu_seconds
+    timed = Timed(
+        measured.seconds,
+        peak.rss_bytes if peak else 0,
+        peak.anon_bytes if peak else 0,
+        cpu_user=measured.cpu_user,
+        cpu_system=measured.cpu_system,
+        cpu_sampled=sampled,
     )
-    stop, peak = threading.Event(), [0, 0]
-    sampler = threading.Thread(target=_sample_peak_rss, args=(process.pid, stop, peak))
-    sampler.start()
-    output, _ = process.communicate()
-    elapsed = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} exited {process.returncode}: {output[-2000:]}")
-    return Timed(elapsed, peak[0], peak[1]), output
+    return timed, output
 
 
 def environment(tcp_nodelay: bool) -> dict[str, str]:
@@ -246,7 +268,7 @@ Run = Callable[[], Timed]
 
 def storescu(binary: str, port: int, aet: str, directory: Path, tcp_nodelay: bool) -> Run:
     def run() -> Timed:
-        command = [binary, "-aec", aet, "+sd", "+r", "--max-pdu", "131072",
+        command = [binary, "-aec", aet, "+sd", "+r", "--max-pdu", str(MAX_PDU),
                    LOOPBACK, str(port), str(directory)]  # fmt: skip
         return run_timed(command, environment(tcp_nodelay))[0]
 
@@ -312,17 +334,35 @@ def raw_pump(reader: DiscardingReader, files: Sequence[Path]) -> Run:
     """sendfile() of the files, back to back on one connection: the ceiling."""
 
     def run() -> Timed:
+        # In this process: its CPU is the sending thread's (the reader's is another thread's).
+        before = resource.getrusage(resource.RUSAGE_THREAD)
         started = time.perf_counter()
         with socket.create_connection((LOOPBACK, reader.port)) as connection:
             for path in files:
                 with path.open("rb") as handle:
                     connection.sendfile(handle)
-        return Timed(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        return Timed(
+            elapsed,
+            cpu_user=after.ru_utime - before.ru_utime,
+            cpu_system=after.ru_stime - before.ru_stime,
+        )
 
     return run
 
 
 # ====================================================================== receivers
+
+# Receivers by name, as the table's rows and the headline's ratios name them.
+# FAST is DCMTK at its best, the headline's reference.
+FAST = f"storescp --ignore TCP_NODELAY=1 --max-pdu {MAX_PDU}"
+FAST_16K = "storescp --ignore TCP_NODELAY=1 (16 KB PDU)"
+STOCK = "storescp --ignore (Nagle on)"
+ORTHANC = "Orthanc (stock, Nagle on)"
+SINK = "fastsend sink"
+LATENCY = "fastsend sink via 20 ms RTT proxy"
+RAW_TCP = "raw TCP (discard)"
 
 
 @dataclass
@@ -374,15 +414,29 @@ def _start(
     return process
 
 
-def storescp_receiver(binary: str, workdir: Path, tcp_nodelay: bool) -> Receiver:
-    """DCMTK storescp --ignore --fork: receives and discards, one process per association."""
-    directory = workdir / f"storescp-{'nodelay' if tcp_nodelay else 'stock'}"
+def storescp_receiver(
+    binary: str, workdir: Path, tcp_nodelay: bool, max_pdu: int | None = None
+) -> Receiver:
+    """DCMTK storescp --ignore --fork: receives and discards, one process per association.
+
+    ``max_pdu``: its --max-pdu, the largest P-DATA-TF PDU it receives (PS3.8 D.1); None
+    leaves DCMTK's default of 16 KB.
+    """
+    directory = workdir / f"storescp-{'nodelay' if tcp_nodelay else 'stock'}-{max_pdu or 'default'}"
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [binary, "-od", str(directory), "-aet", "STORESCP", "--fork", "--ignore", str(port)]
+    command = [binary, "-od", str(directory), "-aet", "STORESCP", "--fork", "--ignore"]
+    if max_pdu is not None:
+        command += ["--max-pdu", str(max_pdu)]
+    command.append(str(port))
     process = _start("storescp", command, [port], directory / "storescp.log",
                      environment(tcp_nodelay))  # fmt: skip
-    name = "storescp --ignore" + (" TCP_NODELAY=1" if tcp_nodelay else " (Nagle on)")
+    if tcp_nodelay:
+        name = (
+            FAST_16K if max_pdu is None else f"storescp --ignore TCP_NODELAY=1 --max-pdu {max_pdu}"
+        )
+    else:
+        name = STOCK if max_pdu is None else f"storescp --ignore --max-pdu {max_pdu} (Nagle on)"
     return Receiver(name, port, "STORESCP", lambda: _stop_group(process))
 
 
@@ -468,7 +522,7 @@ def orthanc_receiver(binary: str, workdir: Path) -> Receiver:
         if stored != files:
             raise RuntimeError(f"Orthanc holds {stored} instances after a run of {files} files")
 
-    return Receiver("Orthanc (stock, Nagle on)", dicom_port, "ORTHANC",
+    return Receiver(ORTHANC, dicom_port, "ORTHANC",
                     lambda: _stop_group(process), rest.clear, check)  # fmt: skip
 
 
@@ -487,7 +541,7 @@ def sink_receiver(workdir: Path) -> Receiver:
             process.wait(timeout=10)
         _stop_group(process)
 
-    return Receiver("fastsend sink", port, "SINK", stop)
+    return Receiver(SINK, port, "SINK", stop)
 
 
 # ====================================================================== measuring
@@ -519,8 +573,15 @@ def measure(
         m.peak_anon_rss_bytes.append(timed.peak_anon_rss_bytes)
         if timed.reported_mb_s is not None:
             m.reported_mb_s.append(timed.reported_mb_s)
+        if timed.cpu_user is not None and timed.cpu_system is not None:
+            m.cpu_user_seconds.append(timed.cpu_user)
+            m.cpu_system_seconds.append(timed.cpu_system)
+            m.cpu_sampled_seconds.append(sum(timed.cpu_sampled.values()))
     results.append(m)
     shown = f"{m.files_per_second:9.1f} files/s {m.megabytes_per_second:8.1f} MB/s"
+    cpu = m.cpu_us_per_file
+    if cpu:
+        shown += f"  CPU {sum(cpu):.0f} us/file"
     if any(m.peak_rss_bytes):
         shown += f"  peak RSS {max(m.peak_rss_bytes) / 1e6:.0f} MB"
     say(f"  {receiver:<46} {sender:<26} {m.failed or shown}")
@@ -566,16 +627,20 @@ def measure_indexing(files: Sequence[Path], runs: int, say: Say) -> list[Indexin
 # ====================================================================== reporting
 
 
+def receiver_of(m: Measurement) -> str:
+    """The receiver's name of a row, without the files (``"<receiver>, <files>"``)."""
+    return m.receiver.rsplit(", ", 1)[0]
+
+
 def _find(results: Sequence[Measurement], dataset: str, receiver: str, sender: str
           ) -> Measurement | None:  # fmt: skip
-    """The measured row of `sender` to a receiver whose name starts with `receiver`."""
+    """The measured row of `sender` to the receiver named `receiver`.
+
+    The whole name, not a prefix: the storescp receivers' names differ only
+    in the options they end with.
+    """
     for m in results:
-        if (
-            m.dataset == dataset
-            and m.receiver.startswith(receiver)
-            and m.sender == sender
-            and m.seconds
-        ):
+        if m.dataset == dataset and receiver_of(m) == receiver and m.sender == sender and m.seconds:
             return m
     return None
 
@@ -584,19 +649,25 @@ def _find(results: Sequence[Measurement], dataset: str, receiver: str, sender: s
 PUMP_REFERENCE = {"ct_subset": "ct", "orthanc": "ct"}
 
 
+TABLE_COLUMNS = (
+    "receiver", "sender", "files", "files/s", "MB/s", "vs storescu", "vs raw pump",
+    "CPU us/file (user+sys)", "user us/file", "sys us/file", "peak RSS MB",
+)  # fmt: skip
+
+
 def table(results: Sequence[Measurement], description: str) -> str:
     lines = [
         f"Machine: {machine()}. {description}",
         "",
-        "| receiver | sender | files | files/s | MB/s | vs storescu | vs raw pump | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|---|---|" + "---:|" * (len(TABLE_COLUMNS) - 2),
     ]
     for m in results:
         if m.failed:
-            lines.append(f"| {m.receiver} | {m.sender} | {m.files} | failed | | | | |")
+            empty = " |" * (len(TABLE_COLUMNS) - 4)
+            lines.append(f"| {m.receiver} | {m.sender} | {m.files} | failed |{empty}")
             continue
-        receiver_name = m.receiver.rsplit(", ", 1)[0]
-        reference = _find(results, m.dataset, receiver_name, STORESCU)
+        reference = _find(results, m.dataset, receiver_of(m), STORESCU)
         ratio = (
             f"{m.files_per_second / reference.files_per_second:.2f}x"
             if reference and reference.files == m.files
@@ -609,11 +680,35 @@ def table(results: Sequence[Measurement], description: str) -> str:
         )
         pumped = f"{m.megabytes_per_second / pump.megabytes_per_second:.0%}" if pump else ""
         rss = f"{max(m.peak_rss_bytes) / 1e6:.0f}" if any(m.peak_rss_bytes) else ""
+        cpu = m.cpu_us_per_file
+        cpu_cells = f"{sum(cpu):.0f} | {cpu[0]:.0f} | {cpu[1]:.0f}" if cpu else " | "
         lines.append(
             f"| {m.receiver} | {m.sender} | {m.files} | {m.files_per_second:.0f} | "
-            f"{m.megabytes_per_second:.0f} | {ratio} | {pumped} | {rss} |"
+            f"{m.megabytes_per_second:.0f} | {ratio} | {pumped} | {cpu_cells} | {rss} |"
         )
     return "\n".join(lines)
+
+
+def cpu_notes(results: Sequence[Measurement]) -> list[str]:
+    """Rows whose tree CPU (wait4) is below what their processes were seen to use.
+
+    wait4 counts a descendant only once its parent has waited for it; a
+    process left to run on, or reaped by someone else, would be missing from
+    the figure, and its last sample shows it.
+    """
+    notes = []
+    for m in results:
+        for run, (user, system, sampled) in enumerate(
+            zip(m.cpu_user_seconds, m.cpu_system_seconds, m.cpu_sampled_seconds, strict=True)
+        ):
+            # Samples are in clock ticks (10 ms) of each process; wait4 is exact.
+            if user + system < sampled * 0.98 - 0.02:
+                notes.append(
+                    f"{m.sender} to {m.receiver}, run {run + 1}: wait4 counted {user + system:.2f}"
+                    f" s of CPU, its processes were seen using {sampled:.2f} s: a process of the"
+                    " tree was not waited for, its CPU per file is too low"
+                )
+    return notes
 
 
 def indexing_table(indexing: Sequence[IndexingMeasurement], description: str) -> str:
@@ -632,32 +727,39 @@ def indexing_table(indexing: Sequence[IndexingMeasurement], description: str) ->
     return "\n".join(lines)
 
 
-FAST = "storescp --ignore TCP_NODELAY=1"
-STOCK = "storescp --ignore (Nagle on)"
-ORTHANC = "Orthanc"
-SINK = "fastsend sink"
-LATENCY = "fastsend sink via 20 ms RTT proxy"
+BEST = f"storescp at its best (TCP_NODELAY=1, {MAX_PDU // 1024} KB PDU)"
+DEFAULT_PDU = "storescp TCP_NODELAY=1, 16 KB PDU"
 
 
 def headline(results: Sequence[Measurement], indexing: Sequence[IndexingMeasurement]) -> list[str]:
-    """The ratios the project's targets are stated in (issue #5), where measured."""
+    """The ratios the project's targets are stated in (issues 5 and 15), where measured.
+
+    Against storescu the reference is DCMTK at its best (FAST: TCP_NODELAY=1,
+    128 KB PDUs on both sides), the 16 KB receiver a second line.
+    """
 
     def rate(dataset: str, receiver: str, sender: str) -> float | None:
         m = _find(results, dataset, receiver, sender)
         return m.files_per_second if m else None
 
     pairs = [
-        ("fastsend -P 1 / storescu, fast storescp", ("ct", FAST, "fastsend -P 1"),
+        (f"fastsend -P 1 / storescu, {BEST}", ("ct", FAST, "fastsend -P 1"),
          ("ct", FAST, STORESCU)),
-        ("fastsend -P 2 / storescu, fast storescp", ("ct", FAST, "fastsend -P 2"),
+        (f"fastsend -P 2 / storescu, {BEST}", ("ct", FAST, "fastsend -P 2"),
          ("ct", FAST, STORESCU)),
-        ("fastsend -P 2 / fastsend -P 1, fast storescp", ("ct", FAST, "fastsend -P 2"),
+        (f"fastsend -P 2 / fastsend -P 1, {BEST}", ("ct", FAST, "fastsend -P 2"),
          ("ct", FAST, "fastsend -P 1")),
-        ("fastsend -P 4 / fastsend -P 1, fast storescp", ("ct", FAST, "fastsend -P 4"),
+        (f"fastsend -P 4 / fastsend -P 1, {BEST}", ("ct", FAST, "fastsend -P 4"),
          ("ct", FAST, "fastsend -P 1")),
-        ("MR: fastsend -P 1 / storescu, fast storescp", ("mr", FAST, "fastsend -P 1"),
+        (f"fastsend -P 1 / storescu, {DEFAULT_PDU}", ("ct", FAST_16K, "fastsend -P 1"),
+         ("ct", FAST_16K, STORESCU)),
+        (f"fastsend -P 2 / storescu, {DEFAULT_PDU}", ("ct", FAST_16K, "fastsend -P 2"),
+         ("ct", FAST_16K, STORESCU)),
+        (f"storescu to {BEST} / to {DEFAULT_PDU}", ("ct", FAST, STORESCU),
+         ("ct", FAST_16K, STORESCU)),
+        (f"MR: fastsend -P 1 / storescu, {BEST}", ("mr", FAST, "fastsend -P 1"),
          ("mr", FAST, STORESCU)),
-        ("MR: fastsend -P 2 / storescu, fast storescp", ("mr", FAST, "fastsend -P 2"),
+        (f"MR: fastsend -P 2 / storescu, {BEST}", ("mr", FAST, "fastsend -P 2"),
          ("mr", FAST, STORESCU)),
         ("fastsend -P 1 / storescu, stock storescp (Nagle on)",
          ("ct_subset", STOCK, "fastsend -P 1"), ("ct_subset", STOCK, STORESCU)),
@@ -679,7 +781,7 @@ def headline(results: Sequence[Measurement], indexing: Sequence[IndexingMeasurem
          ("small", LATENCY, "fastsend -P 1 --max-ops 8"), ("small", LATENCY, "fastsend -P 1")),
         ("20 ms RTT: fastsend -P 1 --max-ops 8 / storescu",
          ("small", LATENCY, "fastsend -P 1 --max-ops 8"), ("small", LATENCY, STORESCU)),
-        ("storescu to fastsend sink / storescu to storescp", ("ct", SINK, STORESCU),
+        (f"storescu to fastsend sink / storescu to {BEST}", ("ct", SINK, STORESCU),
          ("ct", FAST, STORESCU)),
     ]  # fmt: skip
     lines = []
@@ -687,8 +789,29 @@ def headline(results: Sequence[Measurement], indexing: Sequence[IndexingMeasurem
         a, b = rate(a_set, a_receiver, a_sender), rate(b_set, b_receiver, b_sender)
         if a and b:
             lines.append(f"- {name}: **{a / b:.2f}x**")
-    pump = _find(results, "multiframe", "raw TCP", RAW_PUMP)
-    for receiver, to in ((FAST, "fast storescp"), (SINK, "fastsend sink")):
+    reference = _find(results, "scale", FAST, STORESCU)
+    for processes in (1, 2, 4):
+        sent = _find(results, "scale", FAST, f"fastsend -P {processes}")
+        if sent and reference:
+            lines.append(
+                f"- {sent.files} files of {sent.bytes / sent.files / 1e3:.1f} KB: fastsend"
+                f" -P {processes} / storescu, {BEST}:"
+                f" **{sent.files_per_second / reference.files_per_second:.2f}x**"
+            )
+    # Issue 15: the CPU of the sender's whole process tree per file, against storescu's.
+    for dataset, what in (("ct", "CT 512x512"), ("scale", "64x64 set")):
+        reference = _find(results, dataset, FAST, STORESCU)
+        for processes in (1, 2):
+            sent = _find(results, dataset, FAST, f"fastsend -P {processes}")
+            mine = sent.cpu_us_per_file if sent else None
+            theirs = reference.cpu_us_per_file if reference else None
+            if mine and theirs:
+                lines.append(
+                    f"- CPU per file (user+sys, whole process tree), {what}: fastsend"
+                    f" -P {processes} / storescu, {BEST}: **{sum(mine) / sum(theirs):.2f}x**"
+                )
+    pump = _find(results, "multiframe", RAW_TCP, RAW_PUMP)
+    for receiver, to in ((FAST, BEST), (SINK, "fastsend sink")):
         sent = _find(results, "multiframe", receiver, "fastsend -P 1")
         if not (sent and pump):
             continue
@@ -749,12 +872,16 @@ class CompareSizes:
     # 64x64 CT files to the stock Orthanc: what it costs to store a file there
     # (an fsync, an SQLite commit) bounds how much any sender can gain.
     orthanc_small: int = 200
+    # Many small files (64x64 CT, 9.2 KB, 100 to a study; bench/scale_data.py's
+    # set) to storescp at its best: the per-file cost of each sender (issue 15).
+    # 0 leaves the set out.
+    scale: int = 100_000
 
     @classmethod
     def quick(cls) -> CompareSizes:
         return cls(
             ct=200, ct_subset=200, small=100, mr=500, multiframe_mb=50, orthanc=30,
-            orthanc_small=30,
+            orthanc_small=30, scale=5000,
         )  # fmt: skip
 
 
@@ -814,6 +941,19 @@ def _multiframe(directory: Path, megabytes: int, say: Say) -> list[Path]:
     return sorted(directory.rglob("*.dcm"))
 
 
+def _as_json(m: Measurement) -> dict[str, Any]:
+    """A row with its derived figures, as the table shows them."""
+    cpu = m.cpu_us_per_file
+    return {
+        **asdict(m),
+        "files_per_second": m.files_per_second,
+        "megabytes_per_second": m.megabytes_per_second,
+        "cpu_us_per_file": (
+            {"user": cpu[0], "system": cpu[1], "total": sum(cpu)} if cpu is not None else None
+        ),
+    }
+
+
 def _pynetdicom_available() -> bool:
     import importlib.util
 
@@ -853,6 +993,13 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
         data / f"ct64_{sizes.orthanc_small}", sizes.orthanc_small, "CT", 64, say
     )
     orthanc_small_dir = data / f"ct64_{sizes.orthanc_small}"
+    scale_dir: Path | None = None
+    scale: list[Path] = []
+    if sizes.scale:
+        say(f"the set of {sizes.scale} small files in {data / f'scale{sizes.scale}'} ...")
+        generated = generate_scale_set(data / f"scale{sizes.scale}", SetShape(files=sizes.scale))
+        scale_dir = generated.tree
+        scale = sorted(scale_dir.rglob("*.dcm"))
 
     # Bytecode for fastsend's modules, as `pip install` writes it: from a
     # source checkout under PYTHONDONTWRITEBYTECODE=1 every timed command would
@@ -884,25 +1031,34 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
         finally:
             reader.close()
 
-        with _running(storescp_receiver(dcmtk["storescp"], work, tcp_nodelay=True)) as fast:
+        def to_storescp(receiver: Receiver) -> None:
+            """The CT, MR and multi-frame rows to a storescp with TCP_NODELAY=1."""
 
-            def to_fast(directory: Path) -> Run:
-                return storescu(dcmtk["storescu"], fast.port, fast.aet, directory, True)
+            def send(directory: Path) -> Run:
+                return storescu(dcmtk["storescu"], receiver.port, receiver.aet, directory, True)
 
-            row(fast, "ct", ct, STORESCU, to_fast(ct_dir))
+            row(receiver, "ct", ct, STORESCU, send(ct_dir))
             for processes in (1, 2, 4):
-                row(fast, "ct", ct, f"fastsend -P {processes}",
-                    fastsend(fast.port, fast.aet, ct_dir, processes, logs))  # fmt: skip
+                row(receiver, "ct", ct, f"fastsend -P {processes}",
+                    fastsend(receiver.port, receiver.aet, ct_dir, processes, logs))  # fmt: skip
             what = "MR files of 256x256"
-            row(fast, "mr", mr, STORESCU, to_fast(mr_dir), what)
+            row(receiver, "mr", mr, STORESCU, send(mr_dir), what)
             for processes in (1, 2):
-                row(fast, "mr", mr, f"fastsend -P {processes}",
-                    fastsend(fast.port, fast.aet, mr_dir, processes, logs), what)  # fmt: skip
+                row(receiver, "mr", mr, f"fastsend -P {processes}",
+                    fastsend(receiver.port, receiver.aet, mr_dir, processes, logs),
+                    what)  # fmt: skip
             what = f"multi-frame file of {sizes.multiframe_mb} MB"
-            row(fast, "multiframe", multiframe, STORESCU, to_fast(multiframe_dir), what)
-            row(fast, "multiframe", multiframe, "fastsend -P 1",
-                fastsend(fast.port, fast.aet, multiframe_dir, 1, logs), what)  # fmt: skip
-            row(fast, "ct_subset", subset, STORESCU, to_fast(subset_dir))
+            row(receiver, "multiframe", multiframe, STORESCU, send(multiframe_dir), what)
+            row(receiver, "multiframe", multiframe, "fastsend -P 1",
+                fastsend(receiver.port, receiver.aet, multiframe_dir, 1, logs), what)  # fmt: skip
+
+        # DCMTK at its best, both sides with 128 KB PDUs: the headline.
+        fast_receiver = storescp_receiver(dcmtk["storescp"], work, tcp_nodelay=True,
+                                          max_pdu=MAX_PDU)  # fmt: skip
+        with _running(fast_receiver) as fast:
+            to_storescp(fast)
+            row(fast, "ct_subset", subset, STORESCU,
+                storescu(dcmtk["storescu"], fast.port, fast.aet, subset_dir, True))  # fmt: skip
             if _pynetdicom_available():
                 row(fast, "ct_subset", subset, "pynetdicom storescu",
                     pynetdicom_storescu(fast.port, fast.aet, subset_dir))  # fmt: skip
@@ -910,6 +1066,19 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
                 notes.append("pynetdicom is not installed: its storescu was not measured")
             row(fast, "ct_subset", subset, "fastsend -P 1",
                 fastsend(fast.port, fast.aet, subset_dir, 1, logs))  # fmt: skip
+            if scale_dir is not None:
+                what = "files of 64x64"
+                row(fast, "scale", scale, STORESCU,
+                    storescu(dcmtk["storescu"], fast.port, fast.aet, scale_dir, True),
+                    what)  # fmt: skip
+                for processes in (1, 2):
+                    row(fast, "scale", scale, f"fastsend -P {processes}",
+                        fastsend(fast.port, fast.aet, scale_dir, processes, logs),
+                        what)  # fmt: skip
+
+        # The same rows to storescp's default 16 KB PDUs (what earlier benches measured).
+        with _running(storescp_receiver(dcmtk["storescp"], work, tcp_nodelay=True)) as fast_16k:
+            to_storescp(fast_16k)
 
         with _running(storescp_receiver(dcmtk["storescp"], work, tcp_nodelay=False)) as stock:
             row(stock, "ct_subset", subset, STORESCU,
@@ -971,15 +1140,28 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
 
     ct_mb = sum(p.stat().st_size for p in ct) / 1e6
     orthanc_subset = "" if len(orthanc_set) == len(ct) else f", and {len(orthanc_set)} for Orthanc"
+    scale_set = (
+        f", {len(scale)} CT files of 64x64x16 bit ({scale[0].stat().st_size / 1e3:.1f} KB each, "
+        "100 to a study)"
+        if scale
+        else ""
+    )
     description = (
         f"{len(ct)} CT files of 512x512x16 bit ({ct_mb:.0f} MB), {len(mr)} MR files of "
-        f"256x256x16 bit, one multi-frame file of {sizes.multiframe_mb} MB; warm page cache, "
-        f"loopback, median of {runs} runs of each whole command. Rows marked "
+        f"256x256x16 bit, one multi-frame file of {sizes.multiframe_mb} MB{scale_set}; warm "
+        f"page cache, loopback, median of {runs} runs of each whole command. DCMTK storescu "
+        f"always sends with --max-pdu {MAX_PDU}; storescp at its best receives with "
+        f"--max-pdu {MAX_PDU} too, the 16 KB PDU rows with its default. Rows marked "
         f"{len(subset)} files use a subset, for senders that need a minute per 1,000 files"
         f"{orthanc_subset}. Ratios compare with DCMTK storescu to the same "
-        "receiver on the same files; peak RSS is the largest of any one process of the "
+        "receiver on the same files. CPU per file is user and system time of the sender's "
+        "whole process tree (wait4(2) of the command: it and every process it waited for, "
+        "fastsend's forked workers included), of the run of median CPU, divided by the "
+        "files; for the raw pump, which runs in the bench's own process, that of its "
+        "sending thread. Peak RSS is the largest of any one process of the "
         "sender, sampled every 10 ms, mapped file pages included."
     )
+    notes.extend(cpu_notes(results))
     text = "\n\n".join(
         part
         for part in (
@@ -995,7 +1177,7 @@ def run_compare(options: CompareOptions, say: Say = print) -> CompareResult:
         "description": description,
         "sizes": asdict(sizes),
         "runs": runs,
-        "results": [asdict(m) for m in results],
+        "results": [_as_json(m) for m in results],
         "indexing": [asdict(m) for m in indexing],
         "notes": notes,
     }

@@ -241,9 +241,9 @@ class TreeSampler:
     def _run(self) -> None:
         try:
             root = psutil.Process(self.pid)
-            root_command = root.cmdline()
         except psutil.Error:
             return
+        root_command: list[str] = []
         processes: dict[int, psutil.Process] = {self.pid: root}
         self.peaks[self.pid] = ProcessPeak(self.pid, self.root_role)
         started = time.monotonic()
@@ -252,6 +252,11 @@ class TreeSampler:
         while True:
             now = time.monotonic()
             if now >= next_scan:
+                # Read before each scan, not once: just after Popen returns,
+                # the command may still be in execve(2), and /proc gives an
+                # empty command line; no child would then be seen as a worker.
+                with contextlib.suppress(psutil.Error):
+                    root_command = root.cmdline() or root_command
                 with contextlib.suppress(psutil.Error):
                     for child in root.children(recursive=True):
                         if child.pid not in self.peaks:

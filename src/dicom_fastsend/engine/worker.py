@@ -20,6 +20,10 @@ files in flight, with --max-ops).
 Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
 SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
 association at once.
+
+Nobody to report to (the coordinator was killed: the pipe is broken): the
+worker stops after its file in flight, as after a Ctrl-C, since nobody would
+account for what it sent next. Its outcomes still go to the journal.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .messages import (
     BatchDone,
     FileDone,
     Finished,
+    FromExecutor,
     Ready,
 )
 from .plan import Batch
@@ -203,6 +208,8 @@ class Worker:
         self.plans: list[tuple[PresentationContextRQ, ...]] = []
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
+        # The coordinator is gone (its end of the pipe is closed): nobody reads us.
+        self.orphaned = False
         self.in_flight: FileInfo | None = None
         # The last file's outcome, reported once the next C-STORE-RQ is sent.
         self._answered: tuple[FileInfo, FileResult] | None = None
@@ -244,7 +251,21 @@ class Worker:
             self.stats.files += 1
             self.stats.bytes_sent += result.bytes_sent
         cause = Cause.INTERRUPTED if result.reason == INTERRUPTED_REASON else None
-        self.conn.send(FileDone(self.config.worker, result, self.journal is not None, cause))
+        self._send(FileDone(self.config.worker, result, self.journal is not None, cause))
+
+    def _send(self, message: FromExecutor) -> None:
+        """To the coordinator; once it is gone, to nobody, and stop after the file in flight.
+
+        A broken pipe means the coordinator died (kill -9, a crash): this
+        worker's outcomes are in the journal, but nobody would hand it more
+        work, nor account for what it sent next.
+        """
+        if self.orphaned:
+            return
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            self.orphaned = self.stopping = True
 
     def _admit(self, batch: Batch) -> list[FileInfo]:
         """Read the batch's headers and claim its instances; report what will not be sent."""
@@ -261,13 +282,11 @@ class Worker:
                 self.journal.record_many(rows)  # one transaction for the batch's decisions
             for result, _, cause in decided:
                 result.worker = self.config.worker
-                self.conn.send(
-                    FileDone(self.config.worker, result, self.journal is not None, cause)
-                )
+                self._send(FileDone(self.config.worker, result, self.journal is not None, cause))
         return infos
 
     def _association(self, kind: AssociationKind, message: str) -> None:
-        self.conn.send(AssociationEvent(self.config.worker, kind, message))
+        self._send(AssociationEvent(self.config.worker, kind, message))
 
     # ------------------------------------------------------------ main loop
 
@@ -275,13 +294,17 @@ class Worker:
         try:
             try:
                 while not self.stopping:
-                    self.conn.send(Ready(self.config.worker))
-                    message = self.conn.recv()
+                    self._send(Ready(self.config.worker))
+                    try:
+                        message = None if self.orphaned else self.conn.recv()
+                    except (EOFError, ConnectionResetError):
+                        self.orphaned = self.stopping = True  # the coordinator is gone
+                        break
                     if not isinstance(message, Assign):
                         break
                     self.send_batch(message.batch)
                     self._report_answered()
-                    self.conn.send(BatchDone(self.config.worker, message.batch.batch_id))
+                    self._send(BatchDone(self.config.worker, message.batch.batch_id))
                 self.client.release()
                 if self.plan_index is not None:
                     self._association(AssociationKind.RELEASED, self.client.name)
@@ -314,7 +337,7 @@ class Worker:
             self._finish_stats()
             if self.journal is not None:
                 self.journal.close()
-            self.conn.send(Finished(self.config.worker, self.stats))
+            self._send(Finished(self.config.worker, self.stats))
 
     def _finish_stats(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)

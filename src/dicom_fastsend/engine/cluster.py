@@ -24,6 +24,14 @@ If Dask gives up on a task (distributed's ``allowed-failures``), each of its
 files without an outcome is reported failed with the reason, so the rerun
 sends it.
 
+A task whose coordinator is gone (killed, crashed) stops after its file in
+flight: the scheduler releases the keys of a client that disconnects, and a
+running task whose key is released is marked cancelled on its worker (Dask
+cannot interrupt it). The task looks after each file and at each
+publication, so the outcomes lost with the coordinator, which a rerun sends
+again, are those of the last FLUSH_INTERVAL and the file in flight per worker
+thread, not the rest of each running batch.
+
 The coordinator alone writes the journal here: the workers are on other
 hosts, and SQLite must not be shared over a network file system.
 """
@@ -166,6 +174,7 @@ class _TaskChannel:
         self._task = task
         self._report = report
         self._dask_worker = get_worker()
+        self._key = self._dask_worker.get_current_task()  # only in the task's own thread
         self._progress = Variable(task.progress)
         self._stop = Event(task.stop)
         # Guards report.results (cumulative: what the Variable holds) and the
@@ -202,6 +211,8 @@ class _TaskChannel:
             self.flush()
 
     def send(self, message: Any) -> None:
+        if isinstance(message, FileDone) and self.worker is not None and self.abandoned():
+            self.worker.stopping = True  # nobody will record what it sends next
         with self._lock:
             if isinstance(message, FileDone):
                 result = message.result
@@ -224,6 +235,19 @@ class _TaskChannel:
             return Stop()
         return Assign(self._batches.popleft())
 
+    def abandoned(self) -> bool:
+        """Whether the scheduler has let go of this task: the client that submitted it
+        (the coordinator) is gone, or it was cancelled.
+
+        The worker keeps running a task whose key was released, in state
+        "cancelled", until it returns; a lookup in its own state, no round trip.
+        """
+        try:
+            task = self._dask_worker.state.tasks.get(self._key)
+        except AttributeError:  # a distributed without Worker.state: cannot tell
+            return False
+        return task is not None and task.state == "cancelled"
+
     def remaining(self) -> list[Pending | FileInfo]:
         return [f for b in self._batches for f in b.files]
 
@@ -234,20 +258,23 @@ class _TaskChannel:
                 results, self._new_results = self._new_results, []
                 messages, self._new_messages = self._new_messages, []
                 cumulative = pickle.dumps(self._report.results) if results else b""
-            stopping = self._stop.is_set()
+            abandoned = self.abandoned()
+            stopping = abandoned or self._stop.is_set()
             if cumulative and not stopping:
                 # Not after a stop: the coordinator may be gone and have deleted
                 # the Variable, which this would create again, for nobody.
                 self._progress.set(cumulative)
-            report = self._report
-            causes = {r.path: report.causes[r.path] for r in results if r.path in report.causes}
-            event = TaskReport(
-                report.task_id, report.attempt, report.host, report.address, report.pid,
-                results, causes, messages,
-            )  # fmt: skip
-            self._dask_worker.log_event(self._task.topic, pickle.dumps(event))
+            if not abandoned:  # else nobody listens
+                report = self._report
+                causes = {r.path: report.causes[r.path] for r in results if r.path in report.causes}
+                event = TaskReport(
+                    report.task_id, report.attempt, report.host, report.address, report.pid,
+                    results, causes, messages,
+                )  # fmt: skip
+                self._dask_worker.log_event(self._task.topic, pickle.dumps(event))
         if stopping and self.worker is not None:
-            self.worker.stopping = True  # Ctrl-C on the coordinator: after the file in flight
+            # Ctrl-C on the coordinator, or the coordinator is gone: after the file in flight.
+            self.worker.stopping = True
 
 
 class _Budget:

@@ -11,7 +11,10 @@ a Dask cluster (cluster.py). Everything that decides what happens to a file
 is here, for both: Ctrl-C (the first stops dispatching and lets the files in
 flight finish, the second aborts), an executor that dies (its unreported
 files go to another once, then fail), outcomes the coordinator decides
-itself, and the inventory writes they need.
+itself, and the inventory writes they need. An inventory that can no longer
+be written (here or in an executor: a full disk ...) stops the run as the
+first Ctrl-C does, with exit 3 and the reason: a migration does not go on
+without its journal.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .messages import (
     FileDone,
     Finished,
     FromExecutor,
+    JournalFailed,
     Note,
     Ready,
     Stop,
@@ -61,6 +65,8 @@ BURST_SECONDS = 0.002
 # many (and whenever its loop comes round): an interrupted run of a million
 # files must not pay a million commits.
 JOURNAL_BATCH = 500
+# Files not sent because the journal could no longer be written (skipped).
+JOURNAL_STOP_REASON = "not sent: the run stopped, the journal cannot be written"
 
 
 class Backend(Protocol):
@@ -108,6 +114,11 @@ class Coordinator:
         self._book = BatchBook()
         self._inventory: Inventory | None = None
         self._unjournalled: list[tuple[FileResult, int, float]] = []
+        # Why the inventory can no longer be written, once it cannot: the run stops.
+        self._journal_error = ""
+        self._journal_writable = True  # False once a write of ours failed: none more
+        # Files taken from the inventory for a batch that could not be made.
+        self._unbatched: list[Pending] = []
         self._stopping = False
         self._aborting = False
         self._finishing = False  # nothing left to dispatch: executors stop when free
@@ -146,13 +157,15 @@ class Coordinator:
             try:
                 # Also before the walk: one that cannot be used stops the run
                 # at once, naming the file; this also creates a new one before
-                # any worker opens it.
+                # any worker opens it. Its first write, begin_session, shows
+                # one that cannot be written (read-only, a full disk).
                 self._inventory = Inventory(
                     path, destination_key(self.config.peer), summary.session_id
                 )
+                self._inventory.begin_session()
             except JournalError as exc:
+                self._journal_writable = False
                 return self._cannot_start(exc)
-            self._inventory.begin_session()
             if self.config.journal is not None:
                 self.hooks.log(
                     "info",
@@ -182,7 +195,11 @@ class Coordinator:
                 self._client.close()
             if self._inventory is not None:
                 self._flush_journal()
-                self._inventory.end_session(summary.exit_code)
+                if self._journal_writable:
+                    try:
+                        self._inventory.end_session(summary.exit_code)
+                    except JournalError as exc:
+                        self._journal_lost(str(exc))
                 self._inventory.close()  # the last connection: checkpoints what is left
             if scratch is not None:
                 scratch.cleanup()
@@ -250,14 +267,20 @@ class Coordinator:
         next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         while True:
             self._check_interrupts(backend)
-            if walking and not self._stopping:
-                found = walker.walk.found
-                walking = walker.step()
-                if walker.walk.found != found:
-                    self.hooks.found(walker.walk.found - found)
-            else:
-                walking = False
-            self._dispatch(backend, walker)
+            if self._journal_error and not self._stopping:
+                self._halt(backend)
+            try:
+                if walking and not self._stopping:
+                    found = walker.walk.found
+                    walking = walker.step()
+                    if walker.walk.found != found:
+                        self.hooks.found(walker.walk.found - found)
+                else:
+                    walking = False
+                self._dispatch(backend, walker)
+            except JournalError as exc:
+                self._journal_lost(str(exc))
+                continue  # stop at once, before anything else is dispatched
             if (
                 not walking
                 and not self._stopping
@@ -277,6 +300,8 @@ class Coordinator:
             messages = backend.poll(0 if walking else 0.2)
             for message in messages:
                 self._handle(message)
+                if self._journal_error and not self._stopping:
+                    self._halt(backend)  # at once: the other executors are sending
             if messages and not walking:
                 # Outcomes are flowing: let a few gather in the pipes, so each
                 # wake-up handles a burst instead of one message (a wake-up a
@@ -285,8 +310,11 @@ class Coordinator:
                 # its writer is killed.
                 time.sleep(BURST_SECONDS)
             self._flush_journal()
-            if time.monotonic() >= next_checkpoint:
-                self._inventory.checkpoint()
+            if self._journal_writable and time.monotonic() >= next_checkpoint:
+                try:
+                    self._inventory.checkpoint()
+                except JournalError as exc:
+                    self._journal_lost(str(exc))
                 next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
 
     def _can_start(self) -> bool:
@@ -319,6 +347,12 @@ class Coordinator:
     def _take(self, backend: Backend, size: int) -> Batch | None:
         """The next batch of pending files, admitted here if the backend cannot."""
         assert self._inventory is not None
+        decided: set[str] = set()  # files of the batch admit() gave an outcome
+
+        def report(result: FileResult, info: FileInfo | None, cause: Cause) -> None:
+            decided.add(result.path)
+            self._decided(result, info, cause)
+
         while True:
             files = self._inventory.take_pending(size, BATCH_BYTES)
             if not files:
@@ -327,7 +361,14 @@ class Coordinator:
             self._next_batch += 1
             if backend.reads_headers:
                 return Batch(self._next_batch, tuple(files))
-            infos = admit(files, self._inventory, self.config.resume, self._decided)
+            decided.clear()
+            try:
+                infos = admit(files, self._inventory, self.config.resume, report)
+            except JournalError:
+                # The claims were not written: these files go nowhere, and
+                # _conclude accounts for them.
+                self._unbatched += [f for f in files if f.path not in decided]
+                raise
             if infos:
                 return Batch(self._next_batch, tuple(infos))
 
@@ -335,6 +376,9 @@ class Coordinator:
 
     def _handle(self, message: FromExecutor) -> None:
         if isinstance(message, FileDone):
+            if message.cause is Cause.INTERRUPTED:
+                # The executor stopped when told to; the run knows why.
+                message.result.reason = self._unsent_reason()
             item = self._book.file_done(message.executor, message.result.path)
             size_mtime = None if item is None else (item.size, item.mtime)
             self._record(
@@ -348,12 +392,14 @@ class Coordinator:
             self._association(message)
         elif isinstance(message, Finished):
             self._ended(message.executor, message.stats)
-            # A worker that stopped early (abort) hands back what it held.
+            # A worker that stopped early (abort, no journal) hands back what it held.
             for item in self._book.unfinished(message.executor):
-                self._record_unsent(item, INTERRUPTED_REASON, Outcome.SKIPPED)
+                self._record_unsent(item, self._unsent_reason(), Outcome.SKIPPED)
             self._book.batch_done(message.executor)
         elif isinstance(message, ExecutorLost):
             self._lost(message)
+        elif isinstance(message, JournalFailed):
+            self._journal_lost(message.reason)
         elif isinstance(message, Note):
             if message.level == "info":
                 self.hooks.log(message.level, message.text)
@@ -392,7 +438,7 @@ class Coordinator:
             why = f"not sent: {message.how}"
         for item in given_up:
             if self._stopping:
-                reason = INTERRUPTED_REASON
+                reason = self._unsent_reason()
                 if not message.may_retry:
                     reason += f" ({message.how})"
                 self._record_unsent(item, reason, Outcome.SKIPPED, message.executor)
@@ -427,23 +473,40 @@ class Coordinator:
 
     def _check_interrupts(self, backend: Backend) -> None:
         if self.interrupts >= 1 and not self._stopping:
-            self._stopping = True
             self.summary.interrupted = True
             self._event(
                 "warning",
                 "interrupted (Ctrl-C): no new files are dispatched; files in "
                 "flight finish and associations are released. Ctrl-C again to abort.",
             )
-            for item in self._book.drop_retries():
-                self._record_unsent(item, INTERRUPTED_REASON, Outcome.SKIPPED)
-            for executor in self._idle:
-                backend.assign(executor, Stop())
-            self._idle.clear()
-            backend.stop()
+            self._halt(backend)
         if self.interrupts >= 2 and not self._aborting:
             self._aborting = True
             self._event("warning", "second Ctrl-C: aborting associations now")
             backend.abort()
+
+    def _halt(self, backend: Backend) -> None:
+        """Dispatch nothing more; each executor stops after its file in flight."""
+        self._stopping = True
+        for item in self._book.drop_retries():
+            self._record_unsent(item, self._unsent_reason(), Outcome.SKIPPED)
+        for executor in self._idle:
+            backend.assign(executor, Stop())
+        self._idle.clear()
+        backend.stop()
+
+    def _journal_lost(self, reason: str) -> None:
+        """The inventory cannot be written (here, or by an executor): the run stops.
+
+        Exit 3 with the reason, which names the file and what to do. What
+        cannot be recorded now is sent again by the rerun; what the journal
+        records is not.
+        """
+        if self._journal_error:
+            return
+        self._journal_error = reason
+        self.summary.error = reason
+        self._event("error", reason)
 
     # ------------------------------------------------------------ the end
 
@@ -451,11 +514,13 @@ class Coordinator:
         """Account for what was found and never dispatched; say if nothing was there."""
         assert self._inventory is not None
         if self._stopping:
-            reason, outcome = INTERRUPTED_REASON, Outcome.SKIPPED
+            reason, outcome = self._unsent_reason(), Outcome.SKIPPED
         else:
             reason = f"not sent: no worker left ({self._deaths} died)"
             outcome = Outcome.FAILED
-        left: Iterable[Pending | FileInfo] = self._book.drop_retries()
+        left: Iterable[Pending | FileInfo] = itertools.chain(
+            self._book.drop_retries(), self._unbatched
+        )
         for item in itertools.chain(left, self._inventory.pending()):
             self._record_unsent(item, reason, outcome)
         summary = self.summary
@@ -463,9 +528,10 @@ class Coordinator:
             summary.unsearched.append(note)
             self.hooks.log("warning", note.hint)
         if self._stopping and not walker.walk.done:
+            stop = "interrupted (Ctrl-C)" if self.summary.interrupted else "stopped"
             self._event(
                 "warning",
-                f"interrupted (Ctrl-C) while walking the inputs, after {walker.walk.found} "
+                f"{stop} while walking the inputs, after {walker.walk.found} "
                 "files; the files not reached were not counted",
             )
         sent_or_known = (
@@ -494,6 +560,12 @@ class Coordinator:
         """An outcome decided by the walk or by an admission here (not by an executor)."""
         self._record(result, cause, journal=True, info=info)
 
+    def _unsent_reason(self) -> str:
+        """Why a file the run stopped before sending was not sent."""
+        if self._journal_error and not self.summary.interrupted:
+            return JOURNAL_STOP_REASON
+        return INTERRUPTED_REASON
+
     def _already_stored(self, directory: str, count: int) -> None:
         self.summary.add_already_stored(count)
         self.hooks.already_stored(count)
@@ -510,7 +582,7 @@ class Coordinator:
             result = FileResult.of(item, outcome, reason, worker=worker)
         else:
             result = FileResult(item.path, outcome, reason, worker=worker)
-        cause = Cause.INTERRUPTED if reason == INTERRUPTED_REASON else None
+        cause = Cause.INTERRUPTED if reason in (INTERRUPTED_REASON, JOURNAL_STOP_REASON) else None
         self._record(result, cause, journal=True, size_mtime=(item.size, item.mtime))
 
     def _record(
@@ -538,8 +610,13 @@ class Coordinator:
                 self._flush_journal()
 
     def _flush_journal(self) -> None:
-        if self._inventory is not None and self._unjournalled:
-            self._inventory.record_many(self._unjournalled)
+        if self._inventory is not None and self._unjournalled and self._journal_writable:
+            try:
+                self._inventory.record_many(self._unjournalled)
+            except JournalError as exc:
+                # These outcomes, and the ones after, are in the summary only.
+                self._journal_writable = False
+                self._journal_lost(str(exc))
         self._unjournalled.clear()
 
     def _event(self, level: str, message: str) -> None:

@@ -17,6 +17,10 @@ readers (a status command in another terminal) never block the run, and a
 committed row survives the death of the process (``synchronous=NORMAL``:
 only a power loss can lose the last commits, which are then sent again).
 Checkpoints are the coordinator's alone (see ``checkpoint``).
+
+A write that fails (a full disk, a read-only file or file system, an I/O
+error) raises JournalError naming the file and what to do: the caller stops
+sending, since an outcome it cannot record is lost to the next run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -82,6 +87,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 # How long a connection waits for another's lock before giving up.
 BUSY_SECONDS: Final = 30.0
+# Free space below which an error names it: SQLite reports a full disk as
+# "database or disk is full", or as "disk I/O error" when it is the WAL index
+# that cannot grow.
+LOW_SPACE: Final = 1024 * 1024
 
 
 class State(Enum):
@@ -251,6 +260,7 @@ class Inventory:
     ) -> None:
         """``shown_as``: the name errors give the file (scan works on a copy)."""
         self.path = path
+        self.shown_as = shown_as or path
         self.destination = destination
         self.session_id = session_id
         try:
@@ -313,7 +323,7 @@ class Inventory:
                     (("destination", self.destination), ("schema", SCHEMA_VERSION)),
                 )
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
 
@@ -348,17 +358,23 @@ class Inventory:
     # ------------------------------------------------------------ sessions
 
     def begin_session(self) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO sessions (session_id, started_at, pid, host)"
-            " VALUES (?, ?, ?, ?)",
-            (self.session_id, time.time(), os.getpid(), socket.gethostname()),
-        )
+        """Record the session: the first write, so a journal that cannot be written is
+        refused here (JournalError), before anything is sent."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions (session_id, started_at, pid, host)"
+                " VALUES (?, ?, ?, ?)",
+                (self.session_id, time.time(), os.getpid(), socket.gethostname()),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(_cannot_use(self.shown_as, exc)) from exc
 
     def end_session(self, exit_code: int) -> None:
-        self._db.execute(
-            "UPDATE sessions SET finished_at = ?, exit_code = ? WHERE session_id = ?",
-            (time.time(), exit_code, self.session_id),
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE sessions SET finished_at = ?, exit_code = ? WHERE session_id = ?",
+                (time.time(), exit_code, self.session_id),
+            )
 
     # ------------------------------------------------------------ the walk
 
@@ -374,10 +390,11 @@ class Inventory:
     def add_pending(self, files: Sequence[Pending]) -> None:
         """Record files to send this session, in one transaction."""
         now = time.time()
-        self._transaction(
-            _PENDING,
-            [(*split(f.path), f.size, f.mtime, now, now, self.session_id) for f in files],
-        )
+        with self._writing():
+            self._transaction(
+                _PENDING,
+                [(*split(f.path), f.size, f.mtime, now, now, self.session_id) for f in files],
+            )
 
     # ------------------------------------------------------------ dispatch
 
@@ -387,6 +404,10 @@ class Inventory:
         At most ``max_files``, and no more than ``max_bytes`` unless the first
         file alone is larger.
         """
+        with self._writing():
+            return self._take_pending(max_files, max_bytes)
+
+    def _take_pending(self, max_files: int, max_bytes: int) -> list[Pending]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rows = self._db.execute(NEXT_PENDING, (self.session_id, max_files)).fetchall()
@@ -402,7 +423,7 @@ class Inventory:
                 (split(p.path) for p in taken),
             )
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
         return taken
@@ -440,6 +461,10 @@ class Inventory:
         the others become in flight. One IMMEDIATE transaction, so two
         workers claiming the same UID at once cannot both win.
         """
+        with self._writing():
+            return self._claim(infos, resume)
+
+    def _claim(self, infos: Sequence[FileInfo], resume: bool) -> dict[str, str]:
         duplicates: dict[str, str] = {}
         now = time.time()
         query = DUPLICATE if resume else DUPLICATE_THIS_SESSION
@@ -473,7 +498,7 @@ class Inventory:
                     ),
                 )
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
         return duplicates
@@ -482,12 +507,14 @@ class Inventory:
 
     def record(self, result: FileResult, size: int, mtime: float) -> None:
         """Record one outcome; committed when this returns."""
-        self._db.execute(_RECORD, self._outcome_row(result, size, mtime, time.time()))
+        with self._writing():
+            self._db.execute(_RECORD, self._outcome_row(result, size, mtime, time.time()))
 
     def record_many(self, outcomes: Iterable[tuple[FileResult, int, float]]) -> None:
         """Record (result, size, mtime) outcomes in one transaction."""
         now = time.time()
-        self._transaction(_RECORD, [self._outcome_row(r, s, m, now) for r, s, m in outcomes])
+        with self._writing():
+            self._transaction(_RECORD, [self._outcome_row(r, s, m, now) for r, s, m in outcomes])
 
     def _outcome_row(
         self, result: FileResult, size: int, mtime: float, now: float
@@ -518,9 +545,23 @@ class Inventory:
         try:
             self._db.executemany(sql, rows)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # SQLite rolls a transaction back itself after some errors (a full
+        # disk, an I/O error); a second ROLLBACK would hide the first error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write into JournalError, naming the file and what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise JournalError(_cannot_write(self.shown_as, exc)) from exc
 
     # ------------------------------------------------------------ reading
 
@@ -561,7 +602,8 @@ class Inventory:
         checkpoint never lets the WAL start over, and it would grow by every
         outcome of the run. Writers wait (busy_timeout) while it runs.
         """
-        self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+        with self._writing():
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def snapshot(self, target: Path) -> None:
         """A consistent copy (SQLite's online backup), for reading without a lock."""
@@ -871,6 +913,33 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _cannot_use(path: Path, exc: OSError | sqlite3.Error) -> str:
     return (
-        f"cannot use the journal {path}: {exc}; give --journal a writable path, new or an"
-        " earlier fastsend journal (move this file aside if it is something else)"
+        f"cannot use the journal {path}: {exc}{_why_not_writable(path)}; give --journal a"
+        " writable path, new or an earlier fastsend journal (move this file aside if it is"
+        " something else)"
     )
+
+
+def _cannot_write(path: Path, exc: sqlite3.Error) -> str:
+    return (
+        f"cannot write the journal {path}: {exc}{_why_not_writable(path)}; the run stops, since"
+        " no outcome of what it sent next could be recorded. Free space there (or make the file"
+        " writable), then run the same command again: it sends what the journal does not"
+        " record as stored"
+    )
+
+
+def _why_not_writable(path: Path) -> str:
+    """What the file system says, when SQLite's error does not: read-only, or full."""
+    try:
+        status = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if status.f_flag & os.ST_RDONLY:
+        return " (its file system is mounted read-only)"
+    # access(2) answers for root too: EROFS, or EPERM for an immutable file (chattr +i).
+    if path.exists() and not os.access(path, os.W_OK):
+        return " (the file is not writable)"
+    free = status.f_bavail * status.f_frsize
+    if free < LOW_SPACE:
+        return f" (its file system has {free // 1024} kB free)"
+    return ""

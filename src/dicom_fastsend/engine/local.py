@@ -6,7 +6,11 @@ messages it had already "sent", and a shared work queue cannot tell which
 worker took a batch before dying. With a pipe per worker, a message is in
 the pipe before the worker moves on, and the coordinator hands each batch to
 a named worker. ``multiprocessing.connection.wait``-style selection over the
-pipes and the process sentinels shows a death at once.
+pipes and the process sentinels shows a death at once. The other way round,
+a worker sees the coordinator's death as the end of its pipe: a forked
+worker first closes the coordinator's ends of the pipes it inherited (its
+own and the other workers'), or they would keep every pipe open, and an
+orphaned worker would wait for its next batch forever.
 
 This module only runs processes and carries messages; what a death means for
 the files is the coordinator's decision (coordinator.py).
@@ -85,13 +89,18 @@ class LocalBackend:
         worker = self._next
         self._next += 1
         parent, child = self._context.Pipe(duplex=True)
+        config = replace(self._config, worker=worker, rate_lock_path=self._rate_lock)
+        if isinstance(self._context, ForkContext):
+            # A forked child has copies of every descriptor (a spawned one only
+            # of what it is given): the coordinator's ends must be closed there.
+            inherited = (parent, *(handle.conn for handle in self._processes.values()))
+            target: Any = _forked_worker_main
+            args: tuple[Any, ...] = (inherited, config, child, self._shared_rate)
+        else:
+            target, args = worker_main, (config, child, self._shared_rate)
         process = self._context.Process(
-            target=worker_main,
-            args=(replace(self._config, worker=worker, rate_lock_path=self._rate_lock), child,
-                  self._shared_rate),
-            name=f"fastsend-worker-{worker}",
-            daemon=True,
-        )  # fmt: skip
+            target=target, args=args, name=f"fastsend-worker-{worker}", daemon=True
+        )
         # Workers must not see the terminal's Ctrl-C; the coordinator decides.
         # An ignored SIGINT is inherited by a forked worker, and a spawned one
         # keeps it across exec (Python leaves an ignored SIGINT ignored).
@@ -188,3 +197,17 @@ class LocalBackend:
         if self._rate_lock is not None:
             os.unlink(self._rate_lock)
             self._rate_lock = None
+
+
+def _forked_worker_main(
+    inherited: tuple[Connection, ...], config: WorkerConfig, conn: Connection, shared_rate: Any
+) -> None:
+    """A forked worker: close the coordinator's pipe ends it inherited, then run.
+
+    Only the coordinator may hold them: then its death (kill -9 included)
+    closes them, and each worker's next send or receive fails (EOF, broken
+    pipe), which tells it to stop after its file in flight (worker.py).
+    """
+    for connection in inherited:
+        connection.close()
+    worker_main(config, conn, shared_rate)

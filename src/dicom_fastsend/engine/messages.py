@@ -93,6 +93,14 @@ class ExecutorLost(NamedTuple):
     stats: WorkerStats
 
 
+class JournalFailed(NamedTuple):
+    """The executor could not write the journal (the inventory): it stops after its file
+    in flight, and so does the run. ``reason`` names the file and says why."""
+
+    executor: int
+    reason: str
+
+
 class Note(NamedTuple):
     """Something for people (level: info, warning, error); no decision hangs on it.
 
@@ -104,4 +112,6 @@ class Note(NamedTuple):
 
 
 ToExecutor = Assign | Stop
-FromExecutor = Ready | FileDone | BatchDone | AssociationEvent | Finished | ExecutorLost | Note
+FromExecutor = (
+    Ready | FileDone | BatchDone | AssociationEvent | Finished | ExecutorLost | JournalFailed | Note
+)

@@ -20,6 +20,12 @@ files in flight, with --max-ops).
 Signals: SIGINT is ignored (the coordinator decides what Ctrl-C means),
 SIGUSR1 asks for a graceful stop after the file in flight, SIGUSR2 aborts the
 association at once.
+
+Nobody to report to (the coordinator was killed: the pipe is broken), or no
+journal to record in (it cannot be written, e.g. a full disk): the worker
+stops after its file in flight, as after a Ctrl-C, since what it sent next
+would be recorded nowhere. Its outcomes still go wherever they can: the
+journal when the coordinator is gone, the coordinator when the journal is.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from ..io.transport import ConnectError, TLSError, TransportError
 from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
 from ..protocol.dimse import StatusCategory, status_category, status_text
 from ..protocol.pdu import PresentationContextRQ
-from .inventory import Inventory
+from .inventory import Inventory, JournalError
 from .messages import (
     Assign,
     AssociationEvent,
@@ -51,6 +57,8 @@ from .messages import (
     BatchDone,
     FileDone,
     Finished,
+    FromExecutor,
+    JournalFailed,
     Ready,
 )
 from .plan import Batch
@@ -203,6 +211,8 @@ class Worker:
         self.plans: list[tuple[PresentationContextRQ, ...]] = []
         self.plan_index: int | None = None  # which planned association is open
         self.stopping = False
+        # The coordinator is gone (its end of the pipe is closed): nobody reads us.
+        self.orphaned = False
         self.in_flight: FileInfo | None = None
         # The last file's outcome, reported once the next C-STORE-RQ is sent.
         self._answered: tuple[FileInfo, FileResult] | None = None
@@ -238,36 +248,77 @@ class Worker:
     def _report_now(self, info: FileInfo, result: FileResult) -> None:
         """Journal first, then tell the coordinator: a kill between the two loses nothing."""
         result.worker = self.config.worker
+        journaled = False
         if self.journal is not None:
-            self.journal.record(result, info.size, info.mtime)
+            try:
+                self.journal.record(result, info.size, info.mtime)
+                journaled = True
+            except JournalError as exc:
+                self._journal_failed(exc)  # the coordinator records it, if it can
         if result.outcome in (Outcome.STORED, Outcome.WARNING):
             self.stats.files += 1
             self.stats.bytes_sent += result.bytes_sent
         cause = Cause.INTERRUPTED if result.reason == INTERRUPTED_REASON else None
-        self.conn.send(FileDone(self.config.worker, result, self.journal is not None, cause))
+        self._send(FileDone(self.config.worker, result, journaled, cause))
+
+    def _send(self, message: FromExecutor) -> None:
+        """To the coordinator; once it is gone, to nobody, and stop after the file in flight.
+
+        A broken pipe means the coordinator died (kill -9, a crash): this
+        worker's outcomes are in the journal, but nobody would hand it more
+        work, nor account for what it sent next.
+        """
+        if self.orphaned:
+            return
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            self.orphaned = self.stopping = True
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        """The journal cannot be written: send nothing more (README: a migration does not
+        go on without its journal); the coordinator stops the run."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        self.stopping = True
+        self._send(JournalFailed(self.config.worker, str(exc)))
 
     def _admit(self, batch: Batch) -> list[FileInfo]:
         """Read the batch's headers and claim its instances; report what will not be sent."""
         decided: list[tuple[FileResult, FileInfo | None, Cause]] = []
-        infos = admit(
-            batch.files,
-            self.journal,
-            self.config.resume,
-            lambda result, info, cause: decided.append((result, info, cause)),
-        )
+        try:
+            infos = admit(
+                batch.files,
+                self.journal,
+                self.config.resume,
+                lambda result, info, cause: decided.append((result, info, cause)),
+            )
+        except JournalError as exc:
+            # The claims were not written: none of the batch is sent.
+            self._journal_failed(exc)
+            decided_paths = {result.path for result, _, _ in decided}
+            for item in batch.files:
+                if item.path not in decided_paths:
+                    unsent = FileResult(item.path, Outcome.SKIPPED, INTERRUPTED_REASON)
+                    decided.append((unsent, None, Cause.INTERRUPTED))
+            infos = []
         if decided:
             rows = [(r, *_size_and_mtime(r.path, i)) for r, i, _ in decided]
+            journaled = False
             if self.journal is not None:
-                self.journal.record_many(rows)  # one transaction for the batch's decisions
+                try:
+                    self.journal.record_many(rows)  # one transaction for the batch's decisions
+                    journaled = True
+                except JournalError as exc:
+                    self._journal_failed(exc)
             for result, _, cause in decided:
                 result.worker = self.config.worker
-                self.conn.send(
-                    FileDone(self.config.worker, result, self.journal is not None, cause)
-                )
+                self._send(FileDone(self.config.worker, result, journaled, cause))
         return infos
 
     def _association(self, kind: AssociationKind, message: str) -> None:
-        self.conn.send(AssociationEvent(self.config.worker, kind, message))
+        self._send(AssociationEvent(self.config.worker, kind, message))
 
     # ------------------------------------------------------------ main loop
 
@@ -275,13 +326,17 @@ class Worker:
         try:
             try:
                 while not self.stopping:
-                    self.conn.send(Ready(self.config.worker))
-                    message = self.conn.recv()
+                    self._send(Ready(self.config.worker))
+                    try:
+                        message = None if self.orphaned else self.conn.recv()
+                    except (EOFError, ConnectionResetError):
+                        self.orphaned = self.stopping = True  # the coordinator is gone
+                        break
                     if not isinstance(message, Assign):
                         break
                     self.send_batch(message.batch)
                     self._report_answered()
-                    self.conn.send(BatchDone(self.config.worker, message.batch.batch_id))
+                    self._send(BatchDone(self.config.worker, message.batch.batch_id))
                 self.client.release()
                 if self.plan_index is not None:
                     self._association(AssociationKind.RELEASED, self.client.name)
@@ -314,7 +369,7 @@ class Worker:
             self._finish_stats()
             if self.journal is not None:
                 self.journal.close()
-            self.conn.send(Finished(self.config.worker, self.stats))
+            self._send(Finished(self.config.worker, self.stats))
 
     def _finish_stats(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)

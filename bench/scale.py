@@ -174,19 +174,8 @@ class Bench:
 
 def storescu_command(bench: Bench, *options: str) -> list[str]:
     assert bench.storescu is not None
-    return [
-        bench.storescu,
-        *options,
-        "--max-pdu",
-        str(MAX_PDU),
-        "+sd",
-        "+r",
-        "-aec",
-        RECEIVER_AE,
-        LOOPBACK,
-        str(bench.port),
-        str(bench.tree),
-    ]
+    return [bench.storescu, *options, "--max-pdu", str(MAX_PDU), "+sd", "+r",
+            "-aec", RECEIVER_AE, LOOPBACK, str(bench.port), str(bench.tree)]  # fmt: skip
 
 
 def run_storescu(bench: Bench, number: int) -> RunResult:
@@ -239,26 +228,9 @@ def probe_storescu_first_store(bench: Bench) -> float | None:
 
 
 def fastsend_command(bench: Bench, processes: int, log_dir: Path) -> list[str]:
-    return [
-        bench.python,
-        "-m",
-        "dicom_fastsend",
-        "send",
-        "-i",
-        str(bench.tree),
-        "-r",
-        "-a",
-        RECEIVER_AE,
-        "-H",
-        LOOPBACK,
-        "-p",
-        str(bench.port),
-        "-P",
-        str(processes),
-        "--log-dir",
-        str(log_dir),
-        "--no-progress",
-    ]
+    return [bench.python, "-m", "dicom_fastsend", "send", "-i", str(bench.tree), "-r",
+            "-a", RECEIVER_AE, "-H", LOOPBACK, "-p", str(bench.port), "-P", str(processes),
+            "--log-dir", str(log_dir), "--no-progress"]  # fmt: skip
 
 
 def first_stored_time(log: Path) -> float | None:

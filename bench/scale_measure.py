@@ -149,18 +149,8 @@ def storescp(binary: str, workdir: Path) -> Iterator[int]:
     log = workdir / "storescp.log"
     for _attempt in range(5):
         port = free_port()
-        command = [
-            binary,
-            "--fork",
-            "--ignore",
-            "--max-pdu",
-            str(MAX_PDU),
-            "-aet",
-            RECEIVER_AE,
-            "-od",
-            str(workdir),
-            str(port),
-        ]
+        command = [binary, "--fork", "--ignore", "--max-pdu", str(MAX_PDU),
+                   "-aet", RECEIVER_AE, "-od", str(workdir), str(port)]  # fmt: skip
         with log.open("wb") as output:
             process = subprocess.Popen(
                 command,

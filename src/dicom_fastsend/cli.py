@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -364,23 +365,51 @@ def send(
     sys.exit(summary.exit_code)
 
 
+def _journal_options(journal_help: str) -> Callable[[FC], FC]:
+    """The destination whose journal to read (-a/-H/-p, --log-dir) or --journal:
+    shared by `scan` and `status`, which never contact the destination."""
+
+    def decorate(function: FC) -> FC:
+        options = [
+            click.option("-a", "--ae-title", "called", help="Destination AE title (with -H, -p)."),
+            click.option("-H", "--host", help="Destination host (with -a and -p)."),
+            click.option("-p", "--port", type=click.IntRange(1, 65535), help="Destination port."),
+            click.option(
+                "--log-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=Path("logs"),
+                show_default=True,
+                help="Where send keeps the destination's journal.",
+            ),
+            click.option(
+                "--journal", type=click.Path(dir_okay=False, path_type=Path), help=journal_help
+            ),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _journal_destination(
+    called: str | None, host: str | None, port: int | None
+) -> PeerConfig | None:
+    """The destination named by -a/-H/-p (all three or none); it is not contacted."""
+    destination = (called, host, port)
+    if all(v is None for v in destination):
+        return None
+    if called is None or host is None or port is None:
+        raise click.UsageError("-a, -H and -p go together (the destination whose journal to read)")
+    try:
+        return PeerConfig(host=host, port=port, called_ae_title=called)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @main.command()
 @_input_options
-@click.option("-a", "--ae-title", "called", help="Destination AE title: consult its journal.")
-@click.option("-H", "--host", help="Destination host (with -a and -p).")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), help="Destination port.")
-@click.option(
-    "--log-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("logs"),
-    show_default=True,
-    help="Where send keeps the destination's journal.",
-)
-@click.option(
-    "--journal",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The journal send would use (default: the destination's in --log-dir).",
-)
+@_journal_options("The journal send would use (default: the destination's in --log-dir).")
 @click.option("--no-resume", is_flag=True, help="As send --no-resume: ignore the journal.")
 @click.option(
     "--transcode",
@@ -415,27 +444,20 @@ def scan(
     from .survey import format_report
     from .survey import scan as run_scan
 
-    destination = (called, host, port)
-    if any(v is not None for v in destination) and None in destination:
-        raise click.UsageError("-a, -H and -p go together (the destination whose journal to read)")
-    if journal is not None and called is None:
+    destination = _journal_destination(called, host, port)
+    if journal is not None and destination is None:
         raise click.UsageError(
             "--journal needs the destination (-a, -H, -p): a journal holds several"
         )
-    try:
-        # Without a destination the peer is never contacted and no journal is read.
-        peer = PeerConfig(
-            host=host or "localhost", port=port or 104, called_ae_title=called or "SCAN"
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    # Without a destination the peer is never contacted and no journal is read.
+    peer = destination or PeerConfig(host="localhost", port=104, called_ae_title="SCAN")
     config = SendConfig(
         peer=peer,
         inputs=_all_inputs(inputs, input_list),
         recursive=recursive,
         log_dir=log_dir,
         journal_path=journal,
-        resume=called is not None and not no_resume,
+        resume=destination is not None and not no_resume,
         transcode=transcode == "if-needed",
     )
     try:
@@ -448,21 +470,7 @@ def scan(
 
 
 @main.command()
-@click.option("-a", "--ae-title", "called", help="Destination AE title (with -H and -p).")
-@click.option("-H", "--host", help="Destination host (with -a and -p).")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), help="Destination port.")
-@click.option(
-    "--log-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("logs"),
-    show_default=True,
-    help="Where send keeps the destination's journal.",
-)
-@click.option(
-    "--journal",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The journal to read (instead of -a/-H/-p).",
-)
+@_journal_options("The journal to read (instead of -a/-H/-p).")
 @click.option("--session", "session_id", help="The session to report on (default: the latest).")
 @click.option(
     "--studies",
@@ -495,17 +503,11 @@ def status(
     from .engine.inventory import JournalError
     from .status import UnknownSession, format_status, read_status
 
-    destination = (called, host, port)
-    if any(v is not None for v in destination) and None in destination:
-        raise click.UsageError("-a, -H and -p go together (the destination whose journal to read)")
-    if journal is None and called is None:
+    peer = _journal_destination(called, host, port)
+    if journal is None and peer is None:
         raise click.UsageError("give the destination (-a, -H, -p) or --journal")
     expected = None
-    if called is not None and host is not None and port is not None:
-        try:
-            peer = PeerConfig(host=host, port=port, called_ae_title=called)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from exc
+    if peer is not None:
         expected = destination_key(peer)
         journal = journal or default_journal_path(log_dir, peer)
     assert journal is not None

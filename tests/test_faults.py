@@ -436,7 +436,7 @@ def test_scp_restart_loses_only_the_file_in_flight_and_the_rest_is_sent(
     assert_others_stored(run, scp, archive, failure["path"])
 
 
-def test_scp_down_without_retries_fails_the_rest_quickly_and_says_refused(
+def test_scp_down_without_retries_fails_the_rest_quickly_naming_the_peer(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
     scp = HostileSCP()
@@ -452,10 +452,16 @@ def test_scp_down_without_retries_fails_the_rest_quickly_and_says_refused(
     )
     failures = run.summary["failures"]
     assert len(failures) == len(archive.files) - 2
+    # The file in flight was lost with the association; every other one failed
+    # without a C-STORE. Each batch (a series folder here) tries the
+    # association once more; whether that meets a refusal or HostileSCP's
+    # listener still closing (it may accept, then close) is timing, so only
+    # what both say is checked: the peer is named, and nothing was retried.
     lost = [f for f in failures if f["reason"].startswith("association lost")]
-    refused = [f for f in failures if "Connection refused" in f["reason"]]
-    assert len(lost) == 1 and len(refused) == len(failures) - 1, failures
-    assert "Connection refused" in run.stderr and "ERROR " in run.stderr
+    assert lost and all(f["attempts"] <= 1 for f in failures), failures
+    peer = f"127.0.0.1:{scp.port}"
+    assert all(peer in f["reason"] for f in failures), failures
+    assert "ERROR " in run.stderr
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ Every socket operation is bounded: reads poll in short slices, give up after
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -329,6 +330,7 @@ class HostileSCP:
             self._accept_thread.join(timeout=5)
         with self._listener_lock:
             if self._listener is not None:
+                _shutdown(self._listener)
                 self._listener.close()
                 self._listener = None
         with self._lock:
@@ -386,34 +388,49 @@ class HostileSCP:
         while not self._stopping.is_set():
             with self._listener_lock:
                 listener = self._listener
-                if listener is None:
-                    if self._reopen_at is not None and time.monotonic() >= self._reopen_at:
+                if listener is None and self._reopen_at is not None:
+                    if time.monotonic() >= self._reopen_at:
                         self._listener = self._bind(self.port)
                         self._reopen_at = None
                         self._mark_back_up()
-                    connection = None
-                else:
-                    listener.settimeout(POLL)
-                    try:
-                        connection, _ = listener.accept()
-                    except OSError:  # includes the timeout
-                        connection = None
-            if connection is None:
-                if listener is None:
-                    time.sleep(POLL)
+            if listener is None:
+                time.sleep(POLL)
                 continue
-            with self._lock:
-                number = len(self._associations)
-                record = AssociationRecord(number)
-                self._associations.append(record)
-                thread = threading.Thread(
-                    target=self._serve,
-                    args=(connection, record),
-                    name=f"hostile-association-{number}",
-                    daemon=True,
-                )
-                self._connections[number] = (connection, thread, record)
+            # Wait without the lock: a restart must never queue behind an
+            # accept (a Python lock is not fair, so a loop that re-takes it
+            # at once could keep _go_down waiting for seconds).
+            try:
+                ready, _, _ = select.select([listener], [], [], POLL)
+            except (OSError, ValueError):  # closed by a restart meanwhile
+                continue
+            if not ready:
+                continue
+            with self._listener_lock:
+                if self._listener is not listener:
+                    continue  # its backlog went with the restart, as with a killed process
+                listener.setblocking(False)
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    continue
+                # Registered under the listener lock, so that a restart sees
+                # every connection of the old listener and none of the new one.
+                thread = self._register(connection)
             thread.start()
+
+    def _register(self, connection: socket.socket) -> threading.Thread:
+        with self._lock:
+            number = len(self._associations)
+            record = AssociationRecord(number)
+            self._associations.append(record)
+            thread = threading.Thread(
+                target=self._serve,
+                args=(connection, record),
+                name=f"hostile-association-{number}",
+                daemon=True,
+            )
+            self._connections[number] = (connection, thread, record)
+        return thread
 
     def _mark_back_up(self) -> None:
         with self._lock:
@@ -426,18 +443,23 @@ class HostileSCP:
         assert restart is not None
         with self._listener_lock:
             if self._listener is not None:
+                # shutdown first: the accept loop may be in select() on it,
+                # which keeps a closed socket listening (and completing
+                # handshakes) until select returns; shutdown stops it at once.
+                _shutdown(self._listener)
                 self._listener.close()
                 self._listener = None
             went_down = time.monotonic()
             with self._lock:
                 self.restarts.append((went_down, went_down))
+                # Taken before the new listener exists: these are exactly the
+                # connections of the process that "died".
+                others = [(s, r) for s, _, r in self._connections.values() if s is not current]
             if restart.down_for <= 0:
                 self._listener = self._bind(self.port)
                 self._mark_back_up()
             else:
                 self._reopen_at = went_down + restart.down_for
-        with self._lock:
-            others = [(s, r) for s, _, r in self._connections.values() if s is not current]
         for sock, record in others:
             record.dropped_by_restart = True
             _shutdown(sock)  # their threads see EOF and close their own sockets

@@ -424,7 +424,8 @@ def test_scp_restart_loses_only_the_file_in_flight_and_the_rest_is_sent(
     scp = HostileSCP()
     scp.restart(after_stores=2, down_for=0)
     with scp:
-        run = send(scp, archive, tmp_path, *retries(0))
+        # One process: one association at a time, so one file is in flight.
+        run = send(scp, archive, tmp_path, *retries(0), "-P", "1")
         associations = scp.association_records()
     assert len(scp.restarts) == 1
     assert associations[0].dropped_by_restart
@@ -436,13 +437,14 @@ def test_scp_restart_loses_only_the_file_in_flight_and_the_rest_is_sent(
     assert_others_stored(run, scp, archive, failure["path"])
 
 
-def test_scp_down_without_retries_fails_the_rest_quickly_naming_the_peer(
+def test_scp_down_without_retries_fails_the_rest_quickly_and_says_refused(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
     scp = HostileSCP()
     scp.restart(after_stores=2, down_for=3.0)
     with scp:
-        run = send(scp, archive, tmp_path, *retries(0))
+        # One process, so exactly one file is in flight when the SCP goes down.
+        run = send(scp, archive, tmp_path, *retries(0), "-P", "1")
         received = scp.stored_uids()
     assert run.seconds < 3.0 + QUICK / 2
     assert run.returncode == 1, run.stderr  # an association was made: not exit 3
@@ -452,16 +454,15 @@ def test_scp_down_without_retries_fails_the_rest_quickly_naming_the_peer(
     )
     failures = run.summary["failures"]
     assert len(failures) == len(archive.files) - 2
-    # The file in flight was lost with the association; every other one failed
-    # without a C-STORE. Each batch (a series folder here) tries the
-    # association once more; whether that meets a refusal or HostileSCP's
-    # listener still closing (it may accept, then close) is timing, so only
-    # what both say is checked: the peer is named, and nothing was retried.
+    # The file in flight was lost with the association; every later batch
+    # tries the association once (no retries) and is refused, naming the peer.
     lost = [f for f in failures if f["reason"].startswith("association lost")]
-    assert lost and all(f["attempts"] <= 1 for f in failures), failures
+    refused = [f for f in failures if "Connection refused" in f["reason"]]
+    assert len(lost) == 1 and len(refused) == len(failures) - 1, failures
+    assert all(f["attempts"] <= 1 for f in failures), failures
     peer = f"127.0.0.1:{scp.port}"
     assert all(peer in f["reason"] for f in failures), failures
-    assert "ERROR " in run.stderr
+    assert "Connection refused" in run.stderr and "ERROR " in run.stderr
 
 
 # --------------------------------------------------------------------------

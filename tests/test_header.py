@@ -74,7 +74,13 @@ def _ct(*, with_sequence: bool = False, pixels: int = 512) -> Dataset:
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.11"
     ds.Modality = "CT"
-    ds.PatientName = "Header^Test"
+    # ISO_IR 100 (Latin-1): the name is not ASCII; the accession's odd
+    # length gets a padding space (PS3.5 6.2) that must not come back.
+    ds.PatientName = "Müller^Test"
+    ds.PatientID = "PID-0042"
+    ds.AccessionNumber = "ACC12"
+    ds.StudyDate = "20240229"
+    ds.StudyTime = "134501.5"
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.12"
     ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.13"
     ds.Rows = 16
@@ -127,7 +133,13 @@ def test_read_header_matches_pydicom(
         study_instance_uid=reference.StudyInstanceUID,
         dataset_offset=info.dataset_offset,
         series_instance_uid=reference.get("SeriesInstanceUID", ""),
+        patient_id=reference.PatientID,
+        patient_name=str(reference.PatientName),
+        accession_number=reference.AccessionNumber,
+        study_date=reference.StudyDate,
+        study_time=reference.StudyTime,
     )
+    assert (info.patient_name, info.accession_number) == ("Müller^Test", "ACC12")
     # dataset_offset: from there on the file holds exactly the data set pydicom encodes
     # (deflated for the deflated syntax, as a receiver expects it on the wire).
     encoded = DicomBytesIO()

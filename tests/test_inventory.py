@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dicom_fastsend.engine.inventory import (
     HOT_QUERIES,
+    VERIFICATION_COLUMNS,
     Inventory,
     JournalError,
     Known,
@@ -171,3 +173,38 @@ def test_the_queries_of_a_run_use_an_index_not_a_scan(tmp_path: Path) -> None:
             plan = db.execute("EXPLAIN QUERY PLAN " + query, ("x",) * query.count("?"))
             details = [row[3] for row in plan]
             assert not [d for d in details if d.startswith("SCAN files")], (query, details)
+
+
+def test_claims_record_each_study_once_from_its_first_header(tmp_path: Path) -> None:
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    first = replace(info("/a/1.dcm", "1.1"), patient_id="P1", accession_number="A1",
+                    study_date="20240101", study_time="0800")  # fmt: skip
+    second = replace(info("/a/2.dcm", "1.2"), patient_id="other")
+    inventory.claim([first, second])
+    inventory.claim([replace(info("/b/1.dcm", "2.1"), study_instance_uid="2.9")])
+    with sqlite3.connect(tmp_path / "i.sqlite") as db:
+        rows = db.execute(
+            "SELECT study_instance_uid, patient_id, accession_number, study_date, study_time"
+            " FROM studies ORDER BY 1"
+        ).fetchall()
+    assert rows == [("1.9", "P1", "A1", "20240101", "0800"), ("2.9", "", "", "", "")]
+
+
+def test_an_inventory_of_schema_2_gains_the_verification_columns(tmp_path: Path) -> None:
+    path = tmp_path / "i.sqlite"
+    inventory = Inventory(path, DEST, "s1")
+    stored = FileResult("/a/1.dcm", Outcome.STORED, sop_instance_uid="1.1", attempts=1)
+    inventory.record(stored, 100, 5.0)
+    inventory.close()
+    with sqlite3.connect(path) as db:  # back to schema 2, as an earlier version left it
+        for name, _ in VERIFICATION_COLUMNS:
+            db.execute(f"ALTER TABLE files DROP COLUMN {name}")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    Inventory(path, DEST, "s2").close()
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+        row = db.execute("SELECT state, commit_state, commit_reason, find_state FROM files")
+        schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        assert row.fetchall() == [("stored", None, "", None)]
+    assert {name for name, _ in VERIFICATION_COLUMNS} <= columns
+    assert schema == ("3",)

@@ -40,7 +40,7 @@ from ..errors import FastsendError
 from ..io.header import FileInfo
 from .results import FileResult, Outcome
 
-SCHEMA_VERSION: Final = "2"
+SCHEMA_VERSION: Final = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS files (
     held_size            INTEGER,
     held_mtime           REAL,
     held_outcome         TEXT,
+    -- What a verification (fastsend verify, PS3.4 Annex J and C-FIND) found
+    -- of the instance held: see VERIFICATION_COLUMNS.
+    commit_state         TEXT,            -- NULL: never asked; see CommitState
+    commit_reason        TEXT NOT NULL DEFAULT '',
+    find_state           TEXT,            -- NULL: never queried; see FindState
+    verified_at          REAL,
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_sop_instance ON files (sop_instance_uid)
@@ -75,6 +81,16 @@ CREATE INDEX IF NOT EXISTS files_sop_instance ON files (sop_instance_uid)
 -- What the dispatcher looks for; small, since rows leave it once dispatched.
 CREATE INDEX IF NOT EXISTS files_pending ON files (session_id, dir, name)
     WHERE state = 'pending';
+-- Study-level attributes from the first header read of each study: for
+-- reports (patient, accession, date) and for ordering studies.
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid   TEXT PRIMARY KEY,
+    patient_id           TEXT NOT NULL DEFAULT '',
+    patient_name         TEXT NOT NULL DEFAULT '',
+    accession_number     TEXT NOT NULL DEFAULT '',
+    study_date           TEXT NOT NULL DEFAULT '',
+    study_time           TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session_id   TEXT PRIMARY KEY,
     started_at   REAL NOT NULL,
@@ -85,12 +101,42 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 """
 
+# Columns added by schema 3 to a files table of schema 2: (name, declaration).
+VERIFICATION_COLUMNS: Final = (
+    ("commit_state", "TEXT"),
+    ("commit_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("find_state", "TEXT"),
+    ("verified_at", "REAL"),
+)
+
+_STUDY = """
+INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number,
+    study_date, study_time)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (study_instance_uid) DO NOTHING
+"""
+
 # How long a connection waits for another's lock before giving up.
 BUSY_SECONDS: Final = 30.0
 # Free space below which an error names it: SQLite reports a full disk as
 # "database or disk is full", or as "disk I/O error" when it is the WAL index
 # that cannot grow.
 LOW_SPACE: Final = 1024 * 1024
+
+
+class CommitState(Enum):
+    """Storage Commitment (PS3.4 Annex J) of an instance the destination holds."""
+
+    COMMITTED = "committed"  # in the Referenced SOP Sequence of the N-EVENT-REPORT
+    COMMIT_FAILED = "commit_failed"  # in its Failed SOP Sequence (reason: J.3.3)
+    UNCOMMITTED = "uncommitted"  # asked, and no report came within --commit-timeout
+
+
+class FindState(Enum):
+    """What a C-FIND of the destination (PS3.4 C) returned of an instance it should hold."""
+
+    FOUND = "found"
+    MISSING = "missing"  # missing at destination
 
 
 class State(Enum):
@@ -307,6 +353,19 @@ class Inventory:
             # 1,000 WAL pages.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Give a schema-2 files table the verification columns (idempotent)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        missing = [(n, d) for n, d in VERIFICATION_COLUMNS if n not in have]
+        for name, declaration in missing:
+            self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
+        if missing:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                (SCHEMA_VERSION,),
+            )
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -468,6 +527,7 @@ class Inventory:
         duplicates: dict[str, str] = {}
         now = time.time()
         query = DUPLICATE if resume else DUPLICATE_THIS_SESSION
+        studies: dict[str, FileInfo] = {}
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for info in infos:
@@ -497,6 +557,22 @@ class Inventory:
                         self.session_id,
                     ),
                 )
+                if info.study_instance_uid:
+                    studies.setdefault(info.study_instance_uid, info)
+            self._db.executemany(
+                _STUDY,
+                [
+                    (
+                        uid,
+                        i.patient_id,
+                        i.patient_name,
+                        i.accession_number,
+                        i.study_date,
+                        i.study_time,
+                    )
+                    for uid, i in studies.items()
+                ],
+            )
         except BaseException:
             self._rollback()
             raise

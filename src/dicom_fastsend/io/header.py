@@ -44,18 +44,26 @@ SOP_CLASS_UID: Final = 0x00080016
 SOP_INSTANCE_UID: Final = 0x00080018
 STUDY_INSTANCE_UID: Final = 0x0020000D
 SERIES_INSTANCE_UID: Final = 0x0020000E
+# Study-level attributes a migration report (and a study order) needs.
+STUDY_DATE: Final = 0x00080020
+STUDY_TIME: Final = 0x00080030
+ACCESSION_NUMBER: Final = 0x00080050
+PATIENT_NAME: Final = 0x00100010
+PATIENT_ID: Final = 0x00100020
+_STUDY_TEXT: Final = (PATIENT_ID, PATIENT_NAME, ACCESSION_NUMBER, STUDY_DATE, STUDY_TIME)
 
 _META_WANTED: Final = (
     MEDIA_STORAGE_SOP_CLASS_UID,
     MEDIA_STORAGE_SOP_INSTANCE_UID,
     TRANSFER_SYNTAX_UID,
 )
-_DATA_SET_WANTED: Final = (
+_DATA_SET_UIDS: Final = (
     SOP_CLASS_UID,
     SOP_INSTANCE_UID,
     STUDY_INSTANCE_UID,
     SERIES_INSTANCE_UID,
 )
+_DATA_SET_WANTED: Final = (*_DATA_SET_UIDS, *_STUDY_TEXT)
 PIXEL_DATA: Final = 0x7FE00010
 # Bytes read first. Headers up to the pixel data nearly always fit; when the
 # pixel data then ends exactly at the end of the file, the walk is complete
@@ -77,6 +85,13 @@ class FileInfo:
     # First byte after the File Meta group (0002); 0 for a data set without Part 10 meta.
     dataset_offset: int
     series_instance_uid: str = ""  # "" when absent
+    # Study-level text, "" when absent: Patient ID, Patient's Name, Accession
+    # Number, Study Date (DA, YYYYMMDD) and Study Time (TM).
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
 
 
 class HeaderError(Exception):
@@ -104,6 +119,23 @@ def _ui_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> 
     except UnicodeDecodeError:
         return None
     return text or None
+
+
+def _text_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> str:
+    """A short text value (LO, PN, SH, DA, TM), "" when absent.
+
+    PS3.5 6.2: padded with a space to even length. The Specific Character Set
+    is not applied: UTF-8 is tried, then Latin-1, which never fails; these
+    values only label reports and order studies.
+    """
+    if tag not in found:
+        return ""
+    value_offset, value_length = found[tag]
+    raw = bytes(view[value_offset : value_offset + value_length]).rstrip(b"\x00 ")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _looks_like_raw_data_set(view: memoryview) -> bool | None:
@@ -253,7 +285,8 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
             ) from error
         with memoryview(inflated) as data_set:
             found = _scan_to_end(path, data_set, 0, True, True)
-            uids = {tag: _ui_value(data_set, found, tag) for tag in _DATA_SET_WANTED}
+            uids = {tag: _ui_value(data_set, found, tag) for tag in _DATA_SET_UIDS}
+            texts = {tag: _text_value(data_set, found, tag) for tag in _STUDY_TEXT}
     else:
         explicit_vr = transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN
         little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
@@ -261,7 +294,8 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
             found = _scan_head(view, dataset_offset, explicit_vr, little_endian, size)
         else:
             found = _scan_to_end(path, view, dataset_offset, explicit_vr, little_endian)
-        uids = {tag: _ui_value(view, found, tag) for tag in _DATA_SET_WANTED}
+        uids = {tag: _ui_value(view, found, tag) for tag in _DATA_SET_UIDS}
+        texts = {tag: _text_value(view, found, tag) for tag in _STUDY_TEXT}
 
     # The data set is what gets stored; the meta copies it (PS3.10 7.1) and is
     # only a fallback when the data set lacks the element.
@@ -293,6 +327,11 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
         study_instance_uid=uids[STUDY_INSTANCE_UID] or "",
         dataset_offset=dataset_offset,
         series_instance_uid=uids[SERIES_INSTANCE_UID] or "",
+        patient_id=texts[PATIENT_ID],
+        patient_name=texts[PATIENT_NAME],
+        accession_number=texts[ACCESSION_NUMBER],
+        study_date=texts[STUDY_DATE],
+        study_time=texts[STUDY_TIME],
     )
 
 

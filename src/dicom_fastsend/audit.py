@@ -574,14 +574,16 @@ h2 { font-size: 16px; margin: 6px 0 8px; }
 .legend { color: var(--muted); font-size: 12px; margin: 0 0 8px; }
 table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line);
   font-size: 13px; }
-th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; }
+th, td { padding: 5px 7px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; overflow-wrap: break-word; }
 th { background: #e4e7eb; position: sticky; top: 0; font-size: 12px; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; width: 1%; }
 td.n { white-space: nowrap; }
+th.n { overflow-wrap: normal; }
 td.uid { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11px;
   word-break: break-all; min-width: 140px; max-width: 200px; }
-td.reasons { font-size: 12px; color: #3e4c59; min-width: 220px; max-width: 420px; }
+td.reasons { font-size: 12px; color: #3e4c59; min-width: 180px; max-width: 420px;
+  overflow-wrap: anywhere; }
 td.reasons div + div { margin-top: 2px; }
 tbody tr:nth-child(even) { background: #f8fafc; }
 td.bad { color: #c62828; font-weight: 600; }

@@ -99,7 +99,7 @@ class StudyStatus(Enum):
 # they read as NULL, "never verified".
 _STUDY_COUNTS = """
 CREATE TEMP TABLE audit_study AS
-SELECT study_instance_uid AS study, COUNT(*) AS files,
+SELECT {study} AS study, COUNT(*) AS files,
     COUNT(*) FILTER (WHERE state IN ('stored', 'warning')) AS stored,
     COUNT(*) FILTER (WHERE state = 'warning') AS warning,
     COUNT(*) FILTER (WHERE {commit_state} = 'committed') AS committed,
@@ -114,8 +114,18 @@ SELECT study_instance_uid AS study, COUNT(*) AS files,
         AND ({commit_state} = 'committed' OR {find_state} = 'found')) AS verified,
     MIN(last_at) FILTER (WHERE state IN ('stored', 'warning')) AS first_stored,
     MAX(last_at) FILTER (WHERE state IN ('stored', 'warning')) AS last_stored
-FROM files GROUP BY study_instance_uid
+FROM files GROUP BY 1
 """
+
+# A file's study: its own, else (a duplicate's row, which only records the
+# SOP Instance UID) that of another file with the same SOP Instance UID,
+# looked up in the index on it for those rows alone.
+_STUDY_OF_FILE = """
+CASE WHEN study_instance_uid <> '' OR sop_instance_uid = '' THEN study_instance_uid
+ELSE IFNULL((SELECT other.study_instance_uid FROM files AS other
+             WHERE other.sop_instance_uid = files.sop_instance_uid
+             AND other.sop_instance_uid <> '' AND other.study_instance_uid <> '' LIMIT 1), '')
+END"""
 
 # The verdict of a study, from its row of audit_study (see StudyStatus).
 _STATUS = """
@@ -133,11 +143,11 @@ _STATUS_ORDER = (
 _REASONS = """
 CREATE TEMP TABLE audit_reason AS
 WITH grouped AS MATERIALIZED (
-    SELECT study_instance_uid AS study, state, reason, status,
+    SELECT {study} AS study, state, reason, status,
         {commit_state} AS commit_state, {commit_reason} AS commit_reason, COUNT(*) AS files
     FROM files
     WHERE state IN ('failed', 'skipped', 'warning') OR {commit_state} = 'commit_failed'
-    GROUP BY study_instance_uid, state, reason, status, {commit_state}, {commit_reason}
+    GROUP BY 1, state, reason, status, {commit_state}, {commit_reason}
 ), reasons AS (
     SELECT study, state AS outcome, reason, status, SUM(files) AS files FROM grouped
     WHERE state IN ('failed', 'skipped', 'warning') GROUP BY study, state, reason, status
@@ -352,6 +362,7 @@ def _columns(db: sqlite3.Connection) -> dict[str, str]:
     have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
     tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     return {
+        "study": _STUDY_OF_FILE,
         "commit_state": "commit_state" if "commit_state" in have else "NULL",
         "commit_reason": "commit_reason" if "commit_reason" in have else "''",
         "find_state": "find_state" if "find_state" in have else "NULL",
@@ -714,14 +725,17 @@ def _reasons_html(reasons: Sequence[Reason]) -> str:
 
 def _html_row(row: StudyRow) -> str:
     c = row.counts
+    # Counts are integers and the status one of StudyStatus: nothing to escape there;
+    # every text from the inventory goes through _e.
+    status = row.status.value
 
     def count(name: str, bad: bool = False) -> str:
-        kind = "n bad" if bad and c[name] else "n"
-        return f'<td class="{kind}">{_e(_number(c[name]))}</td>'
+        value = c[name]
+        return f'<td class="{"n bad" if bad and value else "n"}">{value:,}</td>'
 
     return (
-        f'<tr class="study" data-status="{_e(row.status.value)}">'
-        f'<td><span class="badge {_e(row.status.value)}">{_e(row.status.value)}</span></td>'
+        f'<tr class="study" data-status="{status}">'
+        f'<td><span class="badge {status}">{status}</span></td>'
         f"<td>{_e(row.patient_id)}</td><td>{_e(row.patient_name)}</td>"
         f'<td class="uid">{_e(row.study_instance_uid)}</td><td>{_e(row.accession_number)}</td>'
         f'<td class="n">{_e(_date(row.study_date))}</td>'

@@ -299,7 +299,7 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    missing_peer("chromium is not installed", CHROMIUM_HINT)
+    missing_peer("no chromium on PATH", CHROMIUM_HINT)
 
 
 def headless(page: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -596,6 +596,8 @@ td.uid { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11
 td.reasons { font-size: 12px; color: #3e4c59; min-width: 180px; max-width: 420px;
   overflow-wrap: anywhere; }
 td.reasons div + div { margin-top: 2px; }
+td.text { overflow-wrap: anywhere; min-width: 7em; max-width: 16em; }
+td.name { min-width: 10em; }
 tbody tr:nth-child(even) { background: #f8fafc; }
 td.bad { color: #c62828; font-weight: 600; }
 .badge { display: inline-block; padding: 1px 7px; border-radius: 9px; font-size: 11px;
@@ -649,12 +651,20 @@ def _html_head(header: AuditHeader) -> str:
             f"{_number(header.study_count)}",
             "studies",
         ),
-        ("good" if by_status["verified"] else "", _number(by_status["verified"]), "verified"),
-        ("bad" if by_status["missing"] else "", _number(by_status["missing"]), "with missing"),
+        (
+            "good" if by_status["verified"] else "",
+            _number(by_status["verified"]),
+            "studies verified",
+        ),
+        (
+            "bad" if by_status["missing"] else "",
+            _number(by_status["missing"]),
+            "studies with missing",
+        ),
         (
             "bad" if by_status["incomplete"] else "",
             _number(by_status["incomplete"]),
-            "incomplete",
+            "studies incomplete",
         ),
         ("", _number(totals["files"]), "files found"),
         ("", _number(totals["stored"]), "stored"),
@@ -736,8 +746,10 @@ def _html_row(row: StudyRow) -> str:
     return (
         f'<tr class="study" data-status="{status}">'
         f'<td><span class="badge {status}">{status}</span></td>'
-        f"<td>{_e(row.patient_id)}</td><td>{_e(row.patient_name)}</td>"
-        f'<td class="uid">{_e(row.study_instance_uid)}</td><td>{_e(row.accession_number)}</td>'
+        f'<td class="text">{_e(row.patient_id)}</td>'
+        f'<td class="text name">{_e(row.patient_name)}</td>'
+        f'<td class="uid">{_e(row.study_instance_uid)}</td>'
+        f'<td class="text">{_e(row.accession_number)}</td>'
         f'<td class="n">{_e(_date(row.study_date))}</td>'
         f"{count('files')}{count('stored')}{count('committed')}{count('found')}"
         f"{count('failed', bad=True)}{count('skipped')}{count('remaining')}"

@@ -48,6 +48,15 @@ def audit_json(path: Path) -> dict[str, Any]:
     return document
 
 
+def on_disk(journal: Path) -> dict[str, tuple[int, bytes] | None]:
+    """The journal and its -wal and -shm: (mtime in ns, bytes), None if absent."""
+    state: dict[str, tuple[int, bytes] | None] = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{journal}{suffix}")
+        state[suffix] = (path.stat().st_mtime_ns, path.read_bytes()) if path.exists() else None
+    return state
+
+
 class Migration:
     """A send to a real SCP with every kind of outcome, and what the test knows of it."""
 
@@ -216,8 +225,10 @@ def test_verification_states_in_the_inventory_are_counted(migration: Migration) 
             (migration.hostile_study,),
         )
     out = migration.logs / "again"
+    before = on_disk(migration.journal)
     run = fastsend("audit", "--journal", str(migration.journal), "--out", str(out))
     assert run.returncode == 0, run.output
+    assert on_disk(migration.journal) == before  # only read: no byte, no side file written
     [json_path] = out.glob("fastsend_audit_*.json")
     assert json_path.name == f"fastsend_audit_{migration.summary['session_id']}.json"
     report = audit_json(json_path)
@@ -399,6 +410,11 @@ def test_audit_without_a_usable_journal(tmp_path: Path) -> None:
     assert run.returncode == 2 and "give the destination (-a, -H, -p) or --journal" in run.stderr
     journal = tmp_path / "j.sqlite"
     Inventory(journal, "THEIRS@10.0.0.1:104", "s1").close()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    run = fastsend("audit", "--journal", str(journal), "--out", str(blocked / "out"))
+    assert run.returncode == 3, run.output
+    assert f"cannot write the audit report in {blocked / 'out'}" in run.stderr
     run = fastsend("audit", "--journal", str(journal), "-a", "MINE", "-H", LOOPBACK, "-p", "104")
     assert run.returncode == 3, run.output
     assert "records the migration to THEIRS@10.0.0.1:104, not to MINE@127.0.0.1:104" in run.stderr

@@ -463,23 +463,29 @@ def _stream(
     """Write the three files row by row; each appears complete (renamed from a .part) or not."""
     count = 0
     parts = [path.with_name(path.name + ".part") for path in paths]
-    with ExitStack() as stack:
-        csv_file, json_file, html_file = (
-            stack.enter_context(part.open("w", encoding="utf-8", newline="")) for part in parts
-        )
-        table = csv.writer(csv_file)
-        table.writerow(CSV_COLUMNS)
-        json_file.write(_json_head(header))
-        html_file.write(_html_head(header))
-        for row in _rows(db, studies, "<>"):
-            table.writerow(_csv_row(row))
-            json_file.write(("" if count == 0 else ",") + "\n    " + json.dumps(row.as_dict()))
-            html_file.write(_html_row(row))
-            count += 1
-        if header.without_study_uid is not None:
-            table.writerow(_csv_row(header.without_study_uid))
-        json_file.write("\n  ]\n}\n" if count else "]\n}\n")
-        html_file.write(_html_tail(header, count))
+    try:
+        with ExitStack() as stack:
+            csv_file, json_file, html_file = (
+                stack.enter_context(part.open("w", encoding="utf-8", newline="")) for part in parts
+            )
+            table = csv.writer(csv_file)
+            table.writerow(CSV_COLUMNS)
+            json_file.write(_json_head(header))
+            html_file.write(_html_head(header))
+            for row in _rows(db, studies, "<>"):
+                table.writerow(_csv_row(row))
+                json_file.write(("" if count == 0 else ",") + "\n    " + json.dumps(row.as_dict()))
+                html_file.write(_html_row(row))
+                count += 1
+            if header.without_study_uid is not None:
+                table.writerow(_csv_row(header.without_study_uid))
+            json_file.write("\n  ]\n}\n" if count else "]\n}\n")
+            html_file.write(_html_tail(header, count))
+    except BaseException:
+        # A full disk, a read error, a Ctrl-C: leave no half-written file behind.
+        for part in parts:
+            part.unlink(missing_ok=True)
+        raise
     for part, path in zip(parts, paths, strict=True):
         part.replace(path)
     return count

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .. import __version__
@@ -248,22 +248,28 @@ class StoreClient:
         if data:
             self._transport.send(data)
 
-    def _read_events(self, deadline: float, limit: float, waiting_for: str) -> list[Event]:
+    def _read_events(
+        self, deadline: float, limit: float, waiting_for: str, patience: float | None = None
+    ) -> list[Event]:
         """One read from the socket before ``deadline``, turned into events.
 
         ``limit`` is the configured timeout the deadline came from, for the
-        message; the read itself gets whatever time is left.
+        message; the read itself gets whatever time is left, or ``patience``
+        if shorter: _Impatient then says that it passed with nothing read.
         """
         association, transport = self._association, self._transport
         if association is None or transport is None:
             raise AssociationAbortedError(f"association with {self.name} is closed")
         remaining = deadline - time.monotonic()
+        wait = remaining if patience is None else min(remaining, patience)
         try:
             if remaining <= 0:
                 # A zero socket timeout would mean non-blocking, not "expired".
                 raise TransportTimeout(f"{limit:g} s passed")
-            data = transport.receive(remaining)
+            data = transport.receive(wait)
         except TransportTimeout as exc:
+            if wait < remaining:
+                raise _Impatient from None
             self.abort()
             raise DimseTimeoutError(
                 f"no {waiting_for} from {self.name} within {limit:g} s; association aborted"
@@ -341,12 +347,19 @@ class StoreClient:
                 dropped = whole_pages
 
     def _await_response(
-        self, outstanding: Collection[int], expected: CommandField, what: str
+        self,
+        outstanding: Collection[int],
+        expected: CommandField,
+        what: str,
+        idle: Callable[[], None] | None = None,
     ) -> tuple[int, Response]:
         """The next response to any of the ``outstanding`` Message IDs.
 
         Responses are kept by Message ID: one read can complete several when
         operations are pipelined, and none may be lost (PS3.7 D.3.3.3).
+        ``idle`` is called once if nothing has come after IDLE_AFTER seconds
+        (the worker then journals what it has queued, rather than hold it
+        through a slow store).
         """
         # One deadline for the whole response: a peer that trickles bytes
         # must not restart the timeout with every read.
@@ -355,7 +368,16 @@ class StoreClient:
             for message_id in self._responses:
                 if message_id in outstanding:
                     return message_id, self._responses.pop(message_id)
-            for event in self._read_events(deadline, self.peer.dimse_timeout, what):
+            try:
+                events = self._read_events(
+                    deadline, self.peer.dimse_timeout, what, None if idle is None else IDLE_AFTER
+                )
+            except _Impatient:
+                assert idle is not None
+                idle()
+                idle = None
+                continue
+            for event in events:
                 if isinstance(event, DataReceived):
                     try:
                         messages = self._assembler.feed(event.pdata.pdvs)
@@ -412,30 +434,54 @@ class StoreClient:
         message_id = self.begin_store(info, selection)
         return self.finish_store({message_id})[1]
 
-    def finish_store(self, outstanding: Collection[int]) -> tuple[int, Response]:
-        """The next C-STORE-RSP for one of the ``outstanding`` Message IDs."""
-        return self._await_response(outstanding, CommandField.C_STORE_RSP, "C-STORE-RSP")
+    def finish_store(
+        self, outstanding: Collection[int], idle: Callable[[], None] | None = None
+    ) -> tuple[int, Response]:
+        """The next C-STORE-RSP for one of the ``outstanding`` Message IDs (``idle``: see
+        _await_response)."""
+        return self._await_response(outstanding, CommandField.C_STORE_RSP, "C-STORE-RSP", idle)
 
-    def begin_store(self, info: FileInfo, selection: Selection) -> int:
+    def begin_store(
+        self, info: FileInfo, selection: Selection, content: bytes | None = None
+    ) -> int:
         """Send one C-STORE-RQ (PS3.7 9.1.1), the data set streamed from the mapped file.
 
-        Returns its Message ID; the response is collected with finish_store.
+        ``content``: the whole file, when it was read whole with its header
+        (a small file); it is then sent from those bytes, with no open and
+        no mapping. Returns the Message ID; the response is collected with
+        finish_store.
         """
         message_id = self._next_message_id()
         command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
-        with open(info.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != info.size:
-                raise FileChangedError(
-                    f"size changed from {info.size} to {size} bytes since it was read"
-                )
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        if content is not None:
+            with memoryview(content) as whole, whole[info.dataset_offset :] as view:
+                dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
+                try:
+                    self._send_message(selection.presentation_context_id, command, dataset)
+                finally:
+                    dataset = None
+            return message_id
+        # os.open, not open(): a buffered file object costs an ioctl, an lseek
+        # and an fstat more per file, and mmap checks the size itself.
+        descriptor = os.open(info.path, os.O_RDONLY)
         try:
-            if hasattr(mapped, "madvise"):
+            mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+        except ValueError:  # "cannot mmap an empty file"
+            raise FileChangedError(
+                f"size changed from {info.size} to 0 bytes since it was read"
+            ) from None
+        finally:
+            os.close(descriptor)
+        try:
+            if len(mapped) != info.size:
+                raise FileChangedError(
+                    f"size changed from {info.size} to {len(mapped)} bytes since it was read"
+                )
+            if len(mapped) > STREAM_WINDOW and hasattr(mapped, "madvise"):
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(mapped)[info.dataset_offset :]
             try:
-                dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
+                dataset = _dataset_to_send(info, selection, view)
                 # Windows apply only when the data set is the mapped file itself.
                 streamed = (mapped, info.dataset_offset) if dataset is view else None
                 self._send_message(selection.presentation_context_id, command, dataset, streamed)
@@ -449,6 +495,13 @@ class StoreClient:
                 pass
         return message_id
 
+
+class _Impatient(Exception):
+    """A read's patience (shorter than its deadline) passed with nothing read."""
+
+
+# How long a response may take before the waiting worker does its bookkeeping.
+IDLE_AFTER = 0.25
 
 # Data sets larger than this are sent in windows of about this many bytes,
 # each dropped from the worker's memory once sent (see _send_windows).

@@ -221,6 +221,10 @@ NEXT_PENDING = (
     "SELECT dir, name, size, mtime FROM files"
     " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name LIMIT ?"
 )
+TAKE_RANGE = (
+    "UPDATE files SET state = 'in_flight' WHERE state = 'pending' AND session_id = ?"
+    " AND (dir, name) >= (?, ?) AND (dir, name) <= (?, ?)"
+)
 ANY_PENDING = "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1"
 PENDING_AFTER = (
     "SELECT dir, name, size, mtime FROM files"
@@ -228,19 +232,25 @@ PENDING_AFTER = (
     " ORDER BY dir, name LIMIT ?"
 )
 # "<> ''" lets SQLite use the partial index, whose WHERE the query must imply.
-DUPLICATE = (
-    "SELECT dir, name FROM files WHERE sop_instance_uid = ? AND sop_instance_uid <> ''"
-    " AND (held_size IS NOT NULL OR state = 'in_flight') AND NOT (dir = ? AND name = ?)"
+# The holders of a batch's SOP Instance UIDs (the destination holds them, or
+# they are in flight): "{}" takes one "?" per UID.
+HOLDERS = (
+    "SELECT sop_instance_uid, dir, name FROM files"
+    " WHERE sop_instance_uid IN ({}) AND sop_instance_uid <> ''"
+    " AND (held_size IS NOT NULL OR state = 'in_flight')"
 )
-DUPLICATE_THIS_SESSION = DUPLICATE + " AND session_id = ?"
+HOLDERS_THIS_SESSION = HOLDERS + " AND session_id = ?"
+# Under the IN list limit of any SQLite (999 variables before 3.32).
+_HOLDERS_CHUNK = 500
 HOT_QUERIES = (
     KNOWN_IN_DIRECTORY,
     KNOWN_PATH,
     NEXT_PENDING,
     ANY_PENDING,
     PENDING_AFTER,
-    DUPLICATE,
-    DUPLICATE_THIS_SESSION,
+    TAKE_RANGE,
+    HOLDERS.format("?, ?"),
+    HOLDERS_THIS_SESSION.format("?"),
 )
 
 
@@ -477,10 +487,14 @@ class Inventory:
                     break
                 total += size
                 taken.append(Pending(os.path.join(directory, name), size, mtime))
-            self._db.executemany(
-                "UPDATE files SET state = 'in_flight' WHERE dir = ? AND name = ?",
-                (split(p.path) for p in taken),
-            )
+            if taken:
+                # The rows taken are the first ones of the pending index in
+                # order, so one range UPDATE (in SQLite, not a call per row)
+                # covers exactly them.
+                self._db.execute(
+                    TAKE_RANGE,
+                    (self.session_id, *split(taken[0].path), *split(taken[-1].path)),
+                )
         except BaseException:
             self._rollback()
             raise
@@ -526,19 +540,22 @@ class Inventory:
     def _claim(self, infos: Sequence[FileInfo], resume: bool) -> dict[str, str]:
         duplicates: dict[str, str] = {}
         now = time.time()
-        query = DUPLICATE if resume else DUPLICATE_THIS_SESSION
         studies: dict[str, FileInfo] = {}
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            # One query for the batch's UIDs, not one per file.
+            holders = self._holders({i.sop_instance_uid for i in infos}, resume)
             for info in infos:
                 directory, name = split(info.path)
-                arguments: tuple[str, ...] = (info.sop_instance_uid, directory, name)
-                other = self._db.execute(
-                    query, arguments if resume else (*arguments, self.session_id)
-                ).fetchone()
-                if other is not None:
-                    duplicates[info.path] = os.path.join(*other)
+                others = [
+                    h for h in holders.get(info.sop_instance_uid, ()) if h != (directory, name)
+                ]
+                if others:
+                    duplicates[info.path] = os.path.join(*others[0])
                     continue
+                # In flight from here on: a later file of the batch with
+                # this UID is its duplicate.
+                holders.setdefault(info.sop_instance_uid, []).append((directory, name))
                 self._db.execute(
                     _CLAIM,
                     (
@@ -578,6 +595,23 @@ class Inventory:
             raise
         self._db.execute("COMMIT")
         return duplicates
+
+    def _holders(self, uids: set[str], resume: bool) -> dict[str, list[tuple[str, str]]]:
+        """{SOP Instance UID: the (dir, name) of each row holding it}, for ``uids``."""
+        wanted = sorted(u for u in uids if u)
+        holders: dict[str, list[tuple[str, str]]] = {}
+        for start in range(0, len(wanted), _HOLDERS_CHUNK):
+            chunk = wanted[start : start + _HOLDERS_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            if resume:
+                rows = self._db.execute(HOLDERS.format(marks), chunk)
+            else:
+                rows = self._db.execute(
+                    HOLDERS_THIS_SESSION.format(marks), (*chunk, self.session_id)
+                )
+            for uid, directory, name in rows:
+                holders.setdefault(uid, []).append((directory, name))
+        return holders
 
     # ------------------------------------------------------------ outcomes
 

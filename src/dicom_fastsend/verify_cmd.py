@@ -74,9 +74,10 @@ def commit_config(
         raise click.UsageError(str(exc)) from exc
 
 
-def verify_command(
-    peer_options: Callable[[FC], FC], make_peer: Callable[..., PeerConfig]
-) -> click.Command:
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def verify_command(peer_options: Decorator, make_peer: Callable[..., PeerConfig]) -> click.Command:
     """The `verify` command, with cli.py's destination options and their PeerConfig maker."""
 
     @click.command(name="verify")
@@ -94,9 +95,7 @@ def verify_command(
         help="The journal to verify (default: the destination's in --log-dir).",
     )
     @click.option("--find", is_flag=True, help="C-FIND reconciliation (Study Root, PS3.4 C.6.2).")
-    @click.option(
-        "--commit", is_flag=True, help="Storage Commitment Push Model (PS3.4 Annex J)."
-    )
+    @click.option("--commit", is_flag=True, help="Storage Commitment Push Model (PS3.4 Annex J).")
     @commit_options
     def verify(
         log_dir: Path,

@@ -29,7 +29,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -668,7 +668,7 @@ class Inventory:
         )
 
     def _transaction(
-        self, sql: str, rows: Sequence[Sequence[object]] | Sequence[dict[str, object]]
+        self, sql: str, rows: Sequence[Sequence[object]] | Sequence[Mapping[str, object]]
     ) -> None:
         if not rows:
             return

@@ -43,7 +43,6 @@ from ..protocol.association import (
 )
 from ..protocol.contexts import NoAcceptableContext
 from ..protocol.dataset import (
-    EVENT_ALL_SUCCESS,
     REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -191,9 +190,7 @@ def answer_report(
             "which this verification did not ask about (or already had): answered "
             f"{status_text(STATUS_INVALID_ARGUMENT_VALUE)}",
         )
-        return n_event_report_rsp(
-            command, STATUS_INVALID_ARGUMENT_VALUE, "unknown Transaction UID"
-        )
+        return n_event_report_rsp(command, STATUS_INVALID_ARGUMENT_VALUE, "unknown Transaction UID")
     log(
         "info",
         f"N-EVENT-REPORT from {peer} for {result.transaction_uid}: "
@@ -253,7 +250,10 @@ class CommitmentListener:
             return AAssociateRJ(RejectResult.REJECTED_PERMANENT, RejectSource.SERVICE_USER, 7)
         answers = []
         for context in request.presentation_contexts:
-            wanted = context.abstract_syntax in (STORAGE_COMMITMENT_PUSH_MODEL, VERIFICATION_SOP_CLASS)
+            wanted = context.abstract_syntax in (
+                STORAGE_COMMITMENT_PUSH_MODEL,
+                VERIFICATION_SOP_CLASS,
+            )
             usable = [ts for ts in OUR_SYNTAXES if ts in context.transfer_syntaxes]
             if wanted and usable:
                 result, syntax = PresentationContextResult.ACCEPTANCE, usable[0]
@@ -460,7 +460,11 @@ def request_commitment(
 
 
 def _await_action_rsp(
-    client: StoreClient, message_id: int, book: TransactionBook, outcome: CommitmentOutcome, log: Log
+    client: StoreClient,
+    message_id: int,
+    book: TransactionBook,
+    outcome: CommitmentOutcome,
+    log: Log,
 ) -> tuple[int, str]:
     """(status, error comment) of the N-ACTION-RSP; reports arriving first are answered."""
     while True:
@@ -482,7 +486,11 @@ def _await_action_rsp(
 
 
 def _answer_on_client(
-    client: StoreClient, message: Message, book: TransactionBook, outcome: CommitmentOutcome, log: Log
+    client: StoreClient,
+    message: Message,
+    book: TransactionBook,
+    outcome: CommitmentOutcome,
+    log: Log,
 ) -> None:
     assert client.contexts is not None
     syntax = client.contexts.transfer_syntax_of(message.presentation_context_id)

@@ -77,7 +77,9 @@ _TEXT_VRS = frozenset(
 )
 _INT_VRS = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i"}
 # Explicit VR: these have a reserved 2 bytes and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"))
+_LONG_VRS = frozenset(
+    ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
+)
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -105,9 +107,7 @@ def explicit_vr(transfer_syntax: str) -> bool:
 
 def encode(elements: Mapping[int, Value], explicit: bool = False) -> bytes:
     """A data set in Implicit (default) or Explicit VR Little Endian, tags ascending."""
-    return b"".join(
-        _encode_element(tag, elements[tag], explicit) for tag in sorted(elements)
-    )
+    return b"".join(_encode_element(tag, elements[tag], explicit) for tag in sorted(elements))
 
 
 def _encode_element(tag: int, value: Value, explicit: bool) -> bytes:
@@ -332,9 +332,9 @@ def commitment_report(result: CommitmentResult, explicit: bool = False) -> bytes
     return encode(elements, explicit)
 
 
-def decode_commitment_request(data: bytes | memoryview, explicit: bool = False) -> tuple[
-    str, tuple[Reference, ...]
-]:
+def decode_commitment_request(
+    data: bytes | memoryview, explicit: bool = False
+) -> tuple[str, tuple[Reference, ...]]:
     """(Transaction UID, references) of an Action Information: the SCP's side, for tests."""
     item = decode(data, explicit)
     return _text(item, TAG_TRANSACTION_UID), tuple(

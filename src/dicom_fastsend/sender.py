@@ -141,6 +141,8 @@ def commit_session(
         counts.uncommitted = tally[CommitState.UNCOMMITTED.value]
         counts.transactions = outcome.transactions
         counts.problems.extend(outcome.problems)
+        for problem in outcome.problems:
+            log("error", problem)
         for path, (state, reason) in outcome.states.items():
             if state is CommitState.COMMIT_FAILED:
                 log("error", f"Storage Commitment failed for {path}: {reason}")

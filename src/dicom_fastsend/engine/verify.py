@@ -401,7 +401,7 @@ def request_commitment(
         except (AssociationError, TransportError) as exc:
             client.abort()
             raise VerifyError(
-                f"Storage Commitment: no association with {client.name}: {exc}",
+                f"no association with {client.name}: {exc}",
                 unreachable=isinstance(exc, ConnectError),
             ) from exc
         explicit = dataset.explicit_vr(selection.transfer_syntax)
@@ -433,7 +433,6 @@ def request_commitment(
                         + (f" ({comment})" if comment else "")
                     )
                     outcome.problems.append(problem)
-                    log("error", problem)
                     for instance in batch:
                         outcome.states[instance.path] = (
                             CommitState.UNCOMMITTED,
@@ -445,7 +444,6 @@ def request_commitment(
             # Lost before every request went: what was asked may still be
             # reported on the listener; the rest stays uncommitted.
             outcome.problems.append(f"Storage Commitment association with {client.name}: {exc}")
-            log("error", outcome.problems[-1])
             if listener is not None:
                 _wait_listener(book, config.timeout)
         finally:
@@ -660,7 +658,7 @@ def reconcile_by_find(
     except (AssociationError, TransportError) as exc:
         client.abort()
         raise VerifyError(
-            f"C-FIND: no association with {client.name}: {exc}",
+            f"no association with {client.name}: {exc}",
             unreachable=isinstance(exc, ConnectError),
         ) from exc
     finder = _Finder(
@@ -674,10 +672,8 @@ def reconcile_by_find(
             except _FindFailed as exc:
                 problem = f"study {study}: {exc}; its {len(instances)} instance(s) not verified"
                 outcome.problems.append(problem)
-                log("error", problem)
     except AssociationError as exc:
         outcome.problems.append(f"C-FIND association with {client.name}: {exc}")
-        log("error", outcome.problems[-1])
     finally:
         if client.is_open:
             client.release()
@@ -795,7 +791,6 @@ def verify(config: VerifyConfig, session_id: str, log: Log) -> VerifyReport:
             except VerifyError as exc:
                 report.find_problem = str(exc)
                 report.unreachable = exc.unreachable
-                log("error", str(exc))
         if config.commit is not None:
             try:
                 report.commit = request_commitment(config.peer, config.commit, instances, log)
@@ -805,7 +800,6 @@ def verify(config: VerifyConfig, session_id: str, log: Log) -> VerifyReport:
             except VerifyError as exc:
                 report.commit_problem = str(exc)
                 report.unreachable = report.unreachable or exc.unreachable
-                log("error", str(exc))
         listed = _listed(instances, report)
         report.missing = len(listed)
         report.unverified = sum(1 for i in instances if not _checked(i.path, report))

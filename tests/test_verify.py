@@ -329,6 +329,9 @@ class CommitmentSCP:
     stray: bool = False
     stray_status: list[int] = field(default_factory=list)
     report_status: list[int] = field(default_factory=list)
+    # "new": whether our listener agreed that the reporting requestor is the
+    # SCP (SCP/SCU Role Selection, PS3.7 D.3.3.4), per association.
+    agreed_scp_role: list[bool] = field(default_factory=list)
     port: int = 0
     _server: Any = None
 
@@ -396,6 +399,7 @@ class CommitmentSCP:
         role = build_role(STORAGE_COMMITMENT, scp_role=True)
         report = ae.associate(LOOPBACK, self.report_port, ae_title=self.report_ae, ext_neg=[role])
         if report.is_established:
+            self.agreed_scp_role.append(bool(report.accepted_contexts[0].as_scp))
             self._send_reports(report, transaction, items)
             report.release()
 
@@ -454,6 +458,7 @@ def test_pynetdicom_commits_some_and_refuses_others(
         "(3 transaction(s))" in run.stdout
     ), run.output
     assert scp.report_status == [0, 0, 0]
+    assert scp.agreed_scp_role == ([True, True, True] if mode == "new" else [])
     rows = _journal_rows(logs)
     for uid, state, reason, _, held in rows.values():
         if uid in refused:

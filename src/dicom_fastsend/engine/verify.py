@@ -537,19 +537,21 @@ def _settle(
     listening: bool,
 ) -> None:
     """Each asked instance's state from the reports; uncommitted if none said."""
-    committed: set[tuple[str, str]] = set()
-    failed: dict[tuple[str, str], int] = {}
+    # By SOP Instance UID: the SCP copies the SOP Class UID we sent (PS3.4
+    # J.3.3.1), and a mismatch there is no reason to lose its verdict.
+    committed: set[str] = set()
+    failed: dict[str, int] = {}
     reported: set[str] = set()
     for result in book.results:
         reported.add(result.transaction_uid)
-        committed.update((r.sop_class_uid, r.sop_instance_uid) for r in result.committed)
-        failed.update(((f.sop_class_uid, f.sop_instance_uid), f.reason) for f in result.failed)
+        committed.update(r.sop_instance_uid for r in result.committed)
+        failed.update((f.sop_instance_uid, f.reason) for f in result.failed)
     where = "on the association" + ("" if not listening else " or on --commit-port")
     for transaction_uid, batch in batches:
         for instance in batch:
             if instance.path in outcome.states:
                 continue  # the N-ACTION was refused
-            key = (instance.sop_class_uid, instance.sop_instance_uid)
+            key = instance.sop_instance_uid
             if key in failed:
                 outcome.states[instance.path] = (
                     CommitState.COMMIT_FAILED,

@@ -439,7 +439,7 @@ def request_commitment(
                             f"N-ACTION refused: {status_text(status)}",
                         )
                 outcome.transactions += 1
-            _await_reports(client, book, config.timeout, outcome, log)
+            _await_reports(client, book, config.timeout, outcome, log, listener is not None)
         except AssociationError as exc:
             # Lost before every request went: what was asked may still be
             # reported on the listener; the rest stays uncommitted.
@@ -499,13 +499,20 @@ def _answer_on_client(
 
 
 def _await_reports(
-    client: StoreClient, book: TransactionBook, timeout: float, outcome: CommitmentOutcome, log: Log
+    client: StoreClient,
+    book: TransactionBook,
+    timeout: float,
+    outcome: CommitmentOutcome,
+    log: Log,
+    listening: bool,
 ) -> None:
     """Wait for every report, on our association while it is open and on the listener."""
     deadline = time.monotonic() + timeout
     while book.outstanding and time.monotonic() < deadline:
         remaining = min(POLL_SECONDS, deadline - time.monotonic())
         if not client.is_open:
+            if not listening:
+                return  # no way left for a report to come
             book.wait(max(remaining, 0.0))
             continue
         try:

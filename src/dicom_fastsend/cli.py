@@ -31,6 +31,7 @@ from .config import (
 )
 from .engine.results import ExitStatus
 from .protocol.dimse import status_text
+from .verify_cmd import commit_config, commit_options, verify_command
 
 
 def _version() -> str:
@@ -303,6 +304,13 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     "processes (needs dicom-fastsend[cluster]; every worker must see the files at the "
     "same paths). -P is then ignored: the cluster's worker threads set the parallelism.",
 )
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="After sending, ask the destination to commit what this session stored "
+    "(Storage Commitment, PS3.4 Annex J; see --commit-port).",
+)
+@commit_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -319,6 +327,11 @@ def send(
     transcode: str,
     max_ops: int,
     cluster: str | None,
+    commit: bool,
+    commit_port: int | None,
+    commit_bind: str,
+    commit_batch: int,
+    commit_timeout: float,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -351,6 +364,11 @@ def send(
         transcode=transcode == "if-needed",
         max_ops=max_ops,
         cluster=cluster,
+        commit=(
+            commit_config(commit_port, commit_bind, commit_batch, commit_timeout)
+            if commit
+            else None
+        ),
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)
@@ -696,3 +714,6 @@ def bench(
         json.dumps(report.as_dict(), indent=2) if as_json else benchmark.format_bench(report)
     )
     sys.exit(report.exit_code)
+
+
+main.add_command(verify_command(_peer_options, _peer))

@@ -215,6 +215,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             for u in summary.unsearched
         ],
         "cluster": summary.cluster,
+        "commitment": _commitment(summary),
         "events": summary.events,
         "workers": [
             {
@@ -258,6 +259,20 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             for r in summary.noted
             if r.outcome is Outcome.SKIPPED
         ],
+    }
+
+
+def _commitment(summary: SendSummary) -> dict[str, Any] | None:
+    counts = summary.commitment
+    if counts is None:
+        return None
+    return {
+        "requested": counts.requested,
+        "committed": counts.committed,
+        "commit_failed": counts.commit_failed,
+        "uncommitted": counts.uncommitted,
+        "transactions": counts.transactions,
+        "problems": list(counts.problems),
     }
 
 
@@ -325,5 +340,21 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
     if classes:
         listed = ", ".join(f"{uid_name(uid)} {count}" for uid, count in classes.most_common())
         print(f"SOP classes sent: {listed}", file=stream)
+    commitment = summary.commitment
+    if commitment is not None:
+        for problem in commitment.problems:
+            print(f"ERROR {problem}", file=stream)
+        print(
+            f"Storage Commitment of {commitment.requested} instance(s): "
+            f"{commitment.committed} committed, {commitment.commit_failed} commit failed, "
+            f"{commitment.uncommitted} uncommitted"
+            + (
+                " (commit failed: the journal no longer counts them as stored; run the same "
+                "send again to resend them)"
+                if commitment.commit_failed
+                else ""
+            ),
+            file=stream,
+        )
     if summary.interrupted:
         print("interrupted: rerun to send the files that were not sent", file=stream)

@@ -29,7 +29,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -295,6 +295,59 @@ class Row:
     attempts: int
     last_at: float
     session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldInstance:
+    """An instance the journal says the destination holds: what verification checks."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    attempts: int
+
+
+# The instances a verification checks: stored by a send (stored or with a
+# warning), or held from an earlier version of the file. A verification
+# that finds one missing clears held_* (the destination does not hold it, so
+# the next send takes the file again) but leaves the state, so the next
+# verification still checks it. Not a hot query: run once per verification.
+_HELD_INSTANCES = (
+    "SELECT dir, name, sop_class_uid, sop_instance_uid, study_instance_uid,"
+    " series_instance_uid, attempts FROM files WHERE sop_instance_uid <> ''"
+    " AND (held_size IS NOT NULL OR state IN ('stored', 'warning'))"
+)
+_SESSION_STORED = (
+    "SELECT dir, name, sop_class_uid, sop_instance_uid, study_instance_uid,"
+    " series_instance_uid, attempts FROM files WHERE sop_instance_uid <> ''"
+    " AND session_id = ? AND state IN ('stored', 'warning')"
+)
+_HELD_ORDER = " ORDER BY study_instance_uid, series_instance_uid, sop_instance_uid, dir, name"
+
+# Verification outcomes. Not found (or commitment failed): the destination
+# does not hold the instance, so held_* is cleared and the next send of the
+# file sends it; found (or committed): it does, so held_* is restored if an
+# earlier verification had cleared it.
+_VERIFIED_HOLDS = """
+    held_size = CASE WHEN :holds THEN COALESCE(held_size,
+                     CASE WHEN state IN ('stored', 'warning') THEN size END) END,
+    held_mtime = CASE WHEN :holds THEN COALESCE(held_mtime,
+                      CASE WHEN state IN ('stored', 'warning') THEN mtime END) END,
+    held_outcome = CASE WHEN :holds THEN COALESCE(held_outcome,
+                        CASE WHEN state IN ('stored', 'warning') THEN state END) END
+"""
+_RECORD_FIND = (
+    "UPDATE files SET find_state = :state, verified_at = :now, "
+    + _VERIFIED_HOLDS
+    + " WHERE dir = :dir AND name = :name"
+)
+_RECORD_COMMIT = (
+    "UPDATE files SET commit_state = :state, commit_reason = :reason, verified_at = :now, "
+    + _VERIFIED_HOLDS
+    + " WHERE dir = :dir AND name = :name"
+)
 
 
 def split(path: str) -> tuple[str, str]:
@@ -648,7 +701,9 @@ class Inventory:
             result.outcome.value if held else None,
         )
 
-    def _transaction(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+    def _transaction(
+        self, sql: str, rows: Sequence[Sequence[object]] | Sequence[Mapping[str, object]]
+    ) -> None:
         if not rows:
             return
         self._db.execute("BEGIN")
@@ -702,6 +757,81 @@ class Inventory:
             " WHERE held_size IS NOT NULL"
         )
         return {os.path.join(d, n): Known(s, m, o) for d, n, s, m, o in rows}
+
+    # ------------------------------------------------------------ verification
+
+    def held_instances(self, session_id: str | None = None) -> Iterator[HeldInstance]:
+        """Instances the destination should hold, by study, series and SOP Instance UID.
+
+        ``session_id``: only those that session stored (send --commit).
+        """
+        if session_id is None:
+            rows = self._db.execute(_HELD_INSTANCES + _HELD_ORDER)
+        else:
+            rows = self._db.execute(_SESSION_STORED + _HELD_ORDER, (session_id,))
+        for directory, name, *rest in rows.fetchall():
+            yield HeldInstance(os.path.join(directory, name), *rest)
+
+    def held_by_study(
+        self, session_id: str | None = None
+    ) -> Iterator[tuple[str, list[HeldInstance]]]:
+        """held_instances grouped as (Study Instance UID, its instances)."""
+        study: str | None = None
+        group: list[HeldInstance] = []
+        for instance in self.held_instances(session_id):
+            if instance.study_instance_uid != study and group:
+                assert study is not None
+                yield study, group
+                group = []
+            study = instance.study_instance_uid
+            group.append(instance)
+        if group:
+            assert study is not None
+            yield study, group
+
+    def record_find(self, found: Iterable[tuple[str, FindState]]) -> None:
+        """C-FIND outcomes (path, state) in one transaction; see _VERIFIED_HOLDS."""
+        now = time.time()
+        rows = [
+            {
+                "state": state.value,
+                "now": now,
+                "holds": state is FindState.FOUND,
+                "dir": split(path)[0],
+                "name": split(path)[1],
+            }
+            for path, state in found
+        ]
+        with self._writing():
+            self._transaction(_RECORD_FIND, rows)
+
+    def record_commit(self, outcomes: Iterable[tuple[str, CommitState, str]]) -> None:
+        """Storage Commitment outcomes (path, state, Failure Reason) in one transaction.
+
+        *uncommitted* (no report in time) says nothing of what the destination
+        holds, so held_* stays as it was.
+        """
+        now = time.time()
+        rows = [
+            {
+                "state": state.value,
+                "reason": reason,
+                "now": now,
+                "holds": state is CommitState.COMMITTED,
+                "dir": split(path)[0],
+                "name": split(path)[1],
+            }
+            for path, state, reason in outcomes
+        ]
+        uncommitted = [r for r in rows if r["state"] == CommitState.UNCOMMITTED.value]
+        decided = [r for r in rows if r["state"] != CommitState.UNCOMMITTED.value]
+        with self._writing():
+            self._transaction(_RECORD_COMMIT, decided)
+            self._transaction(
+                "UPDATE files SET commit_state = :state, commit_reason = :reason,"
+                " verified_at = :now WHERE dir = :dir AND name = :name",
+                uncommitted,
+            )
 
     # ------------------------------------------------------------ housekeeping
 

@@ -117,6 +117,23 @@ class Cause(Enum):
 
 
 @dataclass(slots=True)
+class CommitmentCounts:
+    """send --commit: Storage Commitment (PS3.4 Annex J) of what the session stored."""
+
+    requested: int = 0
+    committed: int = 0
+    commit_failed: int = 0
+    uncommitted: int = 0
+    transactions: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every instance asked about was committed."""
+        return self.committed == self.requested and not self.problems
+
+
+@dataclass(slots=True)
 class SendSummary:
     """What a run did, accumulated as outcomes arrive (``add``).
 
@@ -152,6 +169,7 @@ class SendSummary:
     # Subdirectories not searched: without -r, or links to directories.
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
+    commitment: CommitmentCounts | None = None  # --commit
     started: float = 0.0
     finished: float = 0.0
 
@@ -200,6 +218,8 @@ class SendSummary:
             return ExitStatus.NO_ASSOCIATION
         if self.count(Outcome.FAILED):
             return ExitStatus.FAILED
+        if self.commitment is not None and not self.commitment.complete:
+            return ExitStatus.FAILED  # --commit: stored, but not all of it committed
         return ExitStatus.NOTHING_TO_SEND if self.nothing_to_send else ExitStatus.OK
 
     def latency_ms(self) -> dict[str, float]:

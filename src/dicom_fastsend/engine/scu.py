@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from ..protocol.dimse import (
     Command,
     CommandField,
     DIMSEError,
+    Message,
     MessageAssembler,
     c_echo_rq,
     c_store_rq,
@@ -133,6 +135,7 @@ class StoreClient:
         self.window = 1  # C-STOREs we may have outstanding, as negotiated
         self._assembler = MessageAssembler()
         self._responses: dict[int, Response] = {}  # by Message ID Being Responded To
+        self._inbox: deque[Message] = deque()  # complete messages not taken (next_message)
         self.contexts: AcceptedContexts | None = None
         self.peer_maximum_length = 0
         self._association: Association | None = None
@@ -183,6 +186,7 @@ class StoreClient:
                     )
                     self._assembler = MessageAssembler()
                     self._responses.clear()
+                    self._inbox.clear()
                     self.contexts = AcceptedContexts(
                         contexts, event.accept.presentation_contexts, self.transcode
                     )
@@ -249,13 +253,20 @@ class StoreClient:
             self._transport.send(data)
 
     def _read_events(
-        self, deadline: float, limit: float, waiting_for: str, patience: float | None = None
+        self,
+        deadline: float,
+        limit: float,
+        waiting_for: str,
+        patience: float | None = None,
+        abort_on_timeout: bool = True,
     ) -> list[Event]:
         """One read from the socket before ``deadline``, turned into events.
 
         ``limit`` is the configured timeout the deadline came from, for the
         message; the read itself gets whatever time is left, or ``patience``
         if shorter: _Impatient then says that it passed with nothing read.
+        Without ``abort_on_timeout`` a timeout returns no events and leaves
+        the association as it is (a caller polling several sources).
         """
         association, transport = self._association, self._transport
         if association is None or transport is None:
@@ -270,6 +281,8 @@ class StoreClient:
         except TransportTimeout as exc:
             if wait < remaining:
                 raise _Impatient from None
+            if not abort_on_timeout:
+                return []
             self.abort()
             raise DimseTimeoutError(
                 f"no {waiting_for} from {self.name} within {limit:g} s; association aborted"
@@ -415,11 +428,59 @@ class StoreClient:
                         f"{self.name} asked to release while {what} was outstanding"
                     )
 
+    def send_message(
+        self, presentation_context_id: int, command: Command, dataset: bytes | None = None
+    ) -> None:
+        """Send any DIMSE message (a request or a response) with an in-memory data set."""
+        if not self.is_open:
+            raise AssociationAbortedError(f"association with {self.name} is closed")
+        self._send_message(presentation_context_id, command, dataset)
+
+    def next_message(self, timeout: float, what: str, poll: bool = False) -> Message | None:
+        """The next complete DIMSE message from the peer, of any kind.
+
+        For services where the peer sends more than one message per request
+        (C-FIND's pending responses, PS3.7 9.1.2) or sends requests of its
+        own (N-EVENT-REPORT, PS3.4 J.3.3). With ``poll``, None when
+        ``timeout`` passes with nothing complete, the association kept;
+        otherwise the association is aborted and DimseTimeoutError raised.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._inbox:
+            if poll and time.monotonic() >= deadline:
+                return None
+            for event in self._read_events(deadline, timeout, what, abort_on_timeout=not poll):
+                if isinstance(event, DataReceived):
+                    try:
+                        self._inbox.extend(self._assembler.feed(event.pdata.pdvs))
+                    except DIMSEError as exc:
+                        self.abort()
+                        raise AssociationAbortedError(
+                            f"{self.name} sent an invalid DIMSE message: {exc}"
+                        ) from exc
+                elif isinstance(event, Aborted):
+                    self._close()
+                    raise AssociationAbortedError(f"{self.name}: {event.reason}")
+                elif isinstance(event, ReleaseRequested):
+                    # PS3.8 7.2: the peer may release; answer it, the association is over.
+                    assert self._association is not None
+                    self._association.release_response()
+                    self._flush()
+                    self._close()
+                    raise AssociationAbortedError(
+                        f"{self.name} released the association while {what} was awaited"
+                    )
+        return self._inbox.popleft()
+
     def _next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1  # (0000,0110) is US
         return self._message_id
 
     # ------------------------------------------------------------ DIMSE services
+
+    def next_message_id(self) -> int:
+        """A Message ID (0000,0110) for a request sent with send_message."""
+        return self._next_message_id()
 
     def echo(self) -> Response:
         """C-ECHO (PS3.7 9.1.5) on the Verification context."""

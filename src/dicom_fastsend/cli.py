@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.decorators import FC
@@ -31,6 +31,9 @@ from .config import (
 )
 from .engine.results import ExitStatus
 from .protocol.dimse import status_text
+
+if TYPE_CHECKING:
+    from .io.coerce import Coercion
 
 
 def _version() -> str:
@@ -303,6 +306,12 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     "processes (needs dicom-fastsend[cluster]; every worker must see the files at the "
     "same paths). -P is then ignored: the cluster's worker threads set the parallelism.",
 )
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Change elements on the way: a CSV with the header keyword,match,replace (see README).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -319,6 +328,7 @@ def send(
     transcode: str,
     max_ops: int,
     cluster: str | None,
+    coerce_rules: Path | None,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -351,6 +361,7 @@ def send(
         transcode=transcode == "if-needed",
         max_ops=max_ops,
         cluster=cluster,
+        coerce=_coercion(coerce_rules),
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)
@@ -363,6 +374,19 @@ def send(
             err=True,
         )
     sys.exit(summary.exit_code)
+
+
+def _coercion(path: Path | None) -> Coercion | None:
+    """--coerce: the rules read and checked before anything is sent (a bad line is a usage
+    error naming it)."""
+    if path is None:
+        return None
+    from .io.coerce import CoercionRulesError, load_rules
+
+    try:
+        return load_rules(path)
+    except CoercionRulesError as exc:
+        raise click.BadParameter(str(exc), param_hint="--coerce") from exc
 
 
 def _journal_options(journal_help: str) -> Callable[[FC], FC]:
@@ -418,6 +442,12 @@ def _journal_destination(
     show_default=True,
     help="As send --transcode (changes the presentation contexts planned).",
 )
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show what send --coerce would change (the same CSV rules file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def scan(
     inputs: tuple[Path, ...],
@@ -430,6 +460,7 @@ def scan(
     journal: Path | None,
     no_resume: bool,
     transcode: str,
+    coerce_rules: Path | None,
     as_json: bool,
 ) -> None:
     """Show what `send` would do: files, instances, duplicates, already stored, unreadable.
@@ -459,6 +490,7 @@ def scan(
         journal_path=journal,
         resume=destination is not None and not no_resume,
         transcode=transcode == "if-needed",
+        coerce=_coercion(coerce_rules),
     )
     try:
         report = run_scan(config)

@@ -143,10 +143,10 @@ def test_round_trip_replace_add_remove(syntax: str) -> None:
     # source's own bytes.
     birth = data.find(b"19700101")
     assert birth > 0 and coerced.resume_at == birth + 8
-    assert [(c.keyword, c.original, c.new) for c in coerced.changes] == [
-        ("PatientID", "OLD1", "NEW-0001"),
-        ("IssuerOfPatientID", None, "HOSPITAL A"),
-        ("PatientBirthDate", "19700101", None),
+    assert [(c.keyword, c.original, c.new, c.line) for c in coerced.changes] == [
+        ("PatientID", "OLD1", "NEW-0001", 2),
+        ("IssuerOfPatientID", None, "HOSPITAL A", 3),
+        ("PatientBirthDate", "19700101", None, 4),
     ]
     # Even lengths (PS3.5 7.1): "NEW-0001" is 8, "HOSPITAL A" 10; an odd one is padded.
     odd = coerce_dataset(data, syntax, parse_rules("keyword,match,replace\nPatientID,*,ABC\n"))

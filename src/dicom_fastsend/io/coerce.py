@@ -276,7 +276,7 @@ class Change:
     keyword: str
     original: str | None  # None: the element was absent (added)
     new: str | None  # None: the element was removed
-    line: int = 0  # the rule's line in the rules file
+    line: int  # the rule's line in the rules file
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +482,7 @@ def _rewrite(
                 if original is None
                 else decode_value(original, rule.vr, syntax.little_endian, codecs),
                 None if new is None else decode_value(new, rule.vr, syntax.little_endian, codecs),
+                rule.line,
             )
         )
 
@@ -587,7 +588,9 @@ class CoercionPreview:
                 continue
             out.append(f"  {count:>8}  {rule.describe()}")
             for path, change in self.examples.get(rule.line, []):
-                out.append(f"            {path}: {change.original!r} -> {change.new!r}")
+                before = "(absent)" if change.original is None else repr(change.original)
+                after = "(removed)" if change.new is None else repr(change.new)
+                out.append(f"            {path}: {before} -> {after}")
         if self.refused:
             out.append("cannot be coerced (would fail):")
             out += [f"  {path}: {why}" for path, why in self.refused]

@@ -381,10 +381,10 @@ def _coercion(path: Path | None) -> Coercion | None:
     error naming it)."""
     if path is None:
         return None
-    from .io.coerce import CoercionRulesError, load_rules
+    from .io.coerce import CoercionRulesError, load_rules_apart
 
     try:
-        return load_rules(path)
+        return load_rules_apart(path)
     except CoercionRulesError as exc:
         raise click.BadParameter(str(exc), param_hint="--coerce") from exc
 

@@ -139,6 +139,21 @@ def load_rules(path: str | Path) -> Coercion:
     return parse_rules(text, shown)
 
 
+def load_rules_apart(path: str | Path) -> Coercion:
+    """``load_rules`` in a short-lived spawned process.
+
+    Checking the rules needs pydicom's dictionary and VR rules, and importing
+    pydicom costs about 28 MB of RSS. Done here, in the coordinator, every
+    worker forked from it would carry those pages too: a coerced send would not
+    keep the memory of a plain one. A spawned process imports it and is gone.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(load_rules, str(path)).result()
+
+
 def parse_rules(text: str, source: str = "<rules>") -> Coercion:
     """The rules in ``text`` (CSV); ``source`` names it in errors."""
     reader = csv.reader(text.splitlines(), strict=True)
@@ -312,11 +327,36 @@ def _syntax(transfer_syntax: str) -> _Syntax:
     )
 
 
+# PS3.3 C.12.1.1.2 Table C.12-2 and -4: single-byte and multi-byte character sets
+# without code extensions, as Python codecs. The table is here, not pydicom's:
+# importing pydicom.charset costs a worker about 28 MB of RSS.
+_SINGLE_CODECS: Final = {
+    "": "iso8859",  # the default repertoire, ISO-IR 6 (ASCII)
+    "ISO_IR 6": "iso8859",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 144": "iso8859_5",
+    "ISO_IR 127": "iso8859_6",
+    "ISO_IR 126": "iso8859_7",
+    "ISO_IR 138": "iso8859_8",
+    "ISO_IR 148": "iso8859_9",
+    "ISO_IR 203": "iso8859_15",
+    "ISO_IR 166": "iso8859_11",
+    "ISO_IR 13": "shift_jis",
+    "ISO_IR 192": "UTF8",
+    "GB18030": "GB18030",
+    "GBK": "GBK",
+}
+
+
 def _python_codecs(charset: bytes) -> list[str]:
     """Python codecs for a Specific Character Set value (PS3.3 C.12.1.1.2)."""
     terms = [t.strip(b" \x00").decode("ascii", "replace") for t in charset.split(b"\\")]
-    if not any(terms):
-        return ["iso8859"]  # the default repertoire (ISO-IR 6), ASCII
+    if len(terms) == 1 and terms[0] in _SINGLE_CODECS:
+        return [_SINGLE_CODECS[terms[0]]]
+    # Code extensions (ISO 2022, several terms): pydicom knows them.
     from pydicom.charset import convert_encodings
 
     return list(convert_encodings(terms))

@@ -312,3 +312,41 @@ def test_a_large_coerced_file_keeps_the_memory_of_an_uncoerced_send(
     # The pixel data was never held: about one window besides the plain send's peak.
     assert coerced - plain < STREAM_WINDOW, f"coerced {coerced}, plain {plain}, file {size}"
     assert coerced < size / 4
+
+
+def test_pipelined_stores_are_coerced_and_journaled(archive: SynthArchive, tmp_path: Path) -> None:
+    """--max-ops: each response finds its own file's changes (by Message ID)."""
+    import dicom_fastsend as fs
+    from dicom_fastsend.engine.inventory import Inventory
+    from dicom_fastsend.io.coerce import load_rules
+    from dicom_fastsend.sink import Sink
+
+    old_id = pydicom.dcmread(archive.files[0]).PatientID
+    coercion = load_rules(_rules(tmp_path, old_id))
+    received_dir = tmp_path / "received"
+    received_dir.mkdir()
+    with Sink(ae_title="SINK", response_delay=0.02, output_dir=received_dir) as sink:
+        peer = fs.PeerConfig(host="127.0.0.1", port=sink.port, called_ae_title="SINK")
+        config = fs.SendConfig(
+            peer=peer, inputs=(archive.root,), recursive=True, max_ops=8,
+            log_dir=tmp_path / "logs", coerce=coercion,
+        )  # fmt: skip
+        summary = fs.send(config)
+        assert sink.stats.max_pipelined > 1
+    assert summary.exit_code == 0, [(r.path, r.reason) for r in summary.noted]
+    assert summary.coerced == len(archive.files)
+    received = {
+        pydicom.dcmread(p).SOPInstanceUID: p for p in received_dir.rglob("*") if p.is_file()
+    }
+    assert config.journal is not None
+    journal = Inventory(config.journal, fs.config.destination_key(peer), "check")
+    try:
+        for path, uid in archive.sop_instance_uids.items():
+            _assert_coerced(path, received[uid].read_bytes(), old_id)
+            original = pydicom.dcmread(path).PatientID
+            expected = {"IssuerOfPatientID": (None, ISSUER)}
+            if original == old_id:
+                expected["PatientID"] = (old_id, NEW_ID)
+            assert journal.coercions(str(path)) == expected
+    finally:
+        journal.close()

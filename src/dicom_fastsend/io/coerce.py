@@ -100,26 +100,37 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class TagRules:
+    """The rules for one element: by exact match, and the ``*`` one."""
+
+    vr: str
+    exact: dict[str, Rule]
+    anything: Rule | None
+
+    def rule_for(self, value: str | None) -> Rule | None:
+        """The rule that applies to this value (None: the element is absent)."""
+        if value is None:
+            return self.anything if self.anything is not None and self.anything.replace else None
+        return self.exact.get(value, self.anything)
+
+
+@dataclass(frozen=True, slots=True)
 class Coercion:
     """The rules of one run, as the workers get them (picklable, pydicom-free)."""
 
     source: str  # the rules file, for messages
     rules: tuple[Rule, ...]
-    # tag -> (exact matches: match -> rule, the ANY rule or None); derived.
-    by_tag: dict[int, tuple[dict[str, Rule], Rule | None]] = field(
-        init=False, compare=False, repr=False
-    )
-    tags: tuple[int, ...] = field(init=False, compare=False, repr=False)
+    by_tag: dict[int, TagRules] = field(init=False, compare=False, repr=False)  # derived
+    tags: tuple[int, ...] = field(init=False, compare=False, repr=False)  # ascending
 
     def __post_init__(self) -> None:
-        by_tag: dict[int, tuple[dict[str, Rule], Rule | None]] = {}
+        by_tag: dict[int, TagRules] = {}
         for rule in self.rules:
-            exact, anything = by_tag.get(rule.tag, ({}, None))
+            rules = by_tag.setdefault(rule.tag, TagRules(rule.vr, {}, None))
             if rule.match == ANY:
-                anything = rule
+                by_tag[rule.tag] = TagRules(rule.vr, rules.exact, rule)
             else:
-                exact[rule.match] = rule
-            by_tag[rule.tag] = (exact, anything)
+                rules.exact[rule.match] = rule
         object.__setattr__(self, "by_tag", by_tag)
         object.__setattr__(self, "tags", tuple(sorted(by_tag)))
 
@@ -468,29 +479,28 @@ def coerce_dataset(data: Buffer, transfer_syntax: str, coercion: Coercion) -> Co
         if SPECIFIC_CHARACTER_SET in found:
             at, length = found[SPECIFIC_CHARACTER_SET]
             codecs = _python_codecs(bytes(view[at : at + length]))
+        little = syntax.little_endian
         # tag -> (rule, new value bytes or None to remove, original bytes or None)
         planned: dict[int, tuple[Rule, bytes | None, bytes | None]] = {}
         for tag in coercion.tags:
-            exact, anything = coercion.by_tag[tag]
-            vr = (exact and next(iter(exact.values())).vr) or (anything and anything.vr) or ""
-            if tag in found:
-                at, length = found[tag]
-                original = bytes(view[at : at + length])
-                current = decode_value(original, vr, syntax.little_endian, codecs)
-                rule = exact.get(current, anything)
-                if rule is None:
-                    continue
-                new = (
-                    encode_value(rule.replace, vr, syntax.little_endian, codecs)
-                    if rule.replace
-                    else None
-                )
-                if new is not None and new == original:
-                    continue
+            rules = coercion.by_tag[tag]
+            if tag not in found:
+                rule = rules.rule_for(None)
+                if rule is not None:
+                    planned[tag] = (
+                        rule,
+                        encode_value(rule.replace, rules.vr, little, codecs),
+                        None,
+                    )
+                continue
+            at, length = found[tag]
+            original = bytes(view[at : at + length])
+            rule = rules.rule_for(decode_value(original, rules.vr, little, codecs))
+            if rule is None:
+                continue
+            new = encode_value(rule.replace, rules.vr, little, codecs) if rule.replace else None
+            if new != original:  # a rule that writes the value already there changes nothing
                 planned[tag] = (rule, new, original)
-            elif anything is not None and anything.replace:
-                new = encode_value(anything.replace, vr, syntax.little_endian, codecs)
-                planned[tag] = (anything, new, None)
         if not planned:
             return None
         return _rewrite(view, syntax, planned, codecs)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -304,3 +306,47 @@ def test_rules_file_with_bom_tags_and_quotes(tmp_path: Path) -> None:
         (3, "PatientName", 0x00100010, "PN", "*", "X^Y"),
     ]
     assert rules.tags == (0x00100010, 0x00100020)
+
+
+_LO_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters='\\,"'),
+    min_size=1,
+    max_size=64,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@example(
+    syntax=ExplicitVRLittleEndian, patient_id="OLD1", issuer="", rows=8, remove_birth_date=False
+)
+@given(
+    syntax=st.sampled_from([ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]),
+    patient_id=_LO_TEXT,
+    issuer=st.one_of(st.just(""), _LO_TEXT),
+    rows=st.integers(0, 0xFFFF),
+    remove_birth_date=st.booleans(),
+)
+def test_any_rules_round_trip_against_pydicom(
+    syntax: str, patient_id: str, issuer: str, rows: int, remove_birth_date: bool
+) -> None:
+    """Whatever the values, pydicom reads back what the rules say and everything else as it was."""
+    lines = [
+        "keyword,match,replace",
+        f"PatientID,OLD1,{patient_id}",
+        f"IssuerOfPatientID,*,{issuer}",
+        f"Rows,*,{rows}",
+    ]
+    if remove_birth_date:
+        lines.append("PatientBirthDate,*,")
+    data = _encode(_dataset(), syntax)
+    coerced = coerce_dataset(data, syntax, parse_rules("\n".join(lines) + "\n"))
+    unchanged = patient_id == "OLD1" and not issuer and rows == 8 and not remove_birth_date
+    assert (coerced is None) is unchanged
+    joined = data if coerced is None else _joined(data, coerced)
+    out = _decode(joined, syntax)
+    assert out.PatientID == patient_id
+    assert out.get("IssuerOfPatientID") == (issuer or None)
+    assert out.Rows == rows
+    assert ("PatientBirthDate" in out) is not remove_birth_date
+    changed = {0x00100020, 0x00100021, 0x00280010, 0x00100030}
+    _assert_same_except(data, joined, syntax, changed)

@@ -266,3 +266,30 @@ def test_verification_outcomes_change_what_a_rerun_sends(tmp_path: Path) -> None
     assert len(list(inventory.held_instances())) == 4
     inventory.record_find([("/a/2.dcm", FindState.FOUND)])
     assert inventory.known_path("/a/2.dcm") == Known(100, 1.0, "stored")
+
+
+def test_coercions_are_recorded_with_the_stored_outcome_and_replaced_on_resend(
+    tmp_path: Path,
+) -> None:
+    """--coerce: one row per element changed, only for what the destination holds; a later
+    coerced send of the same file replaces them all."""
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    first = FileResult(
+        "/a/1.dcm", Outcome.STORED, sop_instance_uid="1.1", attempts=1,
+        coerced=(("PatientID", "OLD", "NEW"), ("IssuerOfPatientID", None, "H")),
+    )  # fmt: skip
+    failed = FileResult("/a/2.dcm", Outcome.FAILED, "0xA700", coerced=(("PatientID", "X", "Y"),))
+    plain = FileResult("/a/3.dcm", Outcome.STORED, sop_instance_uid="1.3")
+    inventory.record(first, 10, 1.0)
+    inventory.record_many([(failed, 10, 1.0), (plain, 10, 1.0)])
+    assert inventory.coercions("/a/1.dcm") == {
+        "PatientID": ("OLD", "NEW"),
+        "IssuerOfPatientID": (None, "H"),
+    }
+    assert inventory.coercions("/a/2.dcm") == {}  # not held: nothing was changed there
+    assert inventory.coercions("/a/3.dcm") == {}
+    assert state_of(tmp_path / "i.sqlite", "/a/2.dcm") == State.FAILED.value
+    again = replace(first, coerced=(("PatientBirthDate", "19700101", None),))
+    inventory.record(again, 10, 1.0)
+    assert inventory.coercions("/a/1.dcm") == {"PatientBirthDate": ("19700101", None)}
+    inventory.close()

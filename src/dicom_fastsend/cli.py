@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.decorators import FC
@@ -32,6 +32,9 @@ from .config import (
 from .engine.results import ExitStatus
 from .protocol.dimse import status_text
 from .verify_cmd import commit_config, commit_options, verify_command
+
+if TYPE_CHECKING:
+    from .io.coerce import Coercion
 
 
 def _version() -> str:
@@ -311,6 +314,12 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     "(Storage Commitment, PS3.4 Annex J; see --commit-port).",
 )
 @commit_options
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Change elements on the way: a CSV with the header keyword,match,replace (see README).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -332,6 +341,7 @@ def send(
     commit_bind: str,
     commit_batch: int,
     commit_timeout: float,
+    coerce_rules: Path | None,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
@@ -369,6 +379,7 @@ def send(
             if commit
             else None
         ),
+        coerce=_coercion(coerce_rules),
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)
@@ -381,6 +392,19 @@ def send(
             err=True,
         )
     sys.exit(summary.exit_code)
+
+
+def _coercion(path: Path | None) -> Coercion | None:
+    """--coerce: the rules read and checked before anything is sent (a bad line is a usage
+    error naming it)."""
+    if path is None:
+        return None
+    from .io.coerce import CoercionRulesError, load_rules_apart
+
+    try:
+        return load_rules_apart(path)
+    except CoercionRulesError as exc:
+        raise click.BadParameter(str(exc), param_hint="--coerce") from exc
 
 
 def _journal_options(journal_help: str) -> Callable[[FC], FC]:
@@ -436,6 +460,12 @@ def _journal_destination(
     show_default=True,
     help="As send --transcode (changes the presentation contexts planned).",
 )
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show what send --coerce would change (the same CSV rules file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def scan(
     inputs: tuple[Path, ...],
@@ -448,6 +478,7 @@ def scan(
     journal: Path | None,
     no_resume: bool,
     transcode: str,
+    coerce_rules: Path | None,
     as_json: bool,
 ) -> None:
     """Show what `send` would do: files, instances, duplicates, already stored, unreadable.
@@ -477,6 +508,7 @@ def scan(
         journal_path=journal,
         resume=destination is not None and not no_resume,
         transcode=transcode == "if-needed",
+        coerce=_coercion(coerce_rules),
     )
     try:
         report = run_scan(config)

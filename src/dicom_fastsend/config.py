@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .io.coerce import Coercion
 
 DEFAULT_CALLING_AE = "FASTSEND"
 # Our receive limit for P-DATA-TF (PS3.8 D.1). Only C-STORE-RSPs come back
@@ -127,6 +131,7 @@ class SendConfig:
     max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
     cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
     commit: CommitConfig | None = None  # Storage Commitment of what this session stored
+    coerce: Coercion | None = None  # --coerce RULES.csv, read and checked (io/coerce.py)
 
     def __post_init__(self) -> None:
         if self.processes < 1:

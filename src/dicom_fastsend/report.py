@@ -181,6 +181,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "user": None if peer.user is None else peer.user.username,
             "retries": config.retries,
             "cluster": config.cluster,
+            "coerce": None if config.coerce is None else config.coerce.source,
         },
         "counts": {
             "found": found,
@@ -189,6 +190,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "failed": summary.count(Outcome.FAILED),
             "skipped": summary.count(Outcome.SKIPPED),
             "already_stored": summary.already_stored,
+            "coerced": summary.coerced,
         },
         "bytes_sent": summary.bytes_sent,
         "throughput": {
@@ -330,6 +332,7 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
         f"{summary.found} files: {stored} stored, {warned} stored with warning, "
         f"{summary.count(Outcome.FAILED)} failed, {summary.count(Outcome.SKIPPED)} skipped"
         + (f" ({summary.already_stored} already stored)" if summary.already_stored else "")
+        + (f", {summary.coerced} coerced" if summary.coerced else "")
         + f"; {sent / 1e6:.1f} MB in {elapsed:.2f} s "
         f"({(stored + warned) / elapsed:.1f} files/s, {sent / 1e6 / elapsed:.1f} MB/s); "
         f"associations: {summary.associations_opened} opened, "

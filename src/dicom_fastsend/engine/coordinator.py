@@ -229,6 +229,7 @@ class Coordinator:
             destination=destination_key(config.peer),
             session_id=self.summary.session_id,
             resume=config.resume,
+            coerce=config.coerce,
         )
 
     def _backend(self, inventory: Path) -> Backend:

@@ -91,6 +91,18 @@ CREATE TABLE IF NOT EXISTS studies (
     study_date           TEXT NOT NULL DEFAULT '',
     study_time           TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
+-- --coerce: what was changed in each instance sent (the last time it was
+-- sent coerced): original NULL for an element added, new NULL for one removed.
+CREATE TABLE IF NOT EXISTS coercions (
+    dir          TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    keyword      TEXT NOT NULL,
+    original     TEXT,
+    new          TEXT,
+    session_id   TEXT NOT NULL,
+    at           REAL NOT NULL,
+    PRIMARY KEY (dir, name, keyword)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session_id   TEXT PRIMARY KEY,
     started_at   REAL NOT NULL,
@@ -156,6 +168,11 @@ _HELD = (State.STORED.value, State.WARNING.value)  # the destination holds the i
 # destination now holds (held_*). A *skipped* outcome (interrupted, a
 # duplicate) of a version the destination holds leaves the row as that
 # outcome said: the destination still has it, and a rerun skips it.
+_FORGET_COERCIONS = "DELETE FROM coercions WHERE dir = ? AND name = ?"
+_RECORD_COERCION = """
+INSERT OR REPLACE INTO coercions (dir, name, keyword, original, new, session_id, at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
 _RECORD = """
 INSERT INTO files (dir, name, size, mtime, sop_class_uid, sop_instance_uid, state, status,
     reason, attempts, first_at, last_at, session_id, held_size, held_mtime, held_outcome)
@@ -670,14 +687,48 @@ class Inventory:
 
     def record(self, result: FileResult, size: int, mtime: float) -> None:
         """Record one outcome; committed when this returns."""
+        now = time.time()
         with self._writing():
-            self._db.execute(_RECORD, self._outcome_row(result, size, mtime, time.time()))
+            if result.coerced:
+                self.record_many([(result, size, mtime)])
+                return
+            self._db.execute(_RECORD, self._outcome_row(result, size, mtime, now))
 
     def record_many(self, outcomes: Iterable[tuple[FileResult, int, float]]) -> None:
         """Record (result, size, mtime) outcomes in one transaction."""
         now = time.time()
+        outcomes = list(outcomes)
+        rows = [self._outcome_row(r, s, m, now) for r, s, m in outcomes]
+        coerced = [r for r, _, _ in outcomes if r.coerced and r.outcome.value in _HELD]
         with self._writing():
-            self._transaction(_RECORD, [self._outcome_row(r, s, m, now) for r, s, m in outcomes])
+            if not coerced:
+                self._transaction(_RECORD, rows)
+                return
+            # One transaction: the outcome and what was changed in it go together.
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_RECORD, rows)
+                self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in coerced])
+                self._db.executemany(
+                    _RECORD_COERCION,
+                    [
+                        (*split(r.path), keyword, original, new, self.session_id, now)
+                        for r in coerced
+                        for keyword, original, new in r.coerced
+                    ],
+                )
+            except BaseException:
+                self._rollback()
+                raise
+            self._db.execute("COMMIT")
+
+    def coercions(self, path: str) -> dict[str, tuple[str | None, str | None]]:
+        """What --coerce changed in the file last stored from ``path``: keyword -> (old, new)."""
+        rows = self._db.execute(
+            "SELECT keyword, original, new FROM coercions WHERE dir = ? AND name = ?",
+            split(path),
+        )
+        return {keyword: (original, new) for keyword, original, new in rows}
 
     def _outcome_row(
         self, result: FileResult, size: int, mtime: float, now: float

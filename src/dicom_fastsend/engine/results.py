@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 from ..io.header import FileInfo
 
+CoercedValue = tuple[str, str | None, str | None]
+
+if TYPE_CHECKING:
+    from ..io.coerce import Change
+
+
+def coerced_values(changes: Sequence[Change]) -> tuple[CoercedValue, ...]:
+    """FileResult.coerced from the changes --coerce made (plain tuples: they cross a pipe)."""
+    return tuple((change.keyword, change.original, change.new) for change in changes)
+
+
 # Above this many latencies the percentiles are taken with numpy (see latency_ms).
 LARGE_SAMPLE = 50_000
 
@@ -55,6 +66,9 @@ class FileResult:
     seconds: float = 0.0  # C-STORE round trip: first byte sent to response read
     worker: int | None = None
     attempts: int = 0
+    # --coerce: (keyword, original, new) of each element changed in what was
+    # sent; None for an element added (original) or removed (new).
+    coerced: tuple[CoercedValue, ...] = ()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Every file's result crosses a pipe. A slots dataclass pickles its
@@ -72,6 +86,7 @@ class FileResult:
             self.seconds,
             self.worker,
             self.attempts,
+            self.coerced,
         )
 
     @classmethod
@@ -150,6 +165,7 @@ class SendSummary:
     counts: Counter[Outcome] = field(default_factory=Counter)
     causes: Counter[Cause] = field(default_factory=Counter)  # skips and failures by cause
     already_stored: int = 0  # skipped without opening: the journal says the destination has it
+    coerced: int = 0  # --coerce: instances stored with at least one element changed
     bytes_sent: int = 0
     sop_classes_sent: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("f"))  # seconds, answered
@@ -182,6 +198,8 @@ class SendSummary:
         if outcome is Outcome.STORED or outcome is Outcome.WARNING:
             self.bytes_sent += result.bytes_sent
             self.sop_classes_sent[result.sop_class_uid] += 1
+            if result.coerced:
+                self.coerced += 1
         if result.status is not None and result.seconds > 0:
             self.latencies.append(result.seconds)
         if outcome is not Outcome.STORED:

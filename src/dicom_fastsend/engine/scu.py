@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import PeerConfig, UserCredentials
@@ -45,7 +46,7 @@ from ..protocol.dimse import (
     c_echo_rq,
     c_store_rq,
 )
-from ..protocol.hotpath import fragment_pdata
+from ..protocol.hotpath import fragment_pdata, fragment_pdata_prefixed
 from ..protocol.pdu import (
     AAssociateRJ,
     AAssociateRQ,
@@ -60,6 +61,9 @@ from ..protocol.uids import (
     IMPLEMENTATION_CLASS_UID_ROOT,
     VERIFICATION_SOP_CLASS,
 )
+
+if TYPE_CHECKING:
+    from ..io.coerce import Change, Coerced, Coercion
 
 IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
 IMPLEMENTATION_VERSION_NAME = f"FASTSEND_{__version__}"[:16]
@@ -126,8 +130,18 @@ def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
 class StoreClient:
     """A requestor-side association to one peer."""
 
-    def __init__(self, peer: PeerConfig, transcode: bool = False, max_ops: int = 1) -> None:
+    def __init__(
+        self,
+        peer: PeerConfig,
+        transcode: bool = False,
+        max_ops: int = 1,
+        coercion: Coercion | None = None,
+    ) -> None:
         self.peer = peer
+        # --coerce: the rules, and what they changed in each C-STORE sent, by
+        # Message ID, until the caller takes it (take_changes).
+        self.coercion = coercion
+        self.changes: dict[int, tuple[Change, ...]] = {}
         # Compressed, deflated and big endian files may fall back to
         # uncompressed Little Endian (contexts.transfer_syntaxes_for).
         self.transcode = transcode
@@ -305,12 +319,16 @@ class StoreClient:
         command: Command,
         dataset: bytes | memoryview | None,
         mapped: tuple[mmap.mmap, int] | None = None,
+        prefix: bytes | None = None,
     ) -> None:
         """Send a DIMSE message; ``mapped`` is (the map, the data set's offset in it).
 
         A large data set from a mapped file goes in windows of STREAM_WINDOW
         bytes, and each window's pages leave this process once the kernel has
         copied them, so a worker's memory does not grow with the file.
+        ``prefix`` (--coerce) goes before ``dataset``, the two as one data set;
+        ``mapped`` then gives where the prefix would start in the map, so that
+        the window arithmetic still lands on the mapped bytes sent.
         """
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
@@ -318,10 +336,19 @@ class StoreClient:
             fragment_pdata(command.encode(), presentation_context_id, True, maximum)
         )
         command_buffers = len(buffers)
+        size = 0
         if dataset is not None:
-            buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
+            if prefix is None:
+                buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
+            else:
+                buffers.extend(
+                    fragment_pdata_prefixed(
+                        prefix, dataset, presentation_context_id, False, maximum
+                    )
+                )
+            size = len(dataset) + (len(prefix) if prefix is not None else 0)
         try:
-            if mapped is None or dataset is None or len(dataset) <= STREAM_WINDOW:
+            if mapped is None or dataset is None or size <= STREAM_WINDOW:
                 self._transport.send_buffers(self._association.send_pdata(buffers))
             else:
                 self._send_windows(buffers, command_buffers, *mapped)
@@ -344,7 +371,8 @@ class StoreClient:
         """
         assert self._association is not None and self._transport is not None
         sent = offset  # the mapped bytes the kernel has taken
-        dropped = offset - offset % mmap.PAGESIZE  # the first page still mapped
+        # (max: a coerced head longer than the bytes it replaced puts offset below 0.)
+        dropped = max(0, offset - offset % mmap.PAGESIZE)  # the first page still mapped
         start, window = 0, 0
         for index in range(first + 1, len(buffers), 2):
             window += len(buffers[index])  # type: ignore[arg-type]
@@ -513,8 +541,10 @@ class StoreClient:
         finish_store.
         """
         message_id = self._next_message_id()
+        self.changes.pop(message_id, None)  # a Message ID used before (they wrap at 65535)
         command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
-        if content is not None:
+        if content is not None and self.coercion is None:
+            # (Coerced files take the path below, which builds their new head.)
             with memoryview(content) as whole, whole[info.dataset_offset :] as view:
                 dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
                 try:
@@ -541,13 +571,35 @@ class StoreClient:
             if len(mapped) > STREAM_WINDOW and hasattr(mapped, "madvise"):
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(mapped)[info.dataset_offset :]
+            rest: memoryview | None = None
             try:
                 dataset = _dataset_to_send(info, selection, view)
                 # Windows apply only when the data set is the mapped file itself.
                 streamed = (mapped, info.dataset_offset) if dataset is view else None
-                self._send_message(selection.presentation_context_id, command, dataset, streamed)
+                prefix = None
+                changes: tuple[Change, ...] = ()
+                if self.coercion is not None:
+                    assert dataset is not None
+                    coerced = _coerce(info, selection, dataset, self.coercion)
+                    if coerced is not None:
+                        prefix = coerced.prefix
+                        rest = memoryview(dataset)[coerced.resume_at :]
+                        if streamed is not None:
+                            # Where the head would start if it replaced the
+                            # mapped bytes in place: see _send_windows.
+                            start = info.dataset_offset + coerced.resume_at - len(prefix)
+                            streamed = (mapped, start)
+                        dataset = rest
+                        changes = coerced.changes
+                self._send_message(
+                    selection.presentation_context_id, command, dataset, streamed, prefix
+                )
+                if changes:
+                    self.changes[message_id] = changes
             finally:
                 dataset = None
+                if rest is not None:
+                    rest.release()
                 view.release()
         finally:
             try:
@@ -555,6 +607,10 @@ class StoreClient:
             except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
                 pass
         return message_id
+
+    def take_changes(self, message_id: int) -> tuple[Change, ...]:
+        """What --coerce changed in the C-STORE with this Message ID (nothing: ())."""
+        return self.changes.pop(message_id, ())
 
 
 class _Impatient(Exception):
@@ -567,6 +623,22 @@ IDLE_AFTER = 0.25
 # Data sets larger than this are sent in windows of about this many bytes,
 # each dropped from the worker's memory once sent (see _send_windows).
 STREAM_WINDOW = 16 * 1024 * 1024
+
+
+def _coerce(
+    info: FileInfo, selection: Selection, dataset: bytes | memoryview, coercion: Coercion
+) -> Coerced | None:
+    """--coerce on the data set about to go, in the syntax it goes in."""
+    from ..errors import ElementScanError
+    from ..io.coerce import CoercionError, coerce_dataset
+
+    syntax = info.transfer_syntax_uid
+    if selection.needs_conversion(syntax):
+        syntax = selection.transfer_syntax  # converted above: the accepted syntax
+    try:
+        return coerce_dataset(dataset, syntax, coercion)
+    except (CoercionError, ElementScanError) as exc:
+        raise CoercionError(f"cannot coerce ({coercion.source}): {exc}") from exc
 
 
 def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> bytes | memoryview:

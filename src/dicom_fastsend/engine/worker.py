@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from ..config import PeerConfig
 from ..errors import FastsendError
+from ..io.coerce import Coercion
 from ..io.header import FileInfo
 from ..io.transport import ConnectError, TLSError, TransportError
 from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
@@ -65,7 +66,7 @@ from .messages import (
 )
 from .plan import Batch
 from .prepare import admit
-from .results import Cause, FileResult, Outcome, WorkerStats
+from .results import Cause, FileResult, Outcome, WorkerStats, coerced_values
 from .scu import (
     AssociationAbortedError,
     AssociationError,
@@ -113,6 +114,7 @@ class WorkerConfig:
     destination: str = ""
     session_id: str = ""
     resume: bool = True  # a duplicate of what earlier sessions stored is skipped
+    coerce: Coercion | None = None  # --coerce: the rules (io/coerce.py)
 
 
 class RateLimiter:
@@ -210,7 +212,7 @@ class Worker:
         self.config = config
         self.conn = conn
         self.limiter = limiter
-        self.client = StoreClient(config.peer, config.transcode, config.max_ops)
+        self.client = StoreClient(config.peer, config.transcode, config.max_ops, config.coerce)
         # --max-ops: C-STOREs sent and not yet answered, by Message ID.
         self.outstanding: dict[int, tuple[FileInfo, float]] = {}
         self._retry_later: list[FileInfo] = []
@@ -521,6 +523,7 @@ class Worker:
         info, started = self.outstanding.pop(message_id)
         result = result_from_response(info, response, time.perf_counter() - started)
         result.attempts = 1
+        result.coerced = coerced_values(self.client.take_changes(message_id))
         if result.outcome is Outcome.FAILED and is_retryable_status(response.status):
             self._retry_later.append(info)
             return
@@ -669,6 +672,7 @@ class Worker:
         except (OSError, FastsendError) as exc:
             return failed(_file_error(exc)), False
         result = result_from_response(info, response, time.perf_counter() - started)
+        result.coerced = coerced_values(self.client.take_changes(message_id))
         return result, result.outcome is Outcome.FAILED and is_retryable_status(response.status)
 
     def _lost_while_sending(self, info: FileInfo, exc: AssociationAbortedError) -> FileResult:

@@ -51,6 +51,7 @@ MAX_UNLIMITED_PDU: Final = impl.MAX_UNLIMITED_PDU
 MAX_NESTING_DEPTH: Final = impl.MAX_NESTING_DEPTH
 pack_pdata_header = impl.pack_pdata_header
 fragment_pdata = impl.fragment_pdata
+fragment_pdata_prefixed = impl.fragment_pdata_prefixed
 parse_pdvs = impl.parse_pdvs
 scan_elements = impl.scan_elements
 
@@ -61,6 +62,7 @@ __all__ = [
     "PDATA_HEADER_LENGTH",
     "PURE_PYTHON_ENV",
     "fragment_pdata",
+    "fragment_pdata_prefixed",
     "impl",
     "pack_pdata_header",
     "parse_pdvs",

@@ -96,7 +96,7 @@ class StudyStatus(Enum):
 # One scan of the files table: a row per study with every count. The
 # verification columns are absent from a journal of schema 2 that no send of
 # this version opened yet (the read-only connection cannot add them): then
-# they read as NULL, "never verified".
+# they read as NULL, "never verified" (see _columns).
 _STUDY_COUNTS = """
 CREATE TEMP TABLE audit_study AS
 SELECT {study} AS study, COUNT(*) AS files,
@@ -361,11 +361,18 @@ def _columns(db: sqlite3.Connection) -> dict[str, str]:
     """SQL for the verification columns and the studies join, as this journal has them."""
     have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
     tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    verified = {"commit_state", "commit_reason", "find_state", "verified_at"} <= have
+
+    def current(column: str, otherwise: str) -> str:
+        # A verification says what the destination held when it ran: a file sent
+        # again since (last_at after verified_at) is not verified until the next one.
+        return f"(CASE WHEN verified_at >= last_at THEN {column} END)" if verified else otherwise
+
     return {
         "study": _STUDY_OF_FILE,
-        "commit_state": "commit_state" if "commit_state" in have else "NULL",
-        "commit_reason": "commit_reason" if "commit_reason" in have else "''",
-        "find_state": "find_state" if "find_state" in have else "NULL",
+        "commit_state": current("commit_state", "NULL"),
+        "commit_reason": current("commit_reason", "''"),
+        "find_state": current("find_state", "NULL"),
         "studies": "studies" if "studies" in tables else "",
     }
 

@@ -23,7 +23,7 @@ import pytest
 from dicom_fastsend.audit import AUDIT_SCHEMA, COUNTS, CSV_COLUMNS, audit_paths
 from dicom_fastsend.engine.inventory import Inventory
 from fastsend_cli import Run, fastsend, send_args
-from peers import PynetdicomSCP, SynthArchive, make_archive
+from peers import PynetdicomSCP, SynthArchive, free_port, make_archive
 from require import missing_peer
 
 LOOPBACK = "127.0.0.1"
@@ -267,6 +267,53 @@ def test_verification_states_in_the_inventory_are_counted(migration: Migration) 
     assert rows[verified_study]["verified"] == str(verified["files"])
     assert "commit failed 1: Failure Reason 0x0112" in rows[missing_study]["reasons"]
     assert "1 with instances missing" in run.stdout and "1 verified" in run.stdout
+
+
+def test_verify_against_orthanc_then_resend(orthanc_factory: Any, tmp_path: Path) -> None:
+    """verify --find writes the audit; a deleted instance is missing until resent and verified."""
+    # Orthanc answers C-FIND only to a modality it knows (DicomAlwaysAllowFind is off).
+    orthanc = orthanc_factory(
+        config_overrides={"DicomModalities": {"fastsend": ["FASTSEND", LOOPBACK, free_port()]}}
+    )
+    archive = make_archive(tmp_path / "archive")
+    logs = tmp_path / "logs"
+    destination = ["-a", "ORTHANC", "-H", LOOPBACK, "-p", str(orthanc.dicom_port)]
+    sent = fastsend("send", *destination, "-r", "-i", str(archive.root), "--log-dir", str(logs))
+    assert sent.returncode == 0, sent.output
+    total = len(archive.files)
+
+    def verify(exit_code: int = 0) -> dict[str, Any]:
+        run = fastsend("verify", *destination, "--find", "--log-dir", str(logs))
+        assert run.returncode == exit_code, run.output
+        match = re.search(r"^audit: (\S+)\.html$", run.stderr, re.MULTILINE)
+        assert match is not None, run.output
+        return audit_json(Path(match[1] + ".json"))
+
+    clean = verify()
+    assert clean["totals"]["found"] == clean["totals"]["verified"] == total
+    assert clean["studies_by_status"]["verified"] == clean["study_count"] == 4
+
+    deleted = sorted(archive.files)[0]
+    uid = archive.sop_instance_uids[deleted]
+    orthanc.rest("DELETE", f"/instances/{orthanc.orthanc_id(uid)}")
+    report = verify(exit_code=1)
+    assert (report["totals"]["found"], report["totals"]["missing"]) == (total - 1, 1)
+    [study] = [s for s in report["studies"] if s["status"] == "missing"]
+    assert study["study_instance_uid"] == archive.study_uids[deleted]
+    assert report["studies"][0] == study  # worst first
+
+    [missing_csv] = logs.glob("fastsend_missing_*.csv")
+    resent = fastsend(
+        "send", *destination, "--input-list", str(missing_csv), "--log-dir", str(logs)
+    )
+    assert resent.returncode == 0, resent.output
+    after = audit_json(audit_paths(logs, summary_of(resent)["session_id"])[1])
+    # Sent again after the verification: no longer missing, not verified yet.
+    assert (after["totals"]["missing"], after["totals"]["found"]) == (0, total - 1)
+    assert after["studies_by_status"] == {"missing": 0, "incomplete": 0, "stored": 1, "verified": 3}
+    final = verify()
+    assert final["totals"]["verified"] == total
+    assert final["studies_by_status"]["verified"] == 4
 
 
 # ---------------------------------------------------------------- the page

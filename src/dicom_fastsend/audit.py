@@ -723,8 +723,8 @@ def _html_head(header: AuditHeader) -> str:
         f"<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<header><h1>Migration audit: {_e(destination)}</h1>"
         f"<p>journal {_e(header.journal)} &middot; read {_e(_local(header.read_at))}"
-        f" &middot; {_e(_number(header.session_count))} session(s), latest"
-        f" {_e(header.session_id)}</p></header>\n<main>\n"
+        f" &middot; {_e(_number(header.session_count))} send session(s)"
+        f" &middot; report {_e(header.session_id)}</p></header>\n<main>\n"
         f'<section class="tiles" id="totals">{tile_html}</section>\n'
         '<section class="charts">\n'
         '<figure id="throughput-chart"><figcaption>Files stored over time'

@@ -836,11 +836,12 @@ def _throughput_svg(throughput: Throughput) -> str:
             " yet</text></svg>"
         )
         return "".join(out)
-    peak = _nice_ceiling(max(throughput.bins))
+    # Four grid steps of a round whole number of files (1, 2 or 5 times a power of ten).
+    grid = _nice_ceiling(math.ceil(max(throughput.bins) / 4))
+    peak = 4 * grid
     for step in range(5):  # grid lines and their labels
-        value = peak * step / 4
         y = top + plot_h - plot_h * step / 4
-        label = f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
+        label = f"{grid * step:,}"
         out.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"'
             f' stroke="#d9e2ec"/><text x="{left - 6}" y="{y + 4:.1f}"'
@@ -864,8 +865,14 @@ def _throughput_svg(throughput: Throughput) -> str:
     for index in ticks:
         x = left + (index + 0.5) * slot
         moment = throughput.start + index * throughput.bin_seconds
+        # The first and last labels start and end at their bars, inside the chart.
+        anchor = "middle"
+        if count > 2 and index == 0:
+            anchor, x = "start", left
+        elif count > 2 and index == count - 1:
+            anchor, x = "end", width - right
         out.append(
-            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="{anchor}">'
             f"{_e(_clock(moment, with_date, throughput.bin_seconds < 1))}</text>"
         )
     out.append(
@@ -928,7 +935,7 @@ def _outcomes_svg(totals: dict[str, int]) -> str:
         y += row_h
         for key, label, value in items:
             share = value / whole if whole else 0.0
-            bar = plot_w * share
+            bar = max(plot_w * share, 2.0) if value else 0.0  # a few files still show
             out.append(
                 f'<text x="{label_w - 8}" y="{y + 12}" text-anchor="end">{_e(label)}</text>'
                 f'<rect x="{label_w}" y="{y + 2}" width="{plot_w}" height="{bar_h}"'

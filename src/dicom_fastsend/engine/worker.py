@@ -41,11 +41,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PeerConfig
 from ..errors import FastsendError
-from ..io.coerce import Coercion
 from ..io.header import FileInfo
 from ..io.transport import ConnectError, TLSError, TransportError
 from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
@@ -74,6 +73,9 @@ from .scu import (
     Response,
     StoreClient,
 )
+
+if TYPE_CHECKING:
+    from ..io.coerce import Coercion
 
 INTERRUPTED_REASON = "not sent: the run was interrupted"
 # Outcomes are journaled and reported in groups: one transaction and one

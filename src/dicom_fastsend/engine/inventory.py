@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -289,9 +289,12 @@ class Known:
         return self.size == size and abs(self.mtime - mtime) < 1e-6
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A file found by the walk and not sent yet: what a batch carries."""
+class Pending(NamedTuple):
+    """A file found by the walk and not sent yet: what a batch carries.
+
+    A NamedTuple, not a dataclass: every file crosses a pipe in one, and a
+    tuple pickles about five times faster both ways.
+    """
 
     path: str
     size: int

@@ -229,7 +229,13 @@ class Worker:
         # A forked worker's parent is the coordinator: when it dies the worker
         # is re-parented, and a getppid() per file notices that at once
         # (the pipe says so only at the next report, up to REPORT_EVERY files on).
-        self._parent = os.getppid() if isinstance(conn, Connection) else None
+        local = isinstance(conn, Connection)
+        self._parent = os.getppid() if local else None
+        # Only a forked worker's pipe wants outcomes grouped here: a Dask
+        # task's channel gathers them itself and publishes them on a timer
+        # (cluster.py), and it must see each one at once to notice that its
+        # task was abandoned.
+        self._report_every = REPORT_EVERY if local else 1
         self.in_flight: FileInfo | None = None
         # Outcomes not reported yet (see _report_due), and when the first came.
         self._unreported: list[tuple[FileInfo, FileResult]] = []
@@ -263,7 +269,7 @@ class Worker:
     def _report_due(self) -> None:
         """Report the queued outcomes when REPORT_EVERY of them or REPORT_SECONDS have passed."""
         if self._unreported and (
-            len(self._unreported) >= REPORT_EVERY
+            len(self._unreported) >= self._report_every
             or time.monotonic() - self._oldest >= REPORT_SECONDS
         ):
             self._report_queued()

@@ -400,7 +400,7 @@ class Coordinator:
             # A worker that stopped early (abort, no journal) hands back what it held.
             for item in self._book.unfinished(message.executor):
                 self._record_unsent(item, self._unsent_reason(), Outcome.SKIPPED)
-            self._book.batch_done(message.executor)
+            self._book.release(message.executor)
         elif isinstance(message, ExecutorLost):
             self._lost(message)
         elif isinstance(message, JournalFailed):
@@ -413,7 +413,7 @@ class Coordinator:
 
     def _ended(self, executor: int, stats: WorkerStats | None) -> None:
         self._live.discard(executor)
-        if executor in self._idle:
+        while executor in self._idle:  # a local worker asks for two batches at first
             self._idle.remove(executor)
         if stats is not None:
             self.summary.workers.append(stats)

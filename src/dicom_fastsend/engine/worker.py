@@ -373,6 +373,11 @@ class Worker:
     def run(self) -> None:
         try:
             try:
+                if self._parent is not None:
+                    # A forked worker asks for one batch more than it sends:
+                    # the next one waits in the pipe, so the worker never
+                    # idles for a round trip to the coordinator between two.
+                    self._send(Ready(self.config.worker))
                 while not self.stopping:
                     self._send(Ready(self.config.worker))
                     try:

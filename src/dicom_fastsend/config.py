@@ -13,6 +13,7 @@ DEFAULT_MAX_PDU_LENGTH = 131072
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_ACSE_TIMEOUT = 30.0
 DEFAULT_DIMSE_TIMEOUT = 120.0
+ORDERS = ("path", "newest-first", "oldest-first")  # --order
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,13 @@ class SendConfig:
     transcode: bool = False
     max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
     cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
+    # Migration controls (engine/order.py, schedule.py, metrics.py).
+    order: str = "path"  # path (streaming), newest-first or oldest-first (by Study Date/Time)
+    priority_list: tuple[str, ...] = ()  # Study Instance UIDs or Accession Numbers, sent first
+    schedule: str | None = None  # time windows: "Mon-Fri 07:00-19:00=20; Sat-Sun=pause"
+    metrics_port: int | None = None  # a Prometheus endpoint on this port (0: any free one)
+    metrics_address: str = "127.0.0.1"
+    metrics_linger: float = 0.0  # seconds the endpoint still answers after the run
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -89,6 +97,12 @@ class SendConfig:
             raise ValueError("--max-ops must be 1 to 65535")
         if self.retries < 0 or self.retry_delay < 0:
             raise ValueError("--retries and --retry-delay must not be negative")
+        if self.order not in ORDERS:
+            raise ValueError(f"--order must be one of {', '.join(ORDERS)}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError("--metrics-port must be 0 to 65535")
+        if self.metrics_linger < 0:
+            raise ValueError("--metrics-linger must not be negative")
 
     @property
     def journal(self) -> Path | None:

@@ -181,6 +181,9 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "user": None if peer.user is None else peer.user.username,
             "retries": config.retries,
             "cluster": config.cluster,
+            "order": config.order,
+            "priority_list_entries": len(config.priority_list),
+            "schedule": config.schedule,
         },
         "counts": {
             "found": found,
@@ -215,6 +218,16 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             for u in summary.unsearched
         ],
         "cluster": summary.cluster,
+        "pauses": [
+            {
+                "reason": p.why,
+                "paused_at": p.paused_at.isoformat(timespec="seconds"),
+                "resumed_at": None
+                if p.resumed_at is None
+                else p.resumed_at.isoformat(timespec="seconds"),
+            }
+            for p in summary.pauses
+        ],
         "events": summary.events,
         "workers": [
             {

@@ -222,6 +222,11 @@ NEXT_PENDING = (
     " WHERE state = 'pending' AND session_id = ? ORDER BY dir, name LIMIT ?"
 )
 ANY_PENDING = "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1"
+# --order and --priority-list: the pending files of one directory (order.py).
+PENDING_IN_DIRECTORY = (
+    "SELECT dir, name, size, mtime FROM files"
+    " WHERE state = 'pending' AND session_id = ? AND dir = ? ORDER BY name LIMIT ?"
+)
 PENDING_AFTER = (
     "SELECT dir, name, size, mtime FROM files"
     " WHERE state = 'pending' AND session_id = ? AND (dir, name) > (?, ?)"
@@ -241,6 +246,7 @@ HOT_QUERIES = (
     PENDING_AFTER,
     DUPLICATE,
     DUPLICATE_THIS_SESSION,
+    PENDING_IN_DIRECTORY,
 )
 
 
@@ -485,6 +491,47 @@ class Inventory:
             self._rollback()
             raise
         self._db.execute("COMMIT")
+        return taken
+
+    # ------------------------------------------------------------ --order (order.py)
+
+    def pending_directories(self) -> list[tuple[str, str, str, int]]:
+        """(directory, first name, last name, files) of each directory with pending files.
+
+        One pass over the pending rows, once, before an ordered dispatch.
+        """
+        return self._db.execute(
+            "SELECT dir, MIN(name), MAX(name), COUNT(*) FROM files"
+            " WHERE state = 'pending' AND session_id = ? GROUP BY dir ORDER BY dir",
+            (self.session_id,),
+        ).fetchall()
+
+    def take_pending_in(
+        self, directory: str, max_files: int, max_bytes: int, alone: bool = True
+    ) -> list[Pending]:
+        """Like take_pending, from one directory; ``alone``: a first file larger
+        than ``max_bytes`` is taken by itself (else nothing is taken)."""
+        with self._writing():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    PENDING_IN_DIRECTORY, (self.session_id, directory, max_files)
+                ).fetchall()
+                taken: list[Pending] = []
+                total = 0
+                for name_dir, name, size, mtime in rows:
+                    if total + size > max_bytes and (taken or not alone):
+                        break
+                    total += size
+                    taken.append(Pending(os.path.join(name_dir, name), size, mtime))
+                self._db.executemany(
+                    "UPDATE files SET state = 'in_flight' WHERE dir = ? AND name = ?",
+                    (split(p.path) for p in taken),
+                )
+            except BaseException:
+                self._rollback()
+                raise
+            self._db.execute("COMMIT")
         return taken
 
     def has_pending(self) -> bool:

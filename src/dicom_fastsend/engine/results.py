@@ -19,6 +19,8 @@ from ..io.discover import UnsearchedSubdirectories
 if TYPE_CHECKING:
     import numpy
     from numpy.typing import NDArray
+
+    from .schedule import Pause
 from ..io.header import FileInfo
 
 # Above this many latencies the percentiles are taken with numpy (see latency_ms).
@@ -152,6 +154,7 @@ class SendSummary:
     # Subdirectories not searched: without -r, or links to directories.
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
+    pauses: list[Pause] = field(default_factory=list)  # --schedule pause windows, SIGUSR1
     started: float = 0.0
     finished: float = 0.0
 

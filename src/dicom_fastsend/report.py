@@ -225,6 +225,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
                 "resumed_at": None
                 if p.resumed_at is None
                 else p.resumed_at.isoformat(timespec="seconds"),
+                "seconds": None if p.seconds is None else round(p.seconds, 3),
             }
             for p in summary.pauses
         ],

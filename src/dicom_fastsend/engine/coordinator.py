@@ -54,7 +54,13 @@ from .order import Order, StudyQueue, plan_order, survey_groups
 from .plan import BATCH_BYTES, Batch, BatchBook, batch_files
 from .prepare import Walker, admit
 from .results import Cause, FileResult, Outcome, SendSummary, WorkerStats
-from .schedule import Pacer, ScheduleError, clock_from_environment, parse_schedule
+from .schedule import (
+    Pacer,
+    ScheduleError,
+    batch_bytes,
+    clock_from_environment,
+    parse_schedule,
+)
 from .worker import INTERRUPTED_REASON, WorkerConfig
 
 Reporter = Callable[[FileResult], None]
@@ -390,10 +396,11 @@ class Coordinator:
             self._decided(result, info, cause)
 
         while True:
+            limit = batch_bytes(self._applied_rate * 1e6, BATCH_BYTES)  # a pause comes soon
             if self._queue is not None:
-                files = self._queue.take(self._inventory, size, BATCH_BYTES)
+                files = self._queue.take(self._inventory, size, limit)
             else:
-                files = self._inventory.take_pending(size, BATCH_BYTES)
+                files = self._inventory.take_pending(size, limit)
             if not files:
                 return None
             self._taken += len(files)

@@ -224,24 +224,52 @@ def clock_from_environment() -> Clock:
 
 @dataclass(slots=True)
 class Pause:
-    """One pause of the run: why, and when it began and ended (the schedule's clock)."""
+    """One pause of the run: why, and when it began and ended.
+
+    ``paused_at``/``resumed_at`` are on the schedule's clock (for a window:
+    its boundaries); ``started``/``ended`` are the real time (time.time()),
+    which says how long the run really waited.
+    """
 
     why: str
     paused_at: datetime
+    started: float
     resumed_at: datetime | None = None
+    ended: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+
+def batch_bytes(rate_bytes_per_second: float, largest: int) -> int:
+    """Bytes per batch under a rate limit: about PAUSE_LATENCY seconds of sending.
+
+    A pause or a new rate takes effect at the next batch (coordinator.py),
+    so under a limit a batch holds no more than that; without one, the
+    usual ``largest`` (plan.BATCH_BYTES), which is a fraction of a second.
+    """
+    if rate_bytes_per_second <= 0:
+        return largest
+    return max(1, min(largest, int(rate_bytes_per_second * PAUSE_LATENCY)))
+
+
+# Seconds of sending a batch holds under a rate limit (see batch_bytes).
+PAUSE_LATENCY: Final = 1.0
 
 
 @dataclass(slots=True)
 class Pacer:
     """Which setting holds now: the schedule's window, a manual pause, or --max-rate.
 
-    ``update()`` is called by the coordinator's loop; it re-reads the
-    schedule only when the window changes, so it costs a clock read.
+    ``update()`` is called by the coordinator's loop; it reads the schedule
+    again only when the window changes, so it costs a clock read.
     """
 
     schedule: Schedule | None
     max_rate_mb_s: float = 0.0
     clock: Clock = system_clock
+    wall: Callable[[], float] = time.time
     manual: bool = False  # SIGUSR1 toggles it
     setting: Setting = field(default_factory=Setting)
     pauses: list[Pause] = field(default_factory=list)
@@ -263,60 +291,63 @@ class Pacer:
     def update(self) -> list[tuple[str, str]]:
         """Follow the clock; (level, text) for each change, for the log and the summary."""
         notes: list[tuple[str, str]] = []
-        was_paused = self.paused and self._started
-        now: datetime | None = None
-        if not self._started or (self._next_change is not None and self._now_past_change()):
-            now = self.clock()
-            outside = Setting(rate_mb_s=self.max_rate_mb_s)
-            if self.schedule is None:
-                setting, self._next_change = outside, None
-            else:
-                setting, self._next_change = self.schedule.at(now, outside)
-            if setting != self.setting or not self._started:
-                if self.schedule is not None:
-                    where = (
-                        f"window {setting.window!r}" if setting.window else "outside every window"
-                    )
-                    until = (
-                        f" until {self._next_change:%a %Y-%m-%d %H:%M}"
-                        if self._next_change is not None
-                        else ""
-                    )
-                    notes.append(("info", f"schedule: {where}: {setting.describe()}{until}"))
-                self.setting = setting
+        # As last applied: the signal handler may have toggled ``manual`` since.
+        was_paused = self._started and (self.setting.paused or self._manual_applied)
+        moment: datetime | None = None  # when the change happened, on the schedule's clock
+        if not self._started:
+            moment = self.clock()
+            self._follow(moment, notes)
             self._started = True
+        elif self._next_change is not None:
+            now = self.clock()
+            if now >= self._next_change:
+                moment = self._next_change  # the window's boundary, not when we looked
+                self._follow(now, notes)
         manual_changed = self.manual != self._manual_applied
         self._manual_applied = self.manual
-        if manual_changed and self.paused == was_paused:
-            # SIGUSR1 during a scheduled pause: it goes on, but say what the signal did.
-            now = now or self.clock()
-            state = "manual pause on" if self.manual else "manual pause off"
-            notes.append(("warning", f"SIGUSR1 at {now:%Y-%m-%d %H:%M:%S}: {state}"))
+        if manual_changed:
+            moment = self.clock()
+            if self.paused == was_paused:
+                # SIGUSR1 during a scheduled pause: it goes on; say what the signal did.
+                state = "manual pause on" if self.manual else "manual pause off"
+                notes.append(("warning", f"SIGUSR1 at {moment:%Y-%m-%d %H:%M:%S}: {state}"))
         if self.paused != was_paused:
-            now = now or self.clock()
+            assert moment is not None
             if self.paused:
                 why = "SIGUSR1" if self.manual else f"schedule window {self.setting.window!r}"
-                self.pauses.append(Pause(why, now))
+                self.pauses.append(Pause(why, moment, self.wall()))
                 notes.append(
                     (
                         "warning",
-                        f"paused ({why}) at {now:%Y-%m-%d %H:%M:%S}: no new batches; the "
+                        f"paused ({why}) at {moment:%Y-%m-%d %H:%M:%S}: no new batches; the "
                         "workers release their associations after the batch in hand",
                     )
                 )
             else:
                 pause = self.pauses[-1]
-                pause.resumed_at = now
-                seconds = (now - pause.paused_at).total_seconds()
+                pause.resumed_at, pause.ended = moment, self.wall()
                 notes.append(
                     (
                         "warning",
-                        f"resumed at {now:%Y-%m-%d %H:%M:%S} after a pause of {seconds:.0f} s "
-                        f"({pause.why})",
+                        f"resumed at {moment:%Y-%m-%d %H:%M:%S} after a pause of "
+                        f"{pause.seconds:.1f} s ({pause.why})",
                     )
                 )
         return notes
 
-    def _now_past_change(self) -> bool:
-        assert self._next_change is not None
-        return self.clock() >= self._next_change
+    def _follow(self, now: datetime, notes: list[tuple[str, str]]) -> None:
+        """Take the setting of the window ``now`` is in."""
+        outside = Setting(rate_mb_s=self.max_rate_mb_s)
+        if self.schedule is None:
+            setting, self._next_change = outside, None
+        else:
+            setting, self._next_change = self.schedule.at(now, outside)
+        if self.schedule is not None and (setting != self.setting or not self._started):
+            where = f"window {setting.window!r}" if setting.window else "outside every window"
+            until = (
+                f" until {self._next_change:%a %Y-%m-%d %H:%M}"
+                if self._next_change is not None
+                else ""
+            )
+            notes.append(("info", f"schedule: {where}: {setting.describe()}{until}"))
+        self.setting = setting

@@ -252,3 +252,21 @@ def test_with_cluster_the_coordinator_serves_the_totals(tmp_path: Path) -> None:
     assert during, "no scrape while the run went on"
     summary = assert_totals_equal_the_summary(final, log_dir)
     assert summary["counts"]["stored"] == len(archive.files)
+
+
+def test_a_metrics_port_in_use_stops_the_run_before_sending(tmp_path: Path) -> None:
+    from fastsend_cli import fastsend
+
+    archive = make_archive(tmp_path / "in", explicit_studies=1, implicit_studies=0)
+    with socket.socket() as taken, Sink(ae_title="SINK") as sink:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = fastsend(
+            *send_args("127.0.0.1", sink.port, "SINK", str(archive.root)),
+            "--metrics-port",
+            str(port),
+        )
+        assert run.returncode == 3, run.output
+        assert f"cannot serve metrics on 127.0.0.1:{port}" in run.stderr, run.stderr
+        assert sink.stats.instances == 0

@@ -220,3 +220,12 @@ def test_the_priority_list_studies_are_stored_first_in_orthanc(tmp_path: Path) -
             if change["ChangeType"] == "NewStudy"
         ]
     assert stored == [studies[i] for i in (3, 0, 1, 4, 2)]
+
+
+def test_a_priority_list_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "first.txt"
+    run = fastsend(
+        *send_args("127.0.0.1", 104, "X", str(tmp_path)), "--priority-list", str(missing)
+    )
+    assert run.returncode == 2, run.output
+    assert f"cannot read the priority list {missing}" in run.stderr, run.stderr

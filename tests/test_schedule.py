@@ -272,3 +272,14 @@ def test_sigusr1_pauses_and_resumes_a_run(tmp_path: Path) -> None:
     pauses = summary_of(log_dir)["pauses"]
     assert isinstance(pauses, list) and [p["reason"] for p in pauses] == ["SIGUSR1"]
     assert 2.5 <= pauses[0]["seconds"] <= 3.5
+
+
+def test_a_bad_schedule_is_a_usage_error_naming_the_window(tmp_path: Path) -> None:
+    from fastsend_cli import fastsend
+
+    run = fastsend(
+        "send", "-a", "X", "-H", "127.0.0.1", "-p", "104", "-i", str(tmp_path),
+        "--schedule", "Mon-Fri 07:00-19:00=20; Sat-Sunday=paws",
+    )  # fmt: skip
+    assert run.returncode == 2, run.output
+    assert "'Sat-Sunday=paws'" in run.stderr and "'paws'" in run.stderr, run.stderr

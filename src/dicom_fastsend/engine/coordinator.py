@@ -307,7 +307,6 @@ class Coordinator:
         next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         while True:
             self._check_interrupts(backend)
-            self._control(backend, walking)
             if self._journal_error and not self._stopping:
                 self._halt(backend)
             try:
@@ -318,6 +317,7 @@ class Coordinator:
                         self.hooks.found(walker.walk.found - found)
                 else:
                     walking = False
+                self._control(backend, walking)
                 self._dispatch(backend, walker)
             except JournalError as exc:
                 self._journal_lost(str(exc))
@@ -572,8 +572,16 @@ class Coordinator:
         assert self._inventory is not None
         directories = self._inventory.pending_directories()
         started = time.monotonic()
-        between = self._metrics.serve if self._metrics is not None else (lambda: None)
+        interrupts = self.interrupts
+
+        def between() -> bool:
+            if self._metrics is not None:
+                self._metrics.serve()
+            return self.interrupts == interrupts  # Ctrl-C: the loop stops the run
+
         groups, mixed = survey_groups(directories, between)
+        if self.interrupts != interrupts:
+            return
         plan = plan_order(groups, Order(self.config.order), self.config.priority_list)
         self._queue = StudyQueue([group.directory for group in plan.groups])
         text = (

@@ -500,11 +500,13 @@ class Inventory:
 
         One pass over the pending rows, once, before an ordered dispatch.
         """
-        return self._db.execute(
-            "SELECT dir, MIN(name), MAX(name), COUNT(*) FROM files"
-            " WHERE state = 'pending' AND session_id = ? GROUP BY dir ORDER BY dir",
-            (self.session_id,),
-        ).fetchall()
+        with self._writing():  # not a write, but its errors are said the same way
+            rows: list[tuple[str, str, str, int]] = self._db.execute(
+                "SELECT dir, MIN(name), MAX(name), COUNT(*) FROM files"
+                " WHERE state = 'pending' AND session_id = ? GROUP BY dir ORDER BY dir",
+                (self.session_id,),
+            ).fetchall()
+        return rows
 
     def take_pending_in(
         self, directory: str, max_files: int, max_bytes: int, alone: bool = True

@@ -146,13 +146,14 @@ def plan_order(groups: Iterable[Group], order: Order, priority: Sequence[str] = 
 
 def survey_groups(
     directories: Sequence[tuple[str, str, str, int]],
-    between: Callable[[], None] = lambda: None,
+    between: Callable[[], bool] = lambda: True,
 ) -> tuple[list[Group], list[str]]:
     """Read the first and last pending file's header of each directory.
 
     ``directories``: (directory, first name, last name, files). Returns the
     groups and a note for each directory found to hold more than one study.
-    ``between`` runs between chunks (the coordinator serves its metrics).
+    ``between`` runs between chunks (the coordinator serves its metrics);
+    False stops the survey there (Ctrl-C).
     """
     groups: list[Group] = []
     mixed: list[str] = []
@@ -175,7 +176,8 @@ def survey_groups(
                 uids = {s.study_instance_uid for s in group.studies}
                 if len(uids) > 1:
                     mixed.append(group.directory)
-            between()
+            if not between():
+                break
     return groups, mixed
 
 

@@ -26,7 +26,7 @@ from dicom_fastsend.engine.metrics import (
 from dicom_fastsend.engine.results import FileResult, Outcome, SendSummary
 from dicom_fastsend.sink import Sink
 from fastsend_cli import send_args
-from peers import free_port, make_archive
+from peers import PynetdicomSCP, free_port, make_archive
 from require import require_module
 
 prometheus_client = require_module("prometheus_client")
@@ -202,15 +202,21 @@ def assert_totals_equal_the_summary(final: Samples, log_dir: Path) -> dict[str, 
     return summary
 
 
+def slow_success(dataset: object) -> int:
+    """A slow receiver: 40 ms per C-STORE, then Success."""
+    time.sleep(0.04)
+    return 0x0000
+
+
 def test_the_endpoint_answers_while_a_send_runs_and_ends_with_the_summary(
     tmp_path: Path,
 ) -> None:
     archive = make_archive(tmp_path / "in", explicit_studies=8, implicit_studies=2)
     port = free_port()
-    with Sink(ae_title="SINK", response_delay=0.04) as sink:
+    with PynetdicomSCP(status=slow_success) as scp:
         command = [
             sys.executable, "-m", "dicom_fastsend",
-            *send_args("127.0.0.1", sink.port, "SINK", str(archive.root)),
+            *send_args(scp.host, scp.port, scp.ae_title, str(archive.root)),
             "-P", "2", "--log-dir", str(tmp_path / "logs"), "--no-progress",
             "--metrics-port", str(port), "--metrics-linger", "30",
         ]  # fmt: skip
@@ -239,11 +245,11 @@ def test_with_cluster_the_coordinator_serves_the_totals(tmp_path: Path) -> None:
             dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
         ) as cluster,
-        Sink(ae_title="SINK", response_delay=0.04) as sink,
+        PynetdicomSCP(status=slow_success) as scp,
     ):
         command = [
             sys.executable, "-m", "dicom_fastsend",
-            *send_args("127.0.0.1", sink.port, "SINK", str(archive.root)),
+            *send_args(scp.host, scp.port, scp.ae_title, str(archive.root)),
             "--cluster", cluster.scheduler_address,
             "--log-dir", str(tmp_path / "logs"), "--no-progress",
             "--metrics-port", str(port), "--metrics-linger", "30",

@@ -283,3 +283,33 @@ def test_a_bad_schedule_is_a_usage_error_naming_the_window(tmp_path: Path) -> No
     )  # fmt: skip
     assert run.returncode == 2, run.output
     assert "'Sat-Sunday=paws'" in run.stderr and "'paws'" in run.stderr, run.stderr
+
+
+def test_a_new_window_changes_the_rate_of_a_running_send(tmp_path: Path) -> None:
+    """10 kB/s until 19:00 (2 s after the start, at real speed), then no limit: the
+    workers started at 10 kB/s are replaced by unlimited ones, and the 24 files
+    (72 kB, 7 s at 10 kB/s) are done soon after 19:00."""
+    archive = make_archive(tmp_path / "in", explicit_studies=6, implicit_studies=2)
+    log_dir = tmp_path / "logs"
+    # --fork: one storescp per association, as -P 2 needs.
+    with start_storescp(tmp_path / "out", fork=True) as scp:
+        process = run_cli(
+            [
+                *send_args(scp, archive.root, log_dir),
+                "-P",
+                "2",
+                "--schedule",
+                "Mon 00:00-19:00=0.01; Mon 19:00-20:00=0",
+            ],
+            {"FASTSEND_SCHEDULE_CLOCK": "2026-11-30T18:59:58"},
+        )
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stdout + stderr
+        times = arrivals(scp)
+    assert len(times) == len(archive.files)
+    log = next(log_dir.glob("fastsend_*.log")).read_text()
+    change = _log_time(log, "schedule: window 'Mon 19:00-20:00=0': no rate limit")
+    slow = [t for t in times if t < change]
+    assert 1 <= len(slow) < len(times) // 2, (change, times)
+    # The rest: within the batch in hand (1 s at 10 kB/s) and a new association.
+    assert times[-1] - change < 2.0, (change, times)

@@ -69,6 +69,13 @@ def test_a_range_over_the_weekend_and_a_comma_list() -> None:
     assert setting.rate_mb_s == 7
 
 
+def test_24_00_ends_a_day() -> None:
+    setting, change = at("Tue 00:00-24:00=pause", MONDAY + timedelta(days=1, hours=23))
+    assert setting.paused and change == MONDAY + timedelta(days=2)
+    setting, change = at("Tue 18:00-24:00=4", MONDAY + timedelta(days=1, hours=23))
+    assert setting.rate_mb_s == 4 and change == MONDAY + timedelta(days=2)
+
+
 def test_a_schedule_that_never_changes_says_so() -> None:
     setting, change = at("Mon-Sun=pause", MONDAY)
     assert setting.paused and change is None

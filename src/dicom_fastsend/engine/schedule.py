@@ -125,7 +125,7 @@ def parse_schedule(text: str) -> Schedule:
         else:
             start = _minute(match["start"], part)
             end = _minute(match["end"], part)
-            if start == end:
+            if start == end and match["end"] != "24:00":  # 00:00-24:00: the whole day
                 raise ScheduleError(
                     f"schedule window {part!r}: it starts and ends at the same time"
                 )

@@ -308,8 +308,9 @@ def test_no_c_store_rsp_fires_the_dimse_timeout_and_the_run_goes_on(
 def test_each_outcome_is_journalled_while_the_next_c_store_waits(
     archive: SynthArchive, tmp_path: Path
 ) -> None:
-    """A worker journals a file's outcome once the next C-STORE-RQ is sent, not after
-    its response: killed then, the journal holds every answered file but none other."""
+    """A worker journals the outcomes it has queued while the next C-STORE waits for a
+    slow response (scu.IDLE_AFTER), not after it: killed then, the journal holds every
+    answered file but none other."""
     import sqlite3
 
     log_dir = tmp_path / "logs"
@@ -343,7 +344,7 @@ def test_each_outcome_is_journalled_while_the_next_c_store_waits(
                 return bool(answered) and journalled == answered
 
             # Until the unanswered C-STORE has arrived whole and every answered
-            # one is in the journal; with the outcome held until the next
+            # one is in the journal; with the outcomes held until the next
             # response, this waits out the deadline (the peer never answers).
             wait_until(
                 journal_caught_up,

@@ -221,6 +221,61 @@ def test_fragment_pdata_implementations_agree(
     assert outcomes[0] == outcomes[1]
 
 
+# ---- a prefix then the mapped rest (coercion, io/coerce.py) ------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.binary(max_size=1500),
+    data=st.binary(max_size=1500),
+    max_pdu_length=st.one_of(st.integers(7, 400), st.just(0)),
+    is_command=st.booleans(),
+)
+def test_fragment_pdata_prefixed_is_fragment_pdata_of_the_joined_bytes(
+    impl: ModuleType, prefix: bytes, data: bytes, max_pdu_length: int, is_command: bool
+) -> None:
+    """Same PDUs, header for header and fragment for fragment, as the joined data set."""
+    parts = impl.fragment_pdata_prefixed(prefix, data, 3, is_command, max_pdu_length)
+    joined = impl.fragment_pdata(prefix + data, 3, is_command, max_pdu_length)
+    assert [bytes(part) for part in parts] == [bytes(part) for part in joined]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_fragment_pdata_prefixed_copies_only_the_straddling_fragment(impl: ModuleType) -> None:
+    prefix = bytearray(b"p" * 25)
+    data = bytearray(b"d" * 100)
+    parts = impl.fragment_pdata_prefixed(prefix, data, 1, False, 26)  # fragments of 20
+    fragments = parts[1::2]
+    assert [len(f) for f in fragments] == [20, 20, 20, 20, 20, 20, 5]
+    assert fragments[0].obj is prefix  # 0..20 inside the prefix
+    assert fragments[1].obj is not prefix and fragments[1].obj is not data  # 20..40: joined
+    assert bytes(fragments[1]) == b"p" * 5 + b"d" * 15
+    assert all(f.obj is data for f in fragments[2:])  # the rest: views of the mapped data
+    data[99] = ord("Z")
+    assert bytes(fragments[-1])[-1] == ord("Z")
+
+
+@settings(max_examples=200)
+@given(
+    prefix=st.binary(max_size=800),
+    data=st.binary(max_size=800),
+    max_pdu_length=st.one_of(st.integers(-3, 300), st.just(0), st.just(2**32)),
+    context_id=st.integers(-2, 258),
+)
+def test_fragment_pdata_prefixed_implementations_agree(
+    prefix: bytes, data: bytes, max_pdu_length: int, context_id: int
+) -> None:
+    outcomes: list[object] = []
+    for impl in (c, py):
+        try:
+            parts = impl.fragment_pdata_prefixed(prefix, data, context_id, False, max_pdu_length)
+            outcomes.append(b"".join(bytes(part) for part in parts))
+        except ValueError as error:
+            outcomes.append(("ValueError", str(error)))
+    assert outcomes[0] == outcomes[1]
+
+
 # ---- PDV items (PS3.8 9.3.5.1) ------------------------------------------------------
 
 

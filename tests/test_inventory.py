@@ -208,3 +208,88 @@ def test_an_inventory_of_schema_2_gains_the_verification_columns(tmp_path: Path)
         assert row.fetchall() == [("stored", None, "", None)]
     assert {name for name, _ in VERIFICATION_COLUMNS} <= columns
     assert schema == ("3",)
+
+
+def _stored(inventory: Inventory, path: str, uid: str, study: str, series: str) -> None:
+    """A file claimed (its header: UIDs) and stored, as a send records it."""
+    header = replace(info(path, uid), study_instance_uid=study, series_instance_uid=series)
+    assert inventory.claim([header]) == {}
+    inventory.record(FileResult(path, Outcome.STORED, sop_instance_uid=uid, attempts=1), 100, 1.0)
+
+
+def test_held_instances_come_by_study_and_series(tmp_path: Path) -> None:
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    _stored(inventory, "/a/3.dcm", "1.3", "2.2", "2.2.1")
+    _stored(inventory, "/a/1.dcm", "1.1", "2.1", "2.1.2")
+    _stored(inventory, "/a/2.dcm", "1.2", "2.1", "2.1.1")
+    inventory.record(FileResult("/a/4.dcm", Outcome.FAILED, "0xC000", attempts=1), 100, 1.0)
+    groups = [(study, [i.path for i in group]) for study, group in inventory.held_by_study()]
+    assert groups == [("2.1", ["/a/2.dcm", "/a/1.dcm"]), ("2.2", ["/a/3.dcm"])]
+    later = Inventory(tmp_path / "i.sqlite", DEST, "s2")
+    _stored(later, "/a/5.dcm", "1.5", "2.3", "2.3.1")
+    assert [i.path for i in later.held_instances("s2")] == ["/a/5.dcm"]
+    assert len(list(later.held_instances())) == 4
+
+
+def test_verification_outcomes_change_what_a_rerun_sends(tmp_path: Path) -> None:
+    """Missing or commit failed: no longer held (a send takes the file again), still checked."""
+    from dicom_fastsend.engine.inventory import CommitState, FindState
+
+    path = tmp_path / "i.sqlite"
+    inventory = Inventory(path, DEST, "s1")
+    for n in range(1, 5):
+        _stored(inventory, f"/a/{n}.dcm", f"1.{n}", "2.1", "2.1.1")
+    inventory.record_find([("/a/1.dcm", FindState.FOUND), ("/a/2.dcm", FindState.MISSING)])
+    inventory.record_commit(
+        [
+            ("/a/1.dcm", CommitState.COMMITTED, ""),
+            ("/a/3.dcm", CommitState.COMMIT_FAILED, "0x0112 No such object instance"),
+            ("/a/4.dcm", CommitState.UNCOMMITTED, "no N-EVENT-REPORT within 1 s"),
+        ]
+    )
+    assert set(inventory.known("/a")) == {"1.dcm", "4.dcm"}
+    with sqlite3.connect(path) as db:
+        rows = dict(
+            (name, rest)
+            for name, *rest in db.execute(
+                "SELECT name, find_state, commit_state, commit_reason, state,"
+                " verified_at IS NOT NULL FROM files"
+            )
+        )
+    assert rows == {
+        "1.dcm": ["found", "committed", "", "stored", 1],
+        "2.dcm": ["missing", None, "", "stored", 1],
+        "3.dcm": [None, "commit_failed", "0x0112 No such object instance", "stored", 1],
+        "4.dcm": [None, "uncommitted", "no N-EVENT-REPORT within 1 s", "stored", 1],
+    }
+    # The next verification still checks them all, and finding one again restores it.
+    assert len(list(inventory.held_instances())) == 4
+    inventory.record_find([("/a/2.dcm", FindState.FOUND)])
+    assert inventory.known_path("/a/2.dcm") == Known(100, 1.0, "stored")
+
+
+def test_coercions_are_recorded_with_the_stored_outcome_and_replaced_on_resend(
+    tmp_path: Path,
+) -> None:
+    """--coerce: one row per element changed, only for what the destination holds; a later
+    coerced send of the same file replaces them all."""
+    inventory = Inventory(tmp_path / "i.sqlite", DEST, "s1")
+    first = FileResult(
+        "/a/1.dcm", Outcome.STORED, sop_instance_uid="1.1", attempts=1,
+        coerced=(("PatientID", "OLD", "NEW"), ("IssuerOfPatientID", None, "H")),
+    )  # fmt: skip
+    failed = FileResult("/a/2.dcm", Outcome.FAILED, "0xA700", coerced=(("PatientID", "X", "Y"),))
+    plain = FileResult("/a/3.dcm", Outcome.STORED, sop_instance_uid="1.3")
+    inventory.record(first, 10, 1.0)
+    inventory.record_many([(failed, 10, 1.0), (plain, 10, 1.0)])
+    assert inventory.coercions("/a/1.dcm") == {
+        "PatientID": ("OLD", "NEW"),
+        "IssuerOfPatientID": (None, "H"),
+    }
+    assert inventory.coercions("/a/2.dcm") == {}  # not held: nothing was changed there
+    assert inventory.coercions("/a/3.dcm") == {}
+    assert state_of(tmp_path / "i.sqlite", "/a/2.dcm") == State.FAILED.value
+    again = replace(first, coerced=(("PatientBirthDate", "19700101", None),))
+    inventory.record(again, 10, 1.0)
+    assert inventory.coercions("/a/1.dcm") == {"PatientBirthDate": ("19700101", None)}
+    inventory.close()

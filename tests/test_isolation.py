@@ -28,6 +28,7 @@ PURE = (
     "test_transport.py",
     "test_ul_association.py",
     "test_ul_pdu.py",
+    "test_verify_codec.py",
 )
 # The peers (tests/peers.py), the in-process peer and the benchmark harness
 # (bench/compare.py) that tests/peers.py takes DCMTK's finder from.

@@ -25,6 +25,7 @@ def test_a_file_result_survives_pickling_with_every_field(outcome: Outcome) -> N
         seconds=0.25,
         worker=3,
         attempts=2,
+        coerced=(("PatientID", "OLD", "NEW"), ("IssuerOfPatientID", None, "H")),
     )
     assert len(result.__reduce__()[1]) == len(dataclasses.fields(FileResult))
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):

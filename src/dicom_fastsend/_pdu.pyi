@@ -14,6 +14,13 @@ def pack_pdata_header(
 def fragment_pdata(
     data: Buffer, presentation_context_id: int, is_command: bool, max_pdu_length: int
 ) -> list[memoryview]: ...
+def fragment_pdata_prefixed(
+    prefix: Buffer,
+    data: Buffer,
+    presentation_context_id: int,
+    is_command: bool,
+    max_pdu_length: int,
+) -> list[memoryview]: ...
 def parse_pdvs(body: Buffer) -> list[tuple[int, int, int, int]]: ...
 def scan_elements(
     buf: Buffer,

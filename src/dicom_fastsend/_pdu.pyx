@@ -149,6 +149,48 @@ def fragment_pdata(data, presentation_context_id, is_command, max_pdu_length):
     return parts
 
 
+def fragment_pdata_prefixed(prefix, data, presentation_context_id, is_command, max_pdu_length):
+    """``fragment_pdata`` of ``prefix`` then ``data`` without joining them (see _pdu_py).
+
+    Fragments inside either buffer are slices of it; the one that straddles
+    both, if any, is a new bytes object of at most one fragment.
+    """
+    _check_presentation_context_id(presentation_context_id)
+    cdef long long max_fragment = _max_fragment_length(max_pdu_length)
+    head = memoryview(prefix).cast("B")
+    rest = memoryview(data).cast("B")
+    cdef long long split_at = head.nbytes
+    cdef long long total = split_at + rest.nbytes
+    cdef Py_ssize_t count = (total + max_fragment - 1) // max_fragment
+    if count < 1:
+        count = 1
+    headers = bytearray(_HEADER_LENGTH * count)
+    header_view = memoryview(headers)
+    cdef uint8_t* out = <uint8_t*>(<char*>headers)
+    cdef uint8_t context_id = <uint8_t>presentation_context_id
+    cdef bint command = bool(is_command)
+    cdef list parts = []
+    cdef Py_ssize_t index, at
+    cdef long long start, stop
+    for index in range(count):
+        start = index * max_fragment
+        stop = start + max_fragment
+        if stop > total:
+            stop = total
+        at = index * _HEADER_LENGTH
+        _write_header(
+            out + at, context_id, command, index == count - 1, <uint32_t>(stop - start)
+        )
+        parts.append(header_view[at:at + _HEADER_LENGTH])
+        if stop <= split_at:
+            parts.append(head[start:stop])
+        elif start >= split_at:
+            parts.append(rest[start - split_at:stop - split_at])
+        else:
+            parts.append(memoryview(bytes(head[start:]) + bytes(rest[:stop - split_at])))
+    return parts
+
+
 cdef inline uint32_t _be32(const unsigned char* p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 

@@ -419,3 +419,55 @@ def scan_elements(
                 found[tag] = (value_position, following - value_position)
             position = following
         return found, walker.size
+
+
+def fragment_pdata_prefixed(
+    prefix: Buffer,
+    data: Buffer,
+    presentation_context_id: int,
+    is_command: bool,
+    max_pdu_length: int,
+) -> list[memoryview]:
+    """``fragment_pdata`` of ``prefix`` followed by ``data``, without joining them.
+
+    The PDUs are exactly those of ``fragment_pdata(prefix + data, ...)``, same
+    headers, same fragment lengths: fragments within ``prefix`` or within
+    ``data`` are slices of them, and the one fragment that straddles the two
+    (if any) is a new bytes object of at most one fragment's length. That is
+    how a coerced data set is sent: its re-encoded head (``prefix``, built
+    once per file), then the rest of the mapped file, still zero copy.
+    """
+    _check_presentation_context_id(presentation_context_id)
+    max_fragment = _max_fragment_length(max_pdu_length)
+    head = memoryview(prefix).cast("B")
+    rest = memoryview(data).cast("B")
+    split_at = head.nbytes
+    total = split_at + rest.nbytes
+    count = max(1, -(-total // max_fragment))
+    headers = bytearray(PDATA_HEADER_LENGTH * count)
+    header_view = memoryview(headers)
+    parts: list[memoryview] = []
+    for index in range(count):
+        start = index * max_fragment
+        stop = min(start + max_fragment, total)
+        is_last = index == count - 1
+        at = index * PDATA_HEADER_LENGTH
+        struct.pack_into(
+            ">BBIIBB",
+            headers,
+            at,
+            _P_DATA_TF,
+            0x00,
+            _PDV_OVERHEAD + stop - start,
+            2 + stop - start,
+            presentation_context_id,
+            _message_control_header(is_command, is_last),
+        )
+        parts.append(header_view[at : at + PDATA_HEADER_LENGTH])
+        if stop <= split_at:
+            parts.append(head[start:stop])
+        elif start >= split_at:
+            parts.append(rest[start - split_at : stop - split_at])
+        else:
+            parts.append(memoryview(bytes(head[start:]) + bytes(rest[: stop - split_at])))
+    return parts

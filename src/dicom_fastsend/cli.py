@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.decorators import FC
@@ -32,6 +32,10 @@ from .config import (
 )
 from .engine.results import ExitStatus
 from .protocol.dimse import status_text
+from .verify_cmd import commit_config, commit_options, verify_command
+
+if TYPE_CHECKING:
+    from .io.coerce import Coercion
 
 
 def _version() -> str:
@@ -305,6 +309,19 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     "same paths). -P is then ignored: the cluster's worker threads set the parallelism.",
 )
 @click.option(
+    "--commit",
+    is_flag=True,
+    help="After sending, ask the destination to commit what this session stored "
+    "(Storage Commitment, PS3.4 Annex J; see --commit-port).",
+)
+@commit_options
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Change elements on the way: a CSV with the header keyword,match,replace (see README).",
+)
+@click.option(
     "--order",
     type=click.Choice(list(ORDERS)),
     default="path",
@@ -360,6 +377,12 @@ def send(
     transcode: str,
     max_ops: int,
     cluster: str | None,
+    commit: bool,
+    commit_port: int | None,
+    commit_bind: str,
+    commit_batch: int,
+    commit_timeout: float,
+    coerce_rules: Path | None,
     order: str,
     priority_list: Path | None,
     schedule: str | None,
@@ -399,6 +422,12 @@ def send(
         transcode=transcode == "if-needed",
         max_ops=max_ops,
         cluster=cluster,
+        commit=(
+            commit_config(commit_port, commit_bind, commit_batch, commit_timeout)
+            if commit
+            else None
+        ),
+        coerce=_coercion(coerce_rules),
         order=order,
         priority_list=priorities,
         schedule=schedule,
@@ -417,6 +446,19 @@ def send(
             err=True,
         )
     sys.exit(summary.exit_code)
+
+
+def _coercion(path: Path | None) -> Coercion | None:
+    """--coerce: the rules read and checked before anything is sent (a bad line is a usage
+    error naming it)."""
+    if path is None:
+        return None
+    from .io.coerce import CoercionRulesError, load_rules_apart
+
+    try:
+        return load_rules_apart(path)
+    except CoercionRulesError as exc:
+        raise click.BadParameter(str(exc), param_hint="--coerce") from exc
 
 
 def _migration_controls(
@@ -499,6 +541,12 @@ def _journal_destination(
     show_default=True,
     help="As send --transcode (changes the presentation contexts planned).",
 )
+@click.option(
+    "--coerce",
+    "coerce_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Show what send --coerce would change (the same CSV rules file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def scan(
     inputs: tuple[Path, ...],
@@ -511,6 +559,7 @@ def scan(
     journal: Path | None,
     no_resume: bool,
     transcode: str,
+    coerce_rules: Path | None,
     as_json: bool,
 ) -> None:
     """Show what `send` would do: files, instances, duplicates, already stored, unreadable.
@@ -540,6 +589,7 @@ def scan(
         journal_path=journal,
         resume=destination is not None and not no_resume,
         transcode=transcode == "if-needed",
+        coerce=_coercion(coerce_rules),
     )
     try:
         report = run_scan(config)
@@ -777,3 +827,6 @@ def bench(
         json.dumps(report.as_dict(), indent=2) if as_json else benchmark.format_bench(report)
     )
     sys.exit(report.exit_code)
+
+
+main.add_command(verify_command(_peer_options, _peer))

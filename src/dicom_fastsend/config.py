@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .io.coerce import Coercion
 
 DEFAULT_CALLING_AE = "FASTSEND"
 # Our receive limit for P-DATA-TF (PS3.8 D.1). Only C-STORE-RSPs come back
@@ -13,6 +17,10 @@ DEFAULT_MAX_PDU_LENGTH = 131072
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_ACSE_TIMEOUT = 30.0
 DEFAULT_DIMSE_TIMEOUT = 120.0
+# Storage Commitment (PS3.4 Annex J): instances per N-ACTION-RQ, and how long
+# to wait for all the N-EVENT-REPORTs after the last N-ACTION-RSP.
+DEFAULT_COMMIT_BATCH = 500
+DEFAULT_COMMIT_TIMEOUT = 120.0
 ORDERS = ("path", "newest-first", "oldest-first")  # --order
 
 
@@ -60,6 +68,49 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitConfig:
+    """Storage Commitment Push Model (PS3.4 Annex J) as the SCU.
+
+    The destination answers with an N-EVENT-REPORT on the association of the
+    request while it is open, or on one it opens to us: then to ``port`` (on
+    ``bind``, all interfaces by default), called with our calling AE title.
+    ``port`` None: no listener, reports on the same association only.
+    """
+
+    port: int | None = None
+    bind: str = ""
+    batch: int = DEFAULT_COMMIT_BATCH
+    timeout: float = DEFAULT_COMMIT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port < 65536:
+            raise ValueError(f"--commit-port {self.port} is not between 0 and 65535")
+        if self.batch < 1:
+            raise ValueError("--commit-batch must be at least 1")
+        if self.timeout <= 0:
+            raise ValueError("--commit-timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """A `fastsend verify` run: prove what the journal says the destination holds."""
+
+    peer: PeerConfig
+    find: bool = True  # C-FIND reconciliation (Study Root, PS3.4 C.6.2)
+    commit: CommitConfig | None = field(default_factory=CommitConfig)  # None: no commitment
+    log_dir: Path = field(default_factory=lambda: Path("logs"))  # the missing-list CSV goes here
+    journal_path: Path | None = None  # None: the destination's in log_dir
+
+    def __post_init__(self) -> None:
+        if not self.find and self.commit is None:
+            raise ValueError("nothing to verify: give --find, --commit or both")
+
+    @property
+    def journal(self) -> Path:
+        return self.journal_path or default_journal_path(self.log_dir, self.peer)
+
+
+@dataclass(frozen=True, slots=True)
 class SendConfig:
     """A `fastsend send` run."""
 
@@ -80,6 +131,8 @@ class SendConfig:
     transcode: bool = False
     max_ops: int = 1  # C-STOREs in flight per association, if the peer agrees (PS3.7 D.3.3.3)
     cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
+    commit: CommitConfig | None = None  # Storage Commitment of what this session stored
+    coerce: Coercion | None = None  # --coerce RULES.csv, read and checked (io/coerce.py)
     # Migration controls (engine/order.py, schedule.py, metrics.py).
     order: str = "path"  # path (streaming), newest-first or oldest-first (by Study Date/Time)
     priority_list: tuple[str, ...] = ()  # Study Instance UIDs or Accession Numbers, sent first

@@ -181,6 +181,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "user": None if peer.user is None else peer.user.username,
             "retries": config.retries,
             "cluster": config.cluster,
+            "coerce": None if config.coerce is None else config.coerce.source,
             "order": config.order,
             "priority_list_entries": len(config.priority_list),
             "schedule": config.schedule,
@@ -192,6 +193,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "failed": summary.count(Outcome.FAILED),
             "skipped": summary.count(Outcome.SKIPPED),
             "already_stored": summary.already_stored,
+            "coerced": summary.coerced,
         },
         "bytes_sent": summary.bytes_sent,
         "throughput": {
@@ -218,6 +220,7 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             for u in summary.unsearched
         ],
         "cluster": summary.cluster,
+        "commitment": _commitment(summary),
         "pauses": [
             {
                 "reason": p.why,
@@ -275,6 +278,20 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
     }
 
 
+def _commitment(summary: SendSummary) -> dict[str, Any] | None:
+    counts = summary.commitment
+    if counts is None:
+        return None
+    return {
+        "requested": counts.requested,
+        "committed": counts.committed,
+        "commit_failed": counts.commit_failed,
+        "uncommitted": counts.uncommitted,
+        "transactions": counts.transactions,
+        "problems": list(counts.problems),
+    }
+
+
 FAILURE_COLUMNS = ("path", "sop_instance_uid", "status", "reason", "attempts")
 
 
@@ -329,6 +346,7 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
         f"{summary.found} files: {stored} stored, {warned} stored with warning, "
         f"{summary.count(Outcome.FAILED)} failed, {summary.count(Outcome.SKIPPED)} skipped"
         + (f" ({summary.already_stored} already stored)" if summary.already_stored else "")
+        + (f", {summary.coerced} coerced" if summary.coerced else "")
         + f"; {sent / 1e6:.1f} MB in {elapsed:.2f} s "
         f"({(stored + warned) / elapsed:.1f} files/s, {sent / 1e6 / elapsed:.1f} MB/s); "
         f"associations: {summary.associations_opened} opened, "
@@ -339,5 +357,21 @@ def summarize(summary: SendSummary, stream: TextIO = sys.stderr) -> None:
     if classes:
         listed = ", ".join(f"{uid_name(uid)} {count}" for uid, count in classes.most_common())
         print(f"SOP classes sent: {listed}", file=stream)
+    commitment = summary.commitment
+    if commitment is not None:
+        for problem in commitment.problems:
+            print(f"ERROR {problem}", file=stream)
+        print(
+            f"Storage Commitment of {commitment.requested} instance(s): "
+            f"{commitment.committed} committed, {commitment.commit_failed} commit failed, "
+            f"{commitment.uncommitted} uncommitted"
+            + (
+                " (commit failed: the journal no longer counts them as stored; run the same "
+                "send again to resend them)"
+                if commitment.commit_failed
+                else ""
+            ),
+            file=stream,
+        )
     if summary.interrupted:
         print("interrupted: rerun to send the files that were not sent", file=stream)

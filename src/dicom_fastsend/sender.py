@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import PeerConfig, SendConfig
+from .config import PeerConfig, SendConfig, destination_key
 from .engine.coordinator import Coordinator, Hooks
-from .engine.results import FileResult, Outcome, SendSummary
+from .engine.results import CommitmentCounts, FileResult, Outcome, SendSummary
 from .engine.scu import AssociationError, Response, StoreClient
 from .engine.worker import describe_association_error
 from .io.transport import TransportError
@@ -80,6 +80,8 @@ def send(
     )
     try:
         Coordinator(config, hooks, summary).run()
+        if config.commit is not None and not summary.interrupted:
+            summary.commitment = commit_session(config, summary.session_id, log.write)
     finally:
         progress.close()
         if summary.finished == 0.0:
@@ -95,6 +97,58 @@ def send(
         )
         log.close()
     return summary
+
+
+def commit_session(
+    config: SendConfig, session_id: str, log: Callable[[str, str], None]
+) -> CommitmentCounts:
+    """send --commit: Storage Commitment of what this session stored, recorded in the journal."""
+    from .engine.inventory import CommitState, Inventory, JournalError
+    from .engine.verify import VerifyError, request_commitment
+
+    assert config.commit is not None
+    counts = CommitmentCounts()
+    if config.journal is None:
+        counts.problems.append(
+            "--commit needs the journal, which records what was stored: drop --log-dir '' "
+            "or give --journal"
+        )
+        return counts
+    try:
+        inventory = Inventory(config.journal, destination_key(config.peer), session_id)
+    except JournalError as exc:
+        counts.problems.append(str(exc))
+        return counts
+    try:
+        instances = list(inventory.held_instances(session_id))
+        counts.requested = len(instances)
+        if not instances:
+            return counts
+        log("info", f"Storage Commitment of {len(instances)} instance(s) stored this session")
+        try:
+            outcome = request_commitment(config.peer, config.commit, instances, log)
+        except VerifyError as exc:
+            counts.problems.append(str(exc))
+            log("error", str(exc))
+            counts.uncommitted = counts.requested
+            return counts
+        inventory.record_commit(
+            (path, state, reason) for path, (state, reason) in outcome.states.items()
+        )
+        tally = outcome.counts()
+        counts.committed = tally[CommitState.COMMITTED.value]
+        counts.commit_failed = tally[CommitState.COMMIT_FAILED.value]
+        counts.uncommitted = tally[CommitState.UNCOMMITTED.value]
+        counts.transactions = outcome.transactions
+        counts.problems.extend(outcome.problems)
+        for problem in outcome.problems:
+            log("error", problem)
+        for path, (state, reason) in outcome.states.items():
+            if state is CommitState.COMMIT_FAILED:
+                log("error", f"Storage Commitment failed for {path}: {reason}")
+    finally:
+        inventory.close()
+    return counts
 
 
 def echo(peer: PeerConfig) -> tuple[Response | None, str]:

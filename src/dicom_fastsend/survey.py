@@ -19,6 +19,7 @@ from .engine.inventory import Inventory, JournalError, connect_read_only
 from .engine.plan import BATCH_BYTES, BATCH_FILES
 from .engine.prepare import Walker, admit
 from .engine.results import Cause, ExitStatus, FileResult
+from .io.coerce import CoercionPreview
 from .io.discover import UnsearchedSubdirectories
 from .io.header import FileInfo
 from .protocol.contexts import plan_associations
@@ -41,6 +42,7 @@ class ScanReport:
     skipped: list[FileResult] = field(default_factory=list)  # not DICOM, DICOMDIR
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     nothing_to_send: str = ""
+    coercion: CoercionPreview | None = None  # --coerce: what would change
 
     @property
     def exit_code(self) -> int:
@@ -77,6 +79,7 @@ class ScanReport:
                 for u in self.unsearched
             ],
             "nothing_to_send": self.nothing_to_send or None,
+            "coercion": None if self.coercion is None else self.coercion.as_dict(),
         }
 
 
@@ -90,6 +93,8 @@ def scan(config: SendConfig) -> ScanReport:
     report = ScanReport()
     studies: set[str] = set()
     pairs: set[tuple[str, str]] = set()
+    if config.coerce is not None:
+        report.coercion = CoercionPreview(config.coerce)
 
     def decided(result: FileResult, info: FileInfo | None, cause: Cause) -> None:
         bucket = {
@@ -121,6 +126,10 @@ def scan(config: SendConfig) -> ScanReport:
                     report.sop_classes[info.sop_class_uid] += 1
                     report.transfer_syntaxes[info.transfer_syntax_uid] += 1
                     pairs.add((info.sop_class_uid, info.transfer_syntax_uid))
+                    if report.coercion is not None:
+                        report.coercion.observe(
+                            info.path, info.dataset_offset, info.transfer_syntax_uid
+                        )
         finally:
             inventory.close()
     walk = walker.walk
@@ -186,6 +195,8 @@ def format_report(report: ScanReport) -> str:
         if results:
             lines.append(title)
             lines += [f"  {r.path}: {r.reason}" for r in results]
+    if report.coercion is not None:
+        lines += report.coercion.lines()
     if report.nothing_to_send:
         lines.append(f"ERROR {report.nothing_to_send}")
     else:

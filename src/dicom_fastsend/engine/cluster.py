@@ -66,6 +66,7 @@ from .messages import (
     Finished,
     FromExecutor,
     Note,
+    Outcomes,
     Ready,
     Stop,
 )
@@ -211,6 +212,10 @@ class _TaskChannel:
             self.flush()
 
     def send(self, message: Any) -> None:
+        if isinstance(message, Outcomes):
+            for done in message.done:
+                self.send(done)
+            return
         if isinstance(message, FileDone) and self.worker is not None and self.abandoned():
             self.worker.stopping = True  # nobody will record what it sends next
         with self._lock:

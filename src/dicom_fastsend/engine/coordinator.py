@@ -46,6 +46,7 @@ from .messages import (
     FromExecutor,
     JournalFailed,
     Note,
+    Outcomes,
     Ready,
     Stop,
 )
@@ -268,6 +269,7 @@ class Coordinator:
             destination=destination_key(config.peer),
             session_id=self.summary.session_id,
             resume=config.resume,
+            coerce=config.coerce,
         )
 
     def _backend(self, inventory: Path) -> Backend:
@@ -421,7 +423,10 @@ class Coordinator:
     # ------------------------------------------------------------ messages
 
     def _handle(self, message: FromExecutor) -> None:
-        if isinstance(message, FileDone):
+        if isinstance(message, Outcomes):
+            for done in message.done:
+                self._handle(done)
+        elif isinstance(message, FileDone):
             if message.cause is Cause.INTERRUPTED:
                 # The executor stopped when told to; the run knows why.
                 message.result.reason = self._unsent_reason()

@@ -49,6 +49,14 @@ class FileDone(NamedTuple):
     cause: Cause | None = None
 
 
+class Outcomes(NamedTuple):
+    """Several files' outcomes in one message, in the order they were decided (one
+    pickle and one pipe write for a group of files, not one per file)."""
+
+    executor: int
+    done: tuple[FileDone, ...]
+
+
 class BatchDone(NamedTuple):
     executor: int
     batch_id: int
@@ -113,5 +121,13 @@ class Note(NamedTuple):
 
 ToExecutor = Assign | Stop
 FromExecutor = (
-    Ready | FileDone | BatchDone | AssociationEvent | Finished | ExecutorLost | JournalFailed | Note
+    Ready
+    | FileDone
+    | Outcomes
+    | BatchDone
+    | AssociationEvent
+    | Finished
+    | ExecutorLost
+    | JournalFailed
+    | Note
 )

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..io.discover import MissingInput, Unit, UnsearchedSubdirectories, discover
-from ..io.header import FileInfo, HeaderError, read_header
+from ..io.header import FileInfo, HeaderError, read_header_and_content
 from .inventory import Inventory, Known, Pending
 from .results import Cause, FileResult, Outcome
 
@@ -117,11 +117,14 @@ def admit(
     inventory: Inventory | None,
     resume: bool,
     report: Reporter,
+    contents: dict[str, bytes] | None = None,
 ) -> list[FileInfo]:
     """Read the headers of a batch and claim its instances; return what to send.
 
     Files that are not DICOM or cannot be read, and duplicates of an instance
-    the destination holds or another worker sends, are reported here.
+    the destination holds or another worker sends, are reported here. With
+    ``contents``, the bytes of each file small enough to be read whole with
+    its header go there, by path, for the sender.
     """
     infos: list[FileInfo] = []
     for item in files:
@@ -129,7 +132,10 @@ def admit(
             infos.append(item)
             continue
         try:
-            infos.append(read_header(item.path))
+            info, content = read_header_and_content(item.path)
+            infos.append(info)
+            if content is not None and contents is not None:
+                contents[info.path] = content
         except HeaderError as exc:
             if exc.kind == "unreadable":
                 report(FileResult(item.path, Outcome.FAILED, exc.reason), None, Cause.UNREADABLE)

@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from .schedule import Pause
 from ..io.header import FileInfo
 
+CoercedValue = tuple[str, str | None, str | None]
+
+if TYPE_CHECKING:
+    from ..io.coerce import Change
+
+
+def coerced_values(changes: Sequence[Change]) -> tuple[CoercedValue, ...]:
+    """FileResult.coerced from the changes --coerce made (plain tuples: they cross a pipe)."""
+    return tuple((change.keyword, change.original, change.new) for change in changes)
+
+
 # Above this many latencies the percentiles are taken with numpy (see latency_ms).
 LARGE_SAMPLE = 50_000
 
@@ -57,6 +68,9 @@ class FileResult:
     seconds: float = 0.0  # C-STORE round trip: first byte sent to response read
     worker: int | None = None
     attempts: int = 0
+    # --coerce: (keyword, original, new) of each element changed in what was
+    # sent; None for an element added (original) or removed (new).
+    coerced: tuple[CoercedValue, ...] = ()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Every file's result crosses a pipe. A slots dataclass pickles its
@@ -74,6 +88,7 @@ class FileResult:
             self.seconds,
             self.worker,
             self.attempts,
+            self.coerced,
         )
 
     @classmethod
@@ -119,6 +134,23 @@ class Cause(Enum):
 
 
 @dataclass(slots=True)
+class CommitmentCounts:
+    """send --commit: Storage Commitment (PS3.4 Annex J) of what the session stored."""
+
+    requested: int = 0
+    committed: int = 0
+    commit_failed: int = 0
+    uncommitted: int = 0
+    transactions: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every instance asked about was committed."""
+        return self.committed == self.requested and not self.problems
+
+
+@dataclass(slots=True)
 class SendSummary:
     """What a run did, accumulated as outcomes arrive (``add``).
 
@@ -135,6 +167,7 @@ class SendSummary:
     counts: Counter[Outcome] = field(default_factory=Counter)
     causes: Counter[Cause] = field(default_factory=Counter)  # skips and failures by cause
     already_stored: int = 0  # skipped without opening: the journal says the destination has it
+    coerced: int = 0  # --coerce: instances stored with at least one element changed
     bytes_sent: int = 0
     sop_classes_sent: Counter[str] = field(default_factory=Counter)
     latencies: array[float] = field(default_factory=lambda: array("f"))  # seconds, answered
@@ -154,6 +187,7 @@ class SendSummary:
     # Subdirectories not searched: without -r, or links to directories.
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
+    commitment: CommitmentCounts | None = None  # --commit
     pauses: list[Pause] = field(default_factory=list)  # --schedule pause windows, SIGUSR1
     started: float = 0.0
     finished: float = 0.0
@@ -167,6 +201,8 @@ class SendSummary:
         if outcome is Outcome.STORED or outcome is Outcome.WARNING:
             self.bytes_sent += result.bytes_sent
             self.sop_classes_sent[result.sop_class_uid] += 1
+            if result.coerced:
+                self.coerced += 1
         if result.status is not None and result.seconds > 0:
             self.latencies.append(result.seconds)
         if outcome is not Outcome.STORED:
@@ -203,6 +239,8 @@ class SendSummary:
             return ExitStatus.NO_ASSOCIATION
         if self.count(Outcome.FAILED):
             return ExitStatus.FAILED
+        if self.commitment is not None and not self.commitment.complete:
+            return ExitStatus.FAILED  # --commit: stored, but not all of it committed
         return ExitStatus.NOTHING_TO_SEND if self.nothing_to_send else ExitStatus.OK
 
     def latency_ms(self) -> dict[str, float]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import PeerConfig, UserCredentials
@@ -39,11 +41,12 @@ from ..protocol.dimse import (
     Command,
     CommandField,
     DIMSEError,
+    Message,
     MessageAssembler,
     c_echo_rq,
     c_store_rq,
 )
-from ..protocol.hotpath import fragment_pdata
+from ..protocol.hotpath import fragment_pdata, fragment_pdata_prefixed
 from ..protocol.pdu import (
     AAssociateRJ,
     AAssociateRQ,
@@ -58,6 +61,9 @@ from ..protocol.uids import (
     IMPLEMENTATION_CLASS_UID_ROOT,
     VERIFICATION_SOP_CLASS,
 )
+
+if TYPE_CHECKING:
+    from ..io.coerce import Change, Coerced, Coercion
 
 IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
 IMPLEMENTATION_VERSION_NAME = f"FASTSEND_{__version__}"[:16]
@@ -124,8 +130,18 @@ def _user_identity(user: UserCredentials | None) -> UserIdentity | None:
 class StoreClient:
     """A requestor-side association to one peer."""
 
-    def __init__(self, peer: PeerConfig, transcode: bool = False, max_ops: int = 1) -> None:
+    def __init__(
+        self,
+        peer: PeerConfig,
+        transcode: bool = False,
+        max_ops: int = 1,
+        coercion: Coercion | None = None,
+    ) -> None:
         self.peer = peer
+        # --coerce: the rules, and what they changed in each C-STORE sent, by
+        # Message ID, until the caller takes it (take_changes).
+        self.coercion = coercion
+        self.changes: dict[int, tuple[Change, ...]] = {}
         # Compressed, deflated and big endian files may fall back to
         # uncompressed Little Endian (contexts.transfer_syntaxes_for).
         self.transcode = transcode
@@ -133,6 +149,7 @@ class StoreClient:
         self.window = 1  # C-STOREs we may have outstanding, as negotiated
         self._assembler = MessageAssembler()
         self._responses: dict[int, Response] = {}  # by Message ID Being Responded To
+        self._inbox: deque[Message] = deque()  # complete messages not taken (next_message)
         self.contexts: AcceptedContexts | None = None
         self.peer_maximum_length = 0
         self._association: Association | None = None
@@ -183,6 +200,7 @@ class StoreClient:
                     )
                     self._assembler = MessageAssembler()
                     self._responses.clear()
+                    self._inbox.clear()
                     self.contexts = AcceptedContexts(
                         contexts, event.accept.presentation_contexts, self.transcode
                     )
@@ -248,22 +266,37 @@ class StoreClient:
         if data:
             self._transport.send(data)
 
-    def _read_events(self, deadline: float, limit: float, waiting_for: str) -> list[Event]:
+    def _read_events(
+        self,
+        deadline: float,
+        limit: float,
+        waiting_for: str,
+        patience: float | None = None,
+        abort_on_timeout: bool = True,
+    ) -> list[Event]:
         """One read from the socket before ``deadline``, turned into events.
 
         ``limit`` is the configured timeout the deadline came from, for the
-        message; the read itself gets whatever time is left.
+        message; the read itself gets whatever time is left, or ``patience``
+        if shorter: _Impatient then says that it passed with nothing read.
+        Without ``abort_on_timeout`` a timeout returns no events and leaves
+        the association as it is (a caller polling several sources).
         """
         association, transport = self._association, self._transport
         if association is None or transport is None:
             raise AssociationAbortedError(f"association with {self.name} is closed")
         remaining = deadline - time.monotonic()
+        wait = remaining if patience is None else min(remaining, patience)
         try:
             if remaining <= 0:
                 # A zero socket timeout would mean non-blocking, not "expired".
                 raise TransportTimeout(f"{limit:g} s passed")
-            data = transport.receive(remaining)
+            data = transport.receive(wait)
         except TransportTimeout as exc:
+            if wait < remaining:
+                raise _Impatient from None
+            if not abort_on_timeout:
+                return []
             self.abort()
             raise DimseTimeoutError(
                 f"no {waiting_for} from {self.name} within {limit:g} s; association aborted"
@@ -286,12 +319,16 @@ class StoreClient:
         command: Command,
         dataset: bytes | memoryview | None,
         mapped: tuple[mmap.mmap, int] | None = None,
+        prefix: bytes | None = None,
     ) -> None:
         """Send a DIMSE message; ``mapped`` is (the map, the data set's offset in it).
 
         A large data set from a mapped file goes in windows of STREAM_WINDOW
         bytes, and each window's pages leave this process once the kernel has
         copied them, so a worker's memory does not grow with the file.
+        ``prefix`` (--coerce) goes before ``dataset``, the two as one data set;
+        ``mapped`` then gives where the prefix would start in the map, so that
+        the window arithmetic still lands on the mapped bytes sent.
         """
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
@@ -299,10 +336,19 @@ class StoreClient:
             fragment_pdata(command.encode(), presentation_context_id, True, maximum)
         )
         command_buffers = len(buffers)
+        size = 0
         if dataset is not None:
-            buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
+            if prefix is None:
+                buffers.extend(fragment_pdata(dataset, presentation_context_id, False, maximum))
+            else:
+                buffers.extend(
+                    fragment_pdata_prefixed(
+                        prefix, dataset, presentation_context_id, False, maximum
+                    )
+                )
+            size = len(dataset) + (len(prefix) if prefix is not None else 0)
         try:
-            if mapped is None or dataset is None or len(dataset) <= STREAM_WINDOW:
+            if mapped is None or dataset is None or size <= STREAM_WINDOW:
                 self._transport.send_buffers(self._association.send_pdata(buffers))
             else:
                 self._send_windows(buffers, command_buffers, *mapped)
@@ -325,7 +371,8 @@ class StoreClient:
         """
         assert self._association is not None and self._transport is not None
         sent = offset  # the mapped bytes the kernel has taken
-        dropped = offset - offset % mmap.PAGESIZE  # the first page still mapped
+        # (max: a coerced head longer than the bytes it replaced puts offset below 0.)
+        dropped = max(0, offset - offset % mmap.PAGESIZE)  # the first page still mapped
         start, window = 0, 0
         for index in range(first + 1, len(buffers), 2):
             window += len(buffers[index])  # type: ignore[arg-type]
@@ -341,12 +388,19 @@ class StoreClient:
                 dropped = whole_pages
 
     def _await_response(
-        self, outstanding: Collection[int], expected: CommandField, what: str
+        self,
+        outstanding: Collection[int],
+        expected: CommandField,
+        what: str,
+        idle: Callable[[], None] | None = None,
     ) -> tuple[int, Response]:
         """The next response to any of the ``outstanding`` Message IDs.
 
         Responses are kept by Message ID: one read can complete several when
         operations are pipelined, and none may be lost (PS3.7 D.3.3.3).
+        ``idle`` is called once if nothing has come after IDLE_AFTER seconds
+        (the worker then journals what it has queued, rather than hold it
+        through a slow store).
         """
         # One deadline for the whole response: a peer that trickles bytes
         # must not restart the timeout with every read.
@@ -355,7 +409,16 @@ class StoreClient:
             for message_id in self._responses:
                 if message_id in outstanding:
                     return message_id, self._responses.pop(message_id)
-            for event in self._read_events(deadline, self.peer.dimse_timeout, what):
+            try:
+                events = self._read_events(
+                    deadline, self.peer.dimse_timeout, what, None if idle is None else IDLE_AFTER
+                )
+            except _Impatient:
+                assert idle is not None
+                idle()
+                idle = None
+                continue
+            for event in events:
                 if isinstance(event, DataReceived):
                     try:
                         messages = self._assembler.feed(event.pdata.pdvs)
@@ -393,11 +456,59 @@ class StoreClient:
                         f"{self.name} asked to release while {what} was outstanding"
                     )
 
+    def send_message(
+        self, presentation_context_id: int, command: Command, dataset: bytes | None = None
+    ) -> None:
+        """Send any DIMSE message (a request or a response) with an in-memory data set."""
+        if not self.is_open:
+            raise AssociationAbortedError(f"association with {self.name} is closed")
+        self._send_message(presentation_context_id, command, dataset)
+
+    def next_message(self, timeout: float, what: str, poll: bool = False) -> Message | None:
+        """The next complete DIMSE message from the peer, of any kind.
+
+        For services where the peer sends more than one message per request
+        (C-FIND's pending responses, PS3.7 9.1.2) or sends requests of its
+        own (N-EVENT-REPORT, PS3.4 J.3.3). With ``poll``, None when
+        ``timeout`` passes with nothing complete, the association kept;
+        otherwise the association is aborted and DimseTimeoutError raised.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._inbox:
+            if poll and time.monotonic() >= deadline:
+                return None
+            for event in self._read_events(deadline, timeout, what, abort_on_timeout=not poll):
+                if isinstance(event, DataReceived):
+                    try:
+                        self._inbox.extend(self._assembler.feed(event.pdata.pdvs))
+                    except DIMSEError as exc:
+                        self.abort()
+                        raise AssociationAbortedError(
+                            f"{self.name} sent an invalid DIMSE message: {exc}"
+                        ) from exc
+                elif isinstance(event, Aborted):
+                    self._close()
+                    raise AssociationAbortedError(f"{self.name}: {event.reason}")
+                elif isinstance(event, ReleaseRequested):
+                    # PS3.8 7.2: the peer may release; answer it, the association is over.
+                    assert self._association is not None
+                    self._association.release_response()
+                    self._flush()
+                    self._close()
+                    raise AssociationAbortedError(
+                        f"{self.name} released the association while {what} was awaited"
+                    )
+        return self._inbox.popleft()
+
     def _next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1  # (0000,0110) is US
         return self._message_id
 
     # ------------------------------------------------------------ DIMSE services
+
+    def next_message_id(self) -> int:
+        """A Message ID (0000,0110) for a request sent with send_message."""
+        return self._next_message_id()
 
     def echo(self) -> Response:
         """C-ECHO (PS3.7 9.1.5) on the Verification context."""
@@ -412,35 +523,83 @@ class StoreClient:
         message_id = self.begin_store(info, selection)
         return self.finish_store({message_id})[1]
 
-    def finish_store(self, outstanding: Collection[int]) -> tuple[int, Response]:
-        """The next C-STORE-RSP for one of the ``outstanding`` Message IDs."""
-        return self._await_response(outstanding, CommandField.C_STORE_RSP, "C-STORE-RSP")
+    def finish_store(
+        self, outstanding: Collection[int], idle: Callable[[], None] | None = None
+    ) -> tuple[int, Response]:
+        """The next C-STORE-RSP for one of the ``outstanding`` Message IDs (``idle``: see
+        _await_response)."""
+        return self._await_response(outstanding, CommandField.C_STORE_RSP, "C-STORE-RSP", idle)
 
-    def begin_store(self, info: FileInfo, selection: Selection) -> int:
+    def begin_store(
+        self, info: FileInfo, selection: Selection, content: bytes | None = None
+    ) -> int:
         """Send one C-STORE-RQ (PS3.7 9.1.1), the data set streamed from the mapped file.
 
-        Returns its Message ID; the response is collected with finish_store.
+        ``content``: the whole file, when it was read whole with its header
+        (a small file); it is then sent from those bytes, with no open and
+        no mapping. Returns the Message ID; the response is collected with
+        finish_store.
         """
         message_id = self._next_message_id()
+        self.changes.pop(message_id, None)  # a Message ID used before (they wrap at 65535)
         command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
-        with open(info.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != info.size:
-                raise FileChangedError(
-                    f"size changed from {info.size} to {size} bytes since it was read"
-                )
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        if content is not None and self.coercion is None:
+            # (Coerced files take the path below, which builds their new head.)
+            with memoryview(content) as whole, whole[info.dataset_offset :] as view:
+                dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
+                try:
+                    self._send_message(selection.presentation_context_id, command, dataset)
+                finally:
+                    dataset = None
+            return message_id
+        # os.open, not open(): a buffered file object costs an ioctl, an lseek
+        # and an fstat more per file, and mmap checks the size itself.
+        descriptor = os.open(info.path, os.O_RDONLY)
         try:
-            if hasattr(mapped, "madvise"):
+            mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+        except ValueError:  # "cannot mmap an empty file"
+            raise FileChangedError(
+                f"size changed from {info.size} to 0 bytes since it was read"
+            ) from None
+        finally:
+            os.close(descriptor)
+        try:
+            if len(mapped) != info.size:
+                raise FileChangedError(
+                    f"size changed from {info.size} to {len(mapped)} bytes since it was read"
+                )
+            if len(mapped) > STREAM_WINDOW and hasattr(mapped, "madvise"):
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(mapped)[info.dataset_offset :]
+            rest: memoryview | None = None
             try:
-                dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
+                dataset = _dataset_to_send(info, selection, view)
                 # Windows apply only when the data set is the mapped file itself.
                 streamed = (mapped, info.dataset_offset) if dataset is view else None
-                self._send_message(selection.presentation_context_id, command, dataset, streamed)
+                prefix = None
+                changes: tuple[Change, ...] = ()
+                if self.coercion is not None:
+                    assert dataset is not None
+                    coerced = _coerce(info, selection, dataset, self.coercion)
+                    if coerced is not None:
+                        prefix = coerced.prefix
+                        rest = memoryview(dataset)[coerced.resume_at :]
+                        if streamed is not None:
+                            # Where the head would start if it replaced the
+                            # mapped bytes in place: see _send_windows.
+                            start = info.dataset_offset + coerced.resume_at - len(prefix)
+                            streamed = (mapped, start)
+                        dataset = rest
+                        changes = coerced.changes
+                self._send_message(
+                    selection.presentation_context_id, command, dataset, streamed, prefix
+                )
+                if changes:
+                    self.changes[message_id] = changes
             finally:
                 dataset = None
+                if rest is not None:
+                    rest.release()
                 view.release()
         finally:
             try:
@@ -449,10 +608,37 @@ class StoreClient:
                 pass
         return message_id
 
+    def take_changes(self, message_id: int) -> tuple[Change, ...]:
+        """What --coerce changed in the C-STORE with this Message ID (nothing: ())."""
+        return self.changes.pop(message_id, ())
+
+
+class _Impatient(Exception):
+    """A read's patience (shorter than its deadline) passed with nothing read."""
+
+
+# How long a response may take before the waiting worker does its bookkeeping.
+IDLE_AFTER = 0.25
 
 # Data sets larger than this are sent in windows of about this many bytes,
 # each dropped from the worker's memory once sent (see _send_windows).
 STREAM_WINDOW = 16 * 1024 * 1024
+
+
+def _coerce(
+    info: FileInfo, selection: Selection, dataset: bytes | memoryview, coercion: Coercion
+) -> Coerced | None:
+    """--coerce on the data set about to go, in the syntax it goes in."""
+    from ..errors import ElementScanError
+    from ..io.coerce import CoercionError, coerce_dataset
+
+    syntax = info.transfer_syntax_uid
+    if selection.needs_conversion(syntax):
+        syntax = selection.transfer_syntax  # converted above: the accepted syntax
+    try:
+        return coerce_dataset(dataset, syntax, coercion)
+    except (CoercionError, ElementScanError) as exc:
+        raise CoercionError(f"cannot coerce ({coercion.source}): {exc}") from exc
 
 
 def _dataset_to_send(info: FileInfo, selection: Selection, view: memoryview) -> bytes | memoryview:

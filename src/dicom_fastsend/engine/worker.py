@@ -36,11 +36,12 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PeerConfig
 from ..errors import FastsendError
@@ -59,11 +60,12 @@ from .messages import (
     Finished,
     FromExecutor,
     JournalFailed,
+    Outcomes,
     Ready,
 )
 from .plan import Batch
 from .prepare import admit
-from .results import Cause, FileResult, Outcome, WorkerStats
+from .results import Cause, FileResult, Outcome, WorkerStats, coerced_values
 from .scu import (
     AssociationAbortedError,
     AssociationError,
@@ -72,7 +74,17 @@ from .scu import (
     StoreClient,
 )
 
+if TYPE_CHECKING:
+    from ..io.coerce import Coercion
+
 INTERRUPTED_REASON = "not sent: the run was interrupted"
+# Outcomes are journaled and reported in groups: one transaction and one
+# message for up to REPORT_EVERY files, or for what REPORT_SECONDS brought.
+# This is the crash window: after a kill -9 a rerun sends again at most the
+# outcomes queued (REPORT_EVERY) and the file in flight, per worker (README,
+# "Resume, retries, failures").
+REPORT_EVERY = 32
+REPORT_SECONDS = 0.25
 # Files that could not go because no association could be made share one message,
 # which the console prints once instead of once per file.
 NO_ASSOCIATION_PREFIX = "not sent, no association: "
@@ -104,6 +116,7 @@ class WorkerConfig:
     destination: str = ""
     session_id: str = ""
     resume: bool = True  # a duplicate of what earlier sessions stored is skipped
+    coerce: Coercion | None = None  # --coerce: the rules (io/coerce.py)
 
 
 class RateLimiter:
@@ -201,7 +214,7 @@ class Worker:
         self.config = config
         self.conn = conn
         self.limiter = limiter
-        self.client = StoreClient(config.peer, config.transcode, config.max_ops)
+        self.client = StoreClient(config.peer, config.transcode, config.max_ops, config.coerce)
         # --max-ops: C-STOREs sent and not yet answered, by Message ID.
         self.outstanding: dict[int, tuple[FileInfo, float]] = {}
         self._retry_later: list[FileInfo] = []
@@ -213,9 +226,16 @@ class Worker:
         self.stopping = False
         # The coordinator is gone (its end of the pipe is closed): nobody reads us.
         self.orphaned = False
+        # A forked worker's parent is the coordinator: when it dies the worker
+        # is re-parented, and a getppid() per file notices that at once
+        # (the pipe says so only at the next report, up to REPORT_EVERY files on).
+        self._parent = os.getppid() if isinstance(conn, Connection) else None
         self.in_flight: FileInfo | None = None
-        # The last file's outcome, reported once the next C-STORE-RQ is sent.
-        self._answered: tuple[FileInfo, FileResult] | None = None
+        # Outcomes not reported yet (see _report_due), and when the first came.
+        self._unreported: list[tuple[FileInfo, FileResult]] = []
+        self._oldest = 0.0
+        # The bytes of the batch's small files, read whole with their headers.
+        self._contents: dict[str, bytes] = {}
         self.stats = WorkerStats(config.worker, os.getpid(), host=socket.gethostname())
         self.journal: Inventory | None = None
         if config.journal_path is not None:
@@ -227,39 +247,57 @@ class Worker:
     # ------------------------------------------------------------ messages
 
     def _report(self, info: FileInfo, result: FileResult) -> None:
-        """Report now, after any outcome held back: outcomes go out in order."""
-        self._report_answered()
-        self._report_now(info, result)
+        """Queue an outcome after those before it, and report them all when it is time."""
+        self._queue(info, result)
+        self._report_due()
 
     def _report_later(self, info: FileInfo, result: FileResult) -> None:
-        """Hold an outcome until the next C-STORE-RQ is on the wire (see store)."""
-        self._report_answered()
-        self._answered = (info, result)
+        """Queue an outcome; it goes out once the next C-STORE-RQ is on the wire (see store)."""
+        self._queue(info, result)
 
-    def _report_answered(self) -> None:
-        if self._answered is not None:
-            # Cleared first: a second Ctrl-C landing in between leaves the
-            # file unreported (the coordinator counts it interrupted, and a
-            # rerun sends it again), never reported twice.
-            info, result = self._answered
-            self._answered = None
-            self._report_now(info, result)
+    def _queue(self, info: FileInfo, result: FileResult) -> None:
+        if not self._unreported:
+            self._oldest = time.monotonic()
+        self._unreported.append((info, result))
 
-    def _report_now(self, info: FileInfo, result: FileResult) -> None:
-        """Journal first, then tell the coordinator: a kill between the two loses nothing."""
-        result.worker = self.config.worker
+    def _report_due(self) -> None:
+        """Report the queued outcomes when REPORT_EVERY of them or REPORT_SECONDS have passed."""
+        if self._unreported and (
+            len(self._unreported) >= REPORT_EVERY
+            or time.monotonic() - self._oldest >= REPORT_SECONDS
+        ):
+            self._report_queued()
+
+    def _idle(self) -> Callable[[], None] | None:
+        """What to do while a response is slow: report the queued outcomes, if any."""
+        return self._report_queued if self._unreported else None
+
+    def _report_queued(self) -> None:
+        """Journal the queued outcomes in one transaction, then tell the coordinator in one
+        message: a kill between the two loses nothing."""
+        # Taken first: a second Ctrl-C landing in between leaves these files
+        # unreported (the coordinator counts them interrupted, and a rerun
+        # sends them again), never reported twice.
+        queued, self._unreported = self._unreported, []
+        if not queued:
+            return
         journaled = False
         if self.journal is not None:
             try:
-                self.journal.record(result, info.size, info.mtime)
+                self.journal.record_many((r, i.size, i.mtime) for i, r in queued)
                 journaled = True
             except JournalError as exc:
-                self._journal_failed(exc)  # the coordinator records it, if it can
-        if result.outcome in (Outcome.STORED, Outcome.WARNING):
-            self.stats.files += 1
-            self.stats.bytes_sent += result.bytes_sent
-        cause = Cause.INTERRUPTED if result.reason == INTERRUPTED_REASON else None
-        self._send(FileDone(self.config.worker, result, journaled, cause))
+                self._journal_failed(exc)  # the coordinator records them, if it can
+        worker = self.config.worker
+        done: list[FileDone] = []
+        for _, result in queued:
+            result.worker = worker
+            if result.outcome in (Outcome.STORED, Outcome.WARNING):
+                self.stats.files += 1
+                self.stats.bytes_sent += result.bytes_sent
+            cause = Cause.INTERRUPTED if result.reason == INTERRUPTED_REASON else None
+            done.append(FileDone(worker, result, journaled, cause))
+        self._send(Outcomes(worker, tuple(done)))
 
     def _send(self, message: FromExecutor) -> None:
         """To the coordinator; once it is gone, to nobody, and stop after the file in flight.
@@ -293,6 +331,7 @@ class Worker:
                 self.journal,
                 self.config.resume,
                 lambda result, info, cause: decided.append((result, info, cause)),
+                self._contents,
             )
         except JournalError as exc:
             # The claims were not written: none of the batch is sent.
@@ -312,9 +351,12 @@ class Worker:
                     journaled = True
                 except JournalError as exc:
                     self._journal_failed(exc)
+            worker = self.config.worker
+            done: list[FileDone] = []
             for result, _, cause in decided:
-                result.worker = self.config.worker
-                self._send(FileDone(self.config.worker, result, journaled, cause))
+                result.worker = worker
+                done.append(FileDone(worker, result, journaled, cause))
+            self._send(Outcomes(worker, tuple(done)))
         return infos
 
     def _association(self, kind: AssociationKind, message: str) -> None:
@@ -335,7 +377,8 @@ class Worker:
                     if not isinstance(message, Assign):
                         break
                     self.send_batch(message.batch)
-                    self._report_answered()
+                    self._contents.clear()
+                    self._report_queued()
                     self._send(BatchDone(self.config.worker, message.batch.batch_id))
                 self.client.release()
                 if self.plan_index is not None:
@@ -344,7 +387,7 @@ class Worker:
             except AbortRequested:
                 _block_abort_signal()
                 self.client.abort()
-                self._report_answered()
+                self._report_queued()
                 self._association(
                     AssociationKind.ABORTED, f"{self.client.name}: aborted (second Ctrl-C)"
                 )
@@ -365,7 +408,7 @@ class Worker:
         finally:
             # Nothing may interrupt the last reports to the coordinator.
             _block_abort_signal()
-            self._report_answered()
+            self._report_queued()
             self._finish_stats()
             if self.journal is not None:
                 self.journal.close()
@@ -397,6 +440,8 @@ class Worker:
         # the rest of the batch's files for them fail at once with that reason.
         unavailable: dict[int, str] = {}
         for position, info in enumerate(files):
+            if self._parent is not None and os.getppid() != self._parent:
+                self.orphaned = self.stopping = True  # nobody would account for what we send
             if self.stopping:
                 self._drain(unavailable)
                 for rest in files[position:]:
@@ -462,7 +507,7 @@ class Worker:
             return
         started = time.perf_counter()
         try:
-            message_id = self.client.begin_store(info, selection)
+            message_id = self.client.begin_store(info, selection, self._contents.get(info.path))
         except AssociationAbortedError as exc:
             self._lost_association(exc, [info], index, unavailable)
             return
@@ -473,13 +518,14 @@ class Worker:
 
     def _collect_one(self, index: int, unavailable: dict[int, str]) -> None:
         try:
-            message_id, response = self.client.finish_store(self.outstanding.keys())
+            message_id, response = self.client.finish_store(self.outstanding.keys(), self._idle())
         except AssociationAbortedError as exc:
             self._lost_association(exc, [], index, unavailable)
             return
         info, started = self.outstanding.pop(message_id)
         result = result_from_response(info, response, time.perf_counter() - started)
         result.attempts = 1
+        result.coerced = coerced_values(self.client.take_changes(message_id))
         if result.outcome is Outcome.FAILED and is_retryable_status(response.status):
             self._retry_later.append(info)
             return
@@ -522,8 +568,9 @@ class Worker:
             attempt += 1
             result, retryable = self._attempt(info, index)
             # Sent by now, unless the attempt failed before its C-STORE-RQ
-            # went out; the last outcome must not wait out a retry's backoff.
-            self._report_answered()
+            # went out (the queued outcomes must not wait out a retry's
+            # backoff: _sleep reports them).
+            self._report_due()
             result.attempts = attempt
             if not retryable or attempt > self.config.retries or self.stopping:
                 if result.reason.startswith(NO_ASSOCIATION_PREFIX):
@@ -539,7 +586,8 @@ class Worker:
             self._sleep(delay)
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake for a graceful stop (Ctrl-C)."""
+        """Sleep, but wake for a graceful stop (Ctrl-C); nothing waits in the queue meanwhile."""
+        self._report_queued()
         deadline = time.monotonic() + seconds
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
@@ -601,7 +649,7 @@ class Worker:
             return failed(str(exc)), False
         if self.limiter.limited:
             # A --max-rate wait can be long; no outcome should wait through it.
-            self._report_answered()
+            self._report_queued()
         self.limiter.acquire(info.size)
         if self.stopping:
             # Ctrl-C came while this file waited for its share of --max-rate:
@@ -609,22 +657,24 @@ class Worker:
             return _unsent(info, INTERRUPTED_REASON, 0), False
         started = time.perf_counter()
         try:
-            message_id = self.client.begin_store(info, selection)
+            message_id = self.client.begin_store(info, selection, self._contents.get(info.path))
         except AssociationAbortedError as exc:
             return self._lost_while_sending(info, exc), True
         except (OSError, FastsendError) as exc:
             return failed(_file_error(exc)), False
-        # While the peer stores this file, journal and report the last one:
-        # that bookkeeping then costs nothing in the round trip. (Outside the
-        # try: a broken pipe to the coordinator is not this file's failure.)
-        self._report_answered()
+        # While the peer stores this file, journal and report the queued
+        # outcomes when due: that bookkeeping then costs nothing in the round
+        # trip. (Outside the try: a broken pipe to the coordinator is not
+        # this file's failure.)
+        self._report_due()
         try:
-            response = self.client.finish_store({message_id})[1]
+            response = self.client.finish_store({message_id}, self._idle())[1]
         except AssociationAbortedError as exc:
             return self._lost_while_sending(info, exc), True
         except (OSError, FastsendError) as exc:
             return failed(_file_error(exc)), False
         result = result_from_response(info, response, time.perf_counter() - started)
+        result.coerced = coerced_values(self.client.take_changes(message_id))
         return result, result.outcome is Outcome.FAILED and is_retryable_status(response.status)
 
     def _lost_while_sending(self, info: FileInfo, exc: AssociationAbortedError) -> FileResult:

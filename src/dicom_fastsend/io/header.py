@@ -337,6 +337,16 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
 
 def read_header(path: str | os.PathLike[str]) -> FileInfo:
     """The FileInfo of one file, or HeaderError saying why it will not be sent."""
+    return read_header_and_content(path)[0]
+
+
+def read_header_and_content(path: str | os.PathLike[str]) -> tuple[FileInfo, bytes | None]:
+    """``read_header``, with the file's bytes when the one read of its head took it all.
+
+    A small file (up to HEAD_LENGTH bytes) is then sent from those bytes:
+    no second open, no mapping, and the data set is the one whose header
+    was read and claimed.
+    """
     name = os.fspath(path)
     try:
         # O_NONBLOCK: a FIFO among the inputs must not hang the scan; it is
@@ -366,7 +376,8 @@ def read_header(path: str | os.PathLike[str]) -> FileInfo:
             raise HeaderError(name, "unreadable", f"cannot read: {error.strerror}") from error
         try:
             with memoryview(head) as view:
-                return _read_mapped(name, view, status.st_size, status.st_mtime)
+                info = _read_mapped(name, view, status.st_size, status.st_mtime)
+            return info, head if len(head) == status.st_size else None
         except _NeedWholeFile:
             pass
         try:
@@ -377,7 +388,7 @@ def read_header(path: str | os.PathLike[str]) -> FileInfo:
         os.close(descriptor)
     try:
         with memoryview(mapped) as view:
-            return _read_mapped(name, view, status.st_size, status.st_mtime)
+            return _read_mapped(name, view, status.st_size, status.st_mtime), None
     finally:
         # The sender maps the file again when it sends; keep no mapping open
         # across a scan of millions of files.

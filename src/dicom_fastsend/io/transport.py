@@ -10,6 +10,7 @@ half of its C-STORE-RSP without a 40 ms delayed-ACK stall.
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 _MAX_IOVECS = 1024
 _RECEIVE_SIZE = 256 * 1024
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+# A kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO) within this fraction of the one
+# asked for is kept, not set again: a DIMSE deadline shrinks by microseconds
+# between two reads, and one setsockopt per read is what this saves.
+_TIMEOUT_SLACK = 0.01
+_TIMEVAL = struct.Struct("@ll")  # struct timeval (Linux: two longs)
 
 
 class TransportError(FastsendError):
@@ -99,6 +105,36 @@ class Transport:
         self._tls = tls
         self.closed = False
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Reads land in one buffer, allocated once: a fresh 256 KB bytes per
+        # recv() is an mmap, an mremap and a munmap per C-STORE-RSP.
+        self._buffer = bytearray(_RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        # Plain TCP runs the socket in blocking mode with kernel timeouts:
+        # a Python socket timeout costs a poll() before every send and read,
+        # and settimeout() an ioctl each time it is called. TLS keeps Python's
+        # timeouts (an SSL socket must not see EAGAIN mid-record).
+        self._kernel_timeout: float | None = None  # what SO_RCVTIMEO/SO_SNDTIMEO hold
+        if not tls:
+            timeout = sock.gettimeout()
+            sock.settimeout(None)
+            self._set_kernel_timeout(timeout)
+
+    def _set_kernel_timeout(self, timeout: float | None) -> None:
+        """SO_RCVTIMEO and SO_SNDTIMEO (None: wait for ever), unless nearly what they hold."""
+        current = self._kernel_timeout
+        if timeout is not None and timeout <= 0:
+            timeout = 1e-6  # zero would mean "no timeout" to the kernel: expire at once
+        if timeout == current or (
+            timeout is not None
+            and current is not None
+            and abs(current - timeout) <= _TIMEOUT_SLACK * timeout
+        ):
+            return
+        seconds = 0.0 if timeout is None else timeout
+        value = _TIMEVAL.pack(int(seconds), int((seconds % 1) * 1_000_000))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        self._kernel_timeout = timeout
 
     @classmethod
     def connect(
@@ -150,7 +186,7 @@ class Transport:
             else:
                 sent = 0
             self._send_rest(buffers, sent)
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: SO_SNDTIMEO
             raise TransportTimeout(f"{self.peer} stopped taking data (send timed out)") from exc
         except OSError as exc:
             raise TransportError(self._broken("while sending", exc)) from exc
@@ -174,20 +210,22 @@ class Transport:
 
     def receive(self, timeout: float | None) -> bytes:
         """Bytes from the peer; b'' when the peer closed the connection."""
-        self._sock.settimeout(timeout)
+        if self._tls:
+            self._sock.settimeout(timeout)
+        else:
+            self._set_kernel_timeout(timeout)
         if _TCP_QUICKACK is not None:
-            # Quick ACK mode lapses after a few segments, so it is re-armed
-            # before every read (tcp(7)).
             try:
                 self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
             except OSError:  # pragma: no cover - not all kernels allow it
                 pass
         try:
-            return self._sock.recv(_RECEIVE_SIZE)
-        except TimeoutError as exc:
+            received = self._sock.recv_into(self._buffer)
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: SO_RCVTIMEO
             raise TransportTimeout(f"no answer from {self.peer} within {timeout:g} s") from exc
         except OSError as exc:
             raise TransportError(self._broken("while receiving", exc)) from exc
+        return bytes(self._view[:received])
 
     def _broken(self, when: str, exc: OSError) -> str:
         message = f"connection to {self.peer} broke {when}: {exc}"
@@ -201,7 +239,10 @@ class Transport:
         return message
 
     def set_send_timeout(self, timeout: float | None) -> None:
-        self._sock.settimeout(timeout)
+        if self._tls:
+            self._sock.settimeout(timeout)
+        else:
+            self._set_kernel_timeout(timeout)
 
     def close(self) -> None:
         if not self.closed:

@@ -24,8 +24,14 @@ class CommandField(IntEnum):
 
     C_STORE_RQ = 0x0001
     C_STORE_RSP = 0x8001
+    C_FIND_RQ = 0x0020
+    C_FIND_RSP = 0x8020
     C_ECHO_RQ = 0x0030
     C_ECHO_RSP = 0x8030
+    N_EVENT_REPORT_RQ = 0x0100
+    N_EVENT_REPORT_RSP = 0x8100
+    N_ACTION_RQ = 0x0130
+    N_ACTION_RSP = 0x8130
 
 
 class Priority(IntEnum):
@@ -42,6 +48,7 @@ DATASET_PRESENT = 0x0000
 # Command elements and their VRs (PS3.7 E.1); needed to decode Implicit VR.
 TAG_GROUP_LENGTH = 0x00000000
 TAG_AFFECTED_SOP_CLASS_UID = 0x00000002
+TAG_REQUESTED_SOP_CLASS_UID = 0x00000003
 TAG_COMMAND_FIELD = 0x00000100
 TAG_MESSAGE_ID = 0x00000110
 TAG_MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
@@ -52,13 +59,16 @@ TAG_OFFENDING_ELEMENT = 0x00000901
 TAG_ERROR_COMMENT = 0x00000902
 TAG_ERROR_ID = 0x00000903
 TAG_AFFECTED_SOP_INSTANCE_UID = 0x00001000
+TAG_REQUESTED_SOP_INSTANCE_UID = 0x00001001
+TAG_EVENT_TYPE_ID = 0x00001002
+TAG_ACTION_TYPE_ID = 0x00001008
 TAG_MOVE_ORIGINATOR_AE_TITLE = 0x00001030
 TAG_MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
 
 _VR: dict[int, str] = {
     TAG_GROUP_LENGTH: "UL",
     TAG_AFFECTED_SOP_CLASS_UID: "UI",
-    0x00000003: "UI",  # Requested SOP Class UID
+    TAG_REQUESTED_SOP_CLASS_UID: "UI",
     TAG_COMMAND_FIELD: "US",
     TAG_MESSAGE_ID: "US",
     TAG_MESSAGE_ID_BEING_RESPONDED_TO: "US",
@@ -70,7 +80,9 @@ _VR: dict[int, str] = {
     TAG_ERROR_COMMENT: "LO",
     TAG_ERROR_ID: "US",
     TAG_AFFECTED_SOP_INSTANCE_UID: "UI",
-    0x00001001: "UI",  # Requested SOP Instance UID
+    TAG_REQUESTED_SOP_INSTANCE_UID: "UI",
+    TAG_EVENT_TYPE_ID: "US",
+    TAG_ACTION_TYPE_ID: "US",
     TAG_MOVE_ORIGINATOR_AE_TITLE: "AE",
     TAG_MOVE_ORIGINATOR_MESSAGE_ID: "US",
 }
@@ -252,6 +264,99 @@ def c_echo_rsp(request: Command, status: int = 0x0000) -> Command:
     )
 
 
+def c_find_rq(message_id: int, sop_class_uid: str, priority: int = Priority.MEDIUM) -> Command:
+    """C-FIND-RQ command set (PS3.7 9.3.2.1); the Identifier follows as its data set."""
+    return Command(
+        {
+            TAG_AFFECTED_SOP_CLASS_UID: sop_class_uid,
+            TAG_COMMAND_FIELD: CommandField.C_FIND_RQ,
+            TAG_MESSAGE_ID: message_id,
+            TAG_PRIORITY: priority,
+            TAG_COMMAND_DATA_SET_TYPE: DATASET_PRESENT,
+        }
+    )
+
+
+def c_find_rsp(request: Command, status: int, identifier: bool) -> Command:
+    """C-FIND-RSP answering ``request`` (PS3.7 9.3.2.2): an Identifier with Pending only."""
+    return Command(
+        {
+            TAG_AFFECTED_SOP_CLASS_UID: request.get_str(TAG_AFFECTED_SOP_CLASS_UID),
+            TAG_COMMAND_FIELD: CommandField.C_FIND_RSP,
+            TAG_MESSAGE_ID_BEING_RESPONDED_TO: request.get_int(TAG_MESSAGE_ID, 0) or 0,
+            TAG_COMMAND_DATA_SET_TYPE: DATASET_PRESENT if identifier else NO_DATASET,
+            TAG_STATUS: status,
+        }
+    )
+
+
+def n_action_rq(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type_id: int
+) -> Command:
+    """N-ACTION-RQ command set (PS3.7 10.3.4.1); the Action Information follows as its data set.
+
+    Storage Commitment asks with the well-known SOP Instance and Action Type
+    ID 1, Request Storage Commitment (PS3.4 J.3.2).
+    """
+    return Command(
+        {
+            TAG_REQUESTED_SOP_CLASS_UID: sop_class_uid,
+            TAG_COMMAND_FIELD: CommandField.N_ACTION_RQ,
+            TAG_MESSAGE_ID: message_id,
+            TAG_COMMAND_DATA_SET_TYPE: DATASET_PRESENT,
+            TAG_REQUESTED_SOP_INSTANCE_UID: sop_instance_uid,
+            TAG_ACTION_TYPE_ID: action_type_id,
+        }
+    )
+
+
+def n_action_rsp(request: Command, status: int) -> Command:
+    """N-ACTION-RSP answering ``request`` (PS3.7 10.3.4.2), without Action Reply."""
+    return Command(
+        {
+            TAG_AFFECTED_SOP_CLASS_UID: request.get_str(TAG_REQUESTED_SOP_CLASS_UID),
+            TAG_COMMAND_FIELD: CommandField.N_ACTION_RSP,
+            TAG_MESSAGE_ID_BEING_RESPONDED_TO: request.get_int(TAG_MESSAGE_ID, 0) or 0,
+            TAG_COMMAND_DATA_SET_TYPE: NO_DATASET,
+            TAG_STATUS: status,
+            TAG_AFFECTED_SOP_INSTANCE_UID: request.get_str(TAG_REQUESTED_SOP_INSTANCE_UID),
+            TAG_ACTION_TYPE_ID: request.get_int(TAG_ACTION_TYPE_ID, 0) or 0,
+        }
+    )
+
+
+def n_event_report_rq(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type_id: int
+) -> Command:
+    """N-EVENT-REPORT-RQ command set (PS3.7 10.3.1.1); the Event Information follows."""
+    return Command(
+        {
+            TAG_AFFECTED_SOP_CLASS_UID: sop_class_uid,
+            TAG_COMMAND_FIELD: CommandField.N_EVENT_REPORT_RQ,
+            TAG_MESSAGE_ID: message_id,
+            TAG_COMMAND_DATA_SET_TYPE: DATASET_PRESENT,
+            TAG_AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+            TAG_EVENT_TYPE_ID: event_type_id,
+        }
+    )
+
+
+def n_event_report_rsp(request: Command, status: int, error_comment: str = "") -> Command:
+    """N-EVENT-REPORT-RSP answering ``request`` (PS3.7 10.3.1.2), without Event Reply."""
+    elements: dict[int, CommandValue] = {
+        TAG_AFFECTED_SOP_CLASS_UID: request.get_str(TAG_AFFECTED_SOP_CLASS_UID),
+        TAG_COMMAND_FIELD: CommandField.N_EVENT_REPORT_RSP,
+        TAG_MESSAGE_ID_BEING_RESPONDED_TO: request.get_int(TAG_MESSAGE_ID, 0) or 0,
+        TAG_COMMAND_DATA_SET_TYPE: NO_DATASET,
+        TAG_STATUS: status,
+        TAG_AFFECTED_SOP_INSTANCE_UID: request.get_str(TAG_AFFECTED_SOP_INSTANCE_UID),
+        TAG_EVENT_TYPE_ID: request.get_int(TAG_EVENT_TYPE_ID, 0) or 0,
+    }
+    if error_comment:
+        elements[TAG_ERROR_COMMENT] = error_comment[:64]
+    return Command(elements)
+
+
 # ------------------------------------------------------------------ status (PS3.7 Annex C)
 
 
@@ -272,6 +377,13 @@ _STATUS_TEXT: dict[int, str] = {
     0xB006: "Warning: Elements Discarded",
     0xB007: "Warning: Data Set does not match SOP Class",
     0x0110: "Failure: Processing failure",
+    0x0112: "Failure: No such SOP Instance",
+    0x0113: "Failure: No such event type",
+    0x0114: "Failure: No such argument",
+    0x0115: "Failure: Invalid argument value",
+    0x0118: "Failure: No such SOP Class",
+    0x0119: "Failure: Class-instance conflict",
+    0x0123: "Failure: No such action type",
     0x0117: "Failure: Invalid SOP Instance",
     0x0122: "Refused: SOP Class not supported",
     0x0124: "Refused: Not authorized",
@@ -283,6 +395,8 @@ _STATUS_TEXT: dict[int, str] = {
     0xA900: "Error: Data Set does not match SOP Class",
     0xC000: "Error: Cannot understand",
     0xFE00: "Cancel",
+    0xFF00: "Pending",
+    0xFF01: "Pending: Optional Keys not supported",
 }
 
 

@@ -14,13 +14,17 @@ import warnings
 from types import ModuleType
 from typing import TYPE_CHECKING, Final, Literal
 
-from .. import _pdu_py
+if TYPE_CHECKING:
+    from .. import _pdu_py
 
 PURE_PYTHON_ENV: Final = "FASTSEND_PURE_PYTHON"
 
 
 def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
+    # The twin is imported only when chosen: it costs every run ~4 ms to import.
     if os.environ.get(PURE_PYTHON_ENV) == "1":
+        from .. import _pdu_py
+
         return _pdu_py, "python"
     try:
         from .. import _pdu
@@ -34,6 +38,8 @@ def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
             RuntimeWarning,
             stacklevel=2,
         )
+        from .. import _pdu_py
+
         return _pdu_py, "python"
     return _pdu, "cython"
 
@@ -51,6 +57,7 @@ MAX_UNLIMITED_PDU: Final = impl.MAX_UNLIMITED_PDU
 MAX_NESTING_DEPTH: Final = impl.MAX_NESTING_DEPTH
 pack_pdata_header = impl.pack_pdata_header
 fragment_pdata = impl.fragment_pdata
+fragment_pdata_prefixed = impl.fragment_pdata_prefixed
 parse_pdvs = impl.parse_pdvs
 scan_elements = impl.scan_elements
 
@@ -61,6 +68,7 @@ __all__ = [
     "PDATA_HEADER_LENGTH",
     "PURE_PYTHON_ENV",
     "fragment_pdata",
+    "fragment_pdata_prefixed",
     "impl",
     "pack_pdata_header",
     "parse_pdvs",

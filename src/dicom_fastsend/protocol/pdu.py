@@ -48,6 +48,7 @@ class ItemType(IntEnum):
     MAXIMUM_LENGTH = 0x51
     IMPLEMENTATION_CLASS_UID = 0x52
     ASYNCHRONOUS_OPERATIONS_WINDOW = 0x53
+    ROLE_SELECTION = 0x54
     IMPLEMENTATION_VERSION_NAME = 0x55
     USER_IDENTITY_RQ = 0x58
     USER_IDENTITY_AC = 0x59
@@ -129,6 +130,21 @@ class UserIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class RoleSelection:
+    """SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4).
+
+    The roles are the association requestor's, in a request and in the
+    acceptor's answer alike: a Storage Commitment SCP that opens an
+    association to send an N-EVENT-REPORT proposes scu_role False, scp_role
+    True for the Storage Commitment Push Model SOP Class (PS3.4 J.3.3).
+    """
+
+    sop_class_uid: str
+    scu_role: bool
+    scp_role: bool
+
+
+@dataclass(frozen=True, slots=True)
 class UserInformation:
     """User Information Item (PS3.8 9.3.2.3, Annex D; PS3.7 D.3.3).
 
@@ -143,6 +159,7 @@ class UserInformation:
     asynchronous_operations_window: tuple[int, int] | None = None
     user_identity: UserIdentity | None = None  # in an RQ (PS3.7 D.3.3.7.1)
     server_response: bytes | None = None  # in an AC, when the acceptor sent one (D.3.3.7.2)
+    role_selections: tuple[RoleSelection, ...] = ()  # PS3.7 D.3.3.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +351,15 @@ def _encode_user_information(info: UserInformation) -> bytes:
         sub_items.append(
             _item(ItemType.ASYNCHRONOUS_OPERATIONS_WINDOW, struct.pack(">HH", invoked, performed))
         )
+    for role in info.role_selections:
+        # PS3.7 D.3.3.4: UID length (2) and UID, SCU-role (1), SCP-role (1).
+        uid = role.sop_class_uid.encode("ascii")
+        sub_items.append(
+            _item(
+                ItemType.ROLE_SELECTION,
+                struct.pack(">H", len(uid)) + uid + bytes((role.scu_role, role.scp_role)),
+            )
+        )
     if info.implementation_version_name:
         # PS3.7 D.3.3.2.3: 1 to 16 characters
         sub_items.append(
@@ -469,6 +495,7 @@ def _decode_user_information(value: memoryview) -> UserInformation:
     window: tuple[int, int] | None = None
     identity: UserIdentity | None = None
     server_response: bytes | None = None
+    roles: list[RoleSelection] = []
     for sub_type, sub in _iter_items(value, "user information item"):
         if sub_type == ItemType.MAXIMUM_LENGTH:
             if len(sub) != 4:
@@ -489,11 +516,24 @@ def _decode_user_information(value: memoryview) -> UserInformation:
             server_response = bytes(sub[2:])
         elif sub_type == ItemType.USER_IDENTITY_RQ:
             identity = _decode_user_identity(sub)
-        # Other sub-items (role selection, extended negotiation) are not
-        # needed by a storage SCU and are skipped, as PS3.7 D.3.3 allows.
+        elif sub_type == ItemType.ROLE_SELECTION:
+            roles.append(_decode_role_selection(sub))
+        # Other sub-items (extended negotiation) are not needed here and are
+        # skipped, as PS3.7 D.3.3 allows.
     return UserInformation(
-        maximum_length, class_uid, version_name, window, identity, server_response
+        maximum_length, class_uid, version_name, window, identity, server_response, tuple(roles)
     )
+
+
+def _decode_role_selection(sub: memoryview) -> RoleSelection:
+    """PS3.7 D.3.3.4: UID length, UID, SCU-role, SCP-role."""
+    if len(sub) < 4:
+        raise PDUError(f"role selection sub-item of {len(sub)} bytes is too short")
+    (uid_length,) = struct.unpack_from(">H", sub)
+    if 2 + uid_length + 2 != len(sub):
+        raise PDUError("role selection sub-item: its UID length does not fit the sub-item")
+    uid = _uid(sub[2 : 2 + uid_length])
+    return RoleSelection(uid, bool(sub[2 + uid_length]), bool(sub[3 + uid_length]))
 
 
 def _decode_user_identity(sub: memoryview) -> UserIdentity:

@@ -1,0 +1,539 @@
+"""`fastsend verify` and `send --commit` against real peers on loopback.
+
+- Orthanc: Storage Commitment SCP (it reports on an association of its own to
+  the modality registered in DicomModalities: our listener) and C-FIND SCP;
+  instances are deleted through its REST API to make them missing.
+- DCMTK dcmqrscp: C-FIND SCP (Study Root) that does not do Storage Commitment.
+- pynetdicom: Storage Commitment SCPs that commit some instances and refuse
+  others (Failed SOP Sequence), report on the same association or on a new
+  one, report an unknown transaction, or never report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from fastsend_cli import Run, fastsend
+from peers import (
+    LOOPBACK,
+    Orthanc,
+    PeerStartError,
+    SynthArchive,
+    _terminate,
+    _wait_for_ports,
+    free_port,
+    require_dcmtk,
+)
+
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+SCHEMA = Path(__file__).parents[1] / "src" / "dicom_fastsend" / "summary.schema.json"
+
+
+def _destination(ae: str, port: int) -> list[str]:
+    return ["-a", ae, "-H", LOOPBACK, "-p", str(port)]
+
+
+def _send(ae: str, port: int, logs: Path, *args: str) -> Run:
+    run = fastsend("send", *_destination(ae, port), "--log-dir", str(logs), "--no-progress", *args)
+    return run
+
+
+def _verify(ae: str, port: int, logs: Path, *args: str, timeout: float = 180.0) -> Run:
+    return fastsend(
+        "verify", *_destination(ae, port), "--log-dir", str(logs), *args, timeout=timeout
+    )
+
+
+def _journal_rows(logs: Path) -> dict[str, tuple[Any, ...]]:
+    """path -> (sop_instance_uid, commit_state, commit_reason, find_state, held_size)."""
+    (journal,) = logs.glob("fastsend_journal_*.sqlite")
+    with sqlite3.connect(journal) as db:
+        rows = db.execute(
+            "SELECT dir, name, sop_instance_uid, commit_state, commit_reason, find_state,"
+            " held_size FROM files"
+        ).fetchall()
+    return {str(Path(d) / n): tuple(rest) for d, n, *rest in rows}
+
+
+def _missing_csv(logs: Path) -> list[dict[str, str]]:
+    listed = sorted(logs.glob("fastsend_missing_*.csv"), key=lambda p: p.stat().st_mtime)
+    assert listed, f"no fastsend_missing_*.csv in {logs}"
+    with listed[-1].open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------ Orthanc
+
+
+@pytest.fixture
+def orthanc_committing(orthanc_factory: Callable[..., Orthanc]) -> tuple[Orthanc, int]:
+    """Orthanc with fastsend (AE FASTSEND) registered where it sends commitment reports."""
+    commit_port = free_port()
+    peer = orthanc_factory(
+        config_overrides={"DicomModalities": {"fastsend": ["FASTSEND", LOOPBACK, commit_port]}}
+    )
+    return peer, commit_port
+
+
+def test_orthanc_verify_delete_resend_verify(
+    orthanc_committing: tuple[Orthanc, int], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """The issue's acceptance: deleted instances are exactly the missing ones, resent, clean."""
+    orthanc, commit_port = orthanc_committing
+    logs = tmp_path / "logs"
+    commit = [
+        "--commit-port",
+        str(commit_port),
+        "--commit-bind",
+        LOOPBACK,
+        "--commit-timeout",
+        "30",
+    ]
+    sent = _send("ORTHANC", orthanc.dicom_port, logs, "-r", "-i", str(archive.root))
+    assert sent.returncode == 0, sent.output
+
+    clean = _verify("ORTHANC", orthanc.dicom_port, logs, "--find", "--commit", *commit)
+    assert clean.returncode == 0, clean.output
+    total = len(archive.files)
+    assert f"C-FIND: {total} found, 0 missing at destination (4 STUDY queries)" in clean.stdout
+    assert f"Storage Commitment: {total} committed, 0 commit failed, 0 uncommitted" in clean.stdout
+    rows = _journal_rows(logs)
+    assert {r[1] for r in rows.values()} == {"committed"}
+    assert {r[3] for r in rows.values()} == {"found"}
+    assert not list(logs.glob("fastsend_missing_*.csv"))
+
+    # Two instances of one study, one of another, deleted at the destination.
+    by_study: dict[str, list[Path]] = {}
+    for path in archive.files:
+        by_study.setdefault(archive.study_uids[path], []).append(path)
+    studies = sorted(by_study.values(), key=lambda paths: str(paths[0]))
+    deleted = [studies[0][0], studies[0][1], studies[2][2]]
+    for path in deleted:
+        orthanc.rest("DELETE", f"/instances/{orthanc.orthanc_id(archive.sop_instance_uids[path])}")
+
+    found = _verify("ORTHANC", orthanc.dicom_port, logs, "--find", "--commit", *commit)
+    assert found.returncode == 1, found.output
+    assert f"C-FIND: {total - 3} found, 3 missing at destination" in found.stdout
+    # Orthanc refuses to commit what it does not hold: No such object instance (PS3.4 J.3.3).
+    assert f"Storage Commitment: {total - 3} committed, 3 commit failed" in found.stdout
+    listed = _missing_csv(logs)
+    assert sorted(row["path"] for row in listed) == sorted(str(p) for p in deleted)
+    assert all("missing at destination (C-FIND)" in row["reason"] for row in listed)
+    assert all("0x0112 No such object instance" in row["reason"] for row in listed)
+    rows = _journal_rows(logs)
+    for path in archive.files:
+        uid, commit_state, reason, find_state, held = rows[str(path)]
+        if path in deleted:
+            assert (commit_state, reason, find_state, held) == (
+                "commit_failed",
+                "0x0112 No such object instance",
+                "missing",
+                None,
+            )
+        else:
+            assert (commit_state, find_state) == ("committed", "found")
+            assert held is not None
+
+    csv_path = sorted(logs.glob("fastsend_missing_*.csv"))[-1]
+    resent = _send("ORTHANC", orthanc.dicom_port, logs, "--input-list", str(csv_path))
+    assert resent.returncode == 0, resent.output
+    assert "3 files: 3 stored" in resent.stderr, resent.output
+    assert orthanc.sop_instance_uids() == archive.uids
+
+    again = _verify("ORTHANC", orthanc.dicom_port, logs, *commit)  # neither flag: both methods
+    assert again.returncode == 0, again.output
+    assert f"C-FIND: {total} found, 0 missing" in again.stdout
+    assert f"Storage Commitment: {total} committed, 0 commit failed, 0 uncommitted" in again.stdout
+
+
+def test_send_commit_counts_in_the_summary(
+    orthanc_committing: tuple[Orthanc, int], archive: SynthArchive, tmp_path: Path
+) -> None:
+    orthanc, commit_port = orthanc_committing
+    logs = tmp_path / "logs"
+    run = _send(
+        "ORTHANC", orthanc.dicom_port, logs, "-r", "-i", str(archive.root),
+        "--commit", "--commit-port", str(commit_port), "--commit-bind", LOOPBACK,
+        "--commit-batch", "5", "--commit-timeout", "30",
+    )  # fmt: skip
+    assert run.returncode == 0, run.output
+    total = len(archive.files)
+    assert f"Storage Commitment of {total} instance(s): {total} committed" in run.stderr
+    (summary_path,) = logs.glob("fastsend_summary_*.json")
+    summary = json.loads(summary_path.read_text())
+    jsonschema.validate(summary, json.loads(SCHEMA.read_text()))
+    assert summary["commitment"] == {
+        "requested": total,
+        "committed": total,
+        "commit_failed": 0,
+        "uncommitted": 0,
+        "transactions": 3,  # 12 instances in batches of 5
+        "problems": [],
+    }
+    assert {r[1] for r in _journal_rows(logs).values()} == {"committed"}
+
+
+def test_orthanc_without_our_listener_leaves_instances_uncommitted(
+    orthanc_committing: tuple[Orthanc, int], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """No --commit-port: Orthanc's report cannot reach us; said so, exit 1, uncommitted."""
+    orthanc, _ = orthanc_committing
+    logs = tmp_path / "logs"
+    assert _send("ORTHANC", orthanc.dicom_port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("ORTHANC", orthanc.dicom_port, logs, "--commit", "--commit-timeout", "2")
+    assert run.returncode == 1, run.output
+    total = len(archive.files)
+    assert f"0 committed, 0 commit failed, {total} uncommitted" in run.stdout
+    assert "give --commit-port" in run.stdout
+    assert {r[1] for r in _journal_rows(logs).values()} == {"uncommitted"}
+    assert not list(logs.glob("fastsend_missing_*.csv"))  # nothing known to be missing
+
+
+# ------------------------------------------------------------------ dcmqrscp
+
+
+@dataclass
+class QRSCP:
+    port: int
+    aet: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        _terminate(self.process)
+
+
+@pytest.fixture
+def dcmqrscp_factory(tmp_path: Path) -> Iterator[Callable[[Path, int], QRSCP]]:
+    """start(database directory, port) -> a dcmqrscp (AE QRSCP) storing into it."""
+    binary = require_dcmtk("dcmqrscp")
+    started: list[QRSCP] = []
+
+    def start(database: Path, port: int) -> QRSCP:
+        database.mkdir(parents=True, exist_ok=True)
+        config = database.parent / f"{database.name}.cfg"
+        # dcmqrscp.cfg (DCMTK docs/dcmqrcnf.txt): any peer may store and query. It forks
+        # per association (its --single-process mode exits after the first one here).
+        config.write_text(
+            f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n\n"
+            "HostTable BEGIN\nHostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
+            f"AETable BEGIN\nQRSCP {database} RW (1000, 1024mb) ANY\nAETable END\n"
+        )
+        command = [binary, "--disable-host-lookup", "-c", str(config)]
+        log = database.parent / f"{database.name}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_for_ports(process, [port], name="dcmqrscp", command=command, log=log, timeout=30)
+        peer = QRSCP(port, "QRSCP", process)
+        started.append(peer)
+        return peer
+
+    try:
+        yield start
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+def _start_dcmqrscp(factory: Callable[[Path, int], QRSCP], database: Path) -> QRSCP:
+    for _ in range(3):
+        try:
+            return factory(database, free_port())
+        except PeerStartError:
+            continue  # the free port was taken meanwhile
+    raise AssertionError("dcmqrscp did not start")
+
+
+def test_dcmqrscp_find_and_no_storage_commitment(
+    dcmqrscp_factory: Callable[[Path, int], QRSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """C-FIND reconciliation runs although the destination rejects Storage Commitment."""
+    qr = _start_dcmqrscp(dcmqrscp_factory, tmp_path / "db")
+    logs = tmp_path / "logs"
+    sent = _send("QRSCP", qr.port, logs, "-r", "-i", str(archive.root))
+    assert sent.returncode == 0, sent.output
+    run = _verify("QRSCP", qr.port, logs)  # both methods
+    total = len(archive.files)
+    assert f"C-FIND: {total} found, 0 missing at destination" in run.stdout, run.output
+    assert "Storage Commitment: not done" in run.stdout
+    assert "does not support Storage Commitment" in run.stdout
+    assert run.returncode == 0, run.output  # every instance verified by the method that ran
+    rows = _journal_rows(logs)
+    assert {r[3] for r in rows.values()} == {"found"}
+    assert {r[1] for r in rows.values()} == {None}
+
+
+def test_dcmqrscp_missing_by_series_and_image_level(
+    dcmqrscp_factory: Callable[[Path, int], QRSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """A destination that lost some instances: the counts differ, so the IMAGE level says which."""
+    logs = tmp_path / "logs"
+    qr = _start_dcmqrscp(dcmqrscp_factory, tmp_path / "db")
+    assert _send("QRSCP", qr.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    port = qr.port
+    qr.stop()
+    # The same destination (AE, host, port) comes back with an empty database,
+    # into which DCMTK's storescu puts all but three instances.
+    kept = [p for p in archive.files]
+    lost = [kept.pop(0), kept.pop(4), kept.pop(-1)]
+    qr = dcmqrscp_factory(tmp_path / "db2", port)
+    from peers import run_dcmtk
+
+    run_dcmtk("storescu", "-aec", "QRSCP", LOOPBACK, str(port), *map(str, kept))
+    run = _verify("QRSCP", port, logs, "--find")
+    assert run.returncode == 1, run.output
+    assert f"C-FIND: {len(kept)} found, 3 missing at destination" in run.stdout
+    assert sorted(row["path"] for row in _missing_csv(logs)) == sorted(map(str, lost))
+
+    resent = _send(
+        "QRSCP", port, logs, "--input-list", str(sorted(logs.glob("fastsend_missing_*.csv"))[-1])
+    )
+    assert resent.returncode == 0 and "3 files: 3 stored" in resent.stderr, resent.output
+    again = _verify("QRSCP", port, logs, "--find")
+    assert again.returncode == 0, again.output
+    assert f"C-FIND: {len(archive.files)} found, 0 missing" in again.stdout
+
+
+# ------------------------------------------------------------------ pynetdicom SCPs
+
+
+@dataclass
+class CommitmentSCP:
+    """A pynetdicom Storage SCP that is also a Storage Commitment SCP, with a script.
+
+    ``refuse``: SOP Instance UIDs reported in the Failed SOP Sequence
+    (Failure Reason 0x0112); ``mode``: "same" (report on the requestor's
+    association), "new" (open one to ``report_port`` as the SCP role), or
+    "never". ``stray``: also report a Transaction UID never asked about, and
+    keep the status we were answered in ``stray_status``.
+    """
+
+    mode: str = "same"
+    refuse: set[str] = field(default_factory=set)
+    report_port: int = 0
+    report_ae: str = "FASTSEND"
+    stray: bool = False
+    stray_status: list[int] = field(default_factory=list)
+    report_status: list[int] = field(default_factory=list)
+    # "new": whether our listener agreed that the reporting requestor is the
+    # SCP (SCP/SCU Role Selection, PS3.7 D.3.3.4), per association.
+    agreed_scp_role: list[bool] = field(default_factory=list)
+    port: int = 0
+    _server: Any = None
+
+    def start(self) -> CommitmentSCP:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title="PYCOMMIT")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax)
+        ae.add_supported_context(STORAGE_COMMITMENT)
+        self._server = ae.start_server(
+            (LOOPBACK, 0),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_STORE, lambda event: 0x0000),
+                (evt.EVT_N_ACTION, self._on_action),
+            ],
+        )
+        self.port = int(self._server.server_address[1])
+        return self
+
+    def _on_action(self, event: Any) -> tuple[int, None]:
+        request = event.action_information
+        transaction = str(request.TransactionUID)
+        items = [
+            (str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+            for i in request.ReferencedSOPSequence
+        ]
+        if self.mode != "never":
+            threading.Thread(
+                target=self._report, args=(event.assoc, transaction, items), daemon=True
+            ).start()
+        return 0x0000, None
+
+    def _event_information(self, transaction: str, items: list[tuple[str, str]]) -> Any:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.TransactionUID = transaction
+        committed, failed = [], []
+        for sop_class, sop_instance in items:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            if sop_instance in self.refuse:
+                item.FailureReason = 0x0112
+                failed.append(item)
+            else:
+                committed.append(item)
+        if committed:
+            ds.ReferencedSOPSequence = committed
+        if failed:
+            ds.FailedSOPSequence = failed
+        return ds, (2 if failed else 1)
+
+    def _report(self, assoc: Any, transaction: str, items: list[tuple[str, str]]) -> None:
+        time.sleep(0.3)  # after our N-ACTION-RSP went
+        if self.mode == "same":
+            self._send_reports(assoc, transaction, items)
+            return
+        from pynetdicom import AE, build_role
+
+        ae = AE(ae_title="PYCOMMIT")
+        ae.add_requested_context(STORAGE_COMMITMENT)
+        role = build_role(STORAGE_COMMITMENT, scp_role=True)
+        report = ae.associate(LOOPBACK, self.report_port, ae_title=self.report_ae, ext_neg=[role])
+        if report.is_established:
+            self.agreed_scp_role.append(bool(report.accepted_contexts[0].as_scp))
+            self._send_reports(report, transaction, items)
+            report.release()
+
+    def _send_reports(self, assoc: Any, transaction: str, items: list[tuple[str, str]]) -> None:
+        if self.stray:
+            ds, kind = self._event_information("2.25.1234567", items)
+            status, _ = assoc.send_n_event_report(
+                ds, kind, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+            )
+            self.stray_status.append(int(status.Status) if status else -1)
+        ds, kind = self._event_information(transaction, items)
+        status, _ = assoc.send_n_event_report(
+            ds, kind, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+        )
+        self.report_status.append(int(status.Status) if status else -1)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+
+@pytest.fixture
+def commitment_scp() -> Iterator[Callable[..., CommitmentSCP]]:
+    pytest.importorskip("pynetdicom")
+    started: list[CommitmentSCP] = []
+
+    def start(**kwargs: Any) -> CommitmentSCP:
+        scp = CommitmentSCP(**kwargs).start()
+        started.append(scp)
+        return scp
+
+    try:
+        yield start
+    finally:
+        for scp in started:
+            scp.stop()
+
+
+@pytest.mark.parametrize("mode", ["same", "new"])
+def test_pynetdicom_commits_some_and_refuses_others(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path, mode: str
+) -> None:
+    report_port = free_port()
+    refused = {archive.sop_instance_uids[archive.files[i]] for i in (1, 5, 10)}
+    scp = commitment_scp(mode=mode, refuse=refused, report_port=report_port)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    args = ["--commit", "--commit-batch", "4", "--commit-timeout", "20"]
+    if mode == "new":
+        args += ["--commit-port", str(report_port), "--commit-bind", LOOPBACK]
+    run = _verify("PYCOMMIT", scp.port, logs, *args)
+    assert run.returncode == 1, run.output
+    total = len(archive.files)
+    assert (
+        f"Storage Commitment: {total - 3} committed, 3 commit failed, 0 uncommitted "
+        "(3 transaction(s))" in run.stdout
+    ), run.output
+    assert scp.report_status == [0, 0, 0]
+    assert scp.agreed_scp_role == ([True, True, True] if mode == "new" else [])
+    rows = _journal_rows(logs)
+    for uid, state, reason, _, held in rows.values():
+        if uid in refused:
+            assert (state, reason, held) == (
+                "commit_failed",
+                "0x0112 No such object instance",
+                None,
+            )
+        else:
+            assert state == "committed" and held is not None
+    listed = _missing_csv(logs)
+    assert {row["sop_instance_uid"] for row in listed} == refused
+    assert {row["status"] for row in listed} == {"0x0112"}
+
+
+def test_unknown_transaction_is_answered_with_an_error(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    scp = commitment_scp(mode="same", stray=True)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs, "--commit", "--commit-timeout", "20")
+    assert run.returncode == 0, run.output
+    assert scp.stray_status == [0x0115]  # Invalid argument value (PS3.7 C.5)
+    assert scp.report_status == [0]
+    assert "Transaction UID 2.25.1234567, which this verification did not ask about" in run.stderr
+
+
+def test_scp_that_never_reports(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    scp = commitment_scp(mode="never")
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    started = time.monotonic()
+    run = _verify("PYCOMMIT", scp.port, logs, "--commit", "--commit-timeout", "1.5")
+    assert time.monotonic() - started < 30
+    assert run.returncode == 1, run.output
+    total = len(archive.files)
+    assert f"0 committed, 0 commit failed, {total} uncommitted" in run.stdout
+    assert "did not arrive on the association within --commit-timeout 1.5 s" in run.stdout
+    assert {(r[1], r[2]) for r in _journal_rows(logs).values()} == {
+        ("uncommitted", "no N-EVENT-REPORT on the association within 1.5 s")
+    }
+    # The same destination with nothing listening on a second try.
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_unreachable_destination_exits_3(
+    orthanc: Orthanc, archive: SynthArchive, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    assert _send("ORTHANC", orthanc.dicom_port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    port = orthanc.dicom_port
+    orthanc.stop()
+    run = _verify("ORTHANC", port, logs, "--connect-timeout", "2")
+    assert run.returncode == 3, run.output
+    assert f"cannot connect to {LOOPBACK}:{port}" in run.stdout
+
+
+def test_journal_of_another_destination_is_refused(
+    orthanc: Orthanc, archive: SynthArchive, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    assert _send("ORTHANC", orthanc.dicom_port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    (journal,) = logs.glob("fastsend_journal_*.sqlite")
+    run = fastsend("verify", *_destination("OTHER", orthanc.dicom_port), "--journal", str(journal))
+    assert run.returncode == 3, run.output
+    assert f"ORTHANC@{LOOPBACK}:{orthanc.dicom_port}" in run.stderr
+    assert f"OTHER@{LOOPBACK}:{orthanc.dicom_port}" in run.stderr
+
+
+def test_no_journal_is_refused(tmp_path: Path) -> None:
+    run = fastsend("verify", *_destination("NOBODY", 104), "--log-dir", str(tmp_path))
+    assert run.returncode == 3, run.output
+    assert "no journal at" in run.stderr

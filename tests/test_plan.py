@@ -79,3 +79,32 @@ def test_a_stop_drops_handed_back_batches_and_says_which_files() -> None:
     assert not book.busy
     # An executor with nothing held loses nothing.
     assert book.executor_lost(5) == (None, ())
+
+
+def test_an_executor_holding_two_batches_finishes_them_in_order() -> None:
+    # A local worker asks for its next batch while it sends one (worker.py).
+    book = BatchBook()
+    first, second = Batch(1, files(3, "/a")), Batch(2, files(2, "/b"))
+    book.assign(0, first)
+    book.assign(0, second)
+    assert book.file_done(0, second.files[0].path) == second.files[0]
+    assert book.file_done(0, first.files[0].path) == first.files[0]
+    assert book.unfinished(0) == first.files[1:] + second.files[1:]
+    for f in first.files[1:]:
+        book.file_done(0, f.path)
+    assert book.batch_done(0) == first
+    assert book.unfinished(0) == second.files[1:]
+    # Lost while holding the second: its unfinished files go out once more.
+    retry, given_up = book.executor_lost(0)
+    assert given_up == () and retry is not None and retry.files == second.files[1:]
+    assert retry.attempt == 2 and book.next_retry() == retry and not book.busy
+
+
+def test_a_lost_executor_with_two_batches_hands_both_back() -> None:
+    book = BatchBook()
+    first, second = Batch(1, files(2, "/a")), Batch(2, files(2, "/b"))
+    book.assign(3, first)
+    book.assign(3, second)
+    retry, given_up = book.executor_lost(3)
+    assert given_up == () and retry is not None
+    assert retry.files == first.files + second.files and retry.attempt == 2

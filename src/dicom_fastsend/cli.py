@@ -24,6 +24,7 @@ from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DIMSE_TIMEOUT,
     DEFAULT_MAX_PDU_LENGTH,
+    ORDERS,
     PeerConfig,
     SendConfig,
     TLSConfig,
@@ -320,6 +321,46 @@ def _all_inputs(inputs: tuple[Path, ...], input_list: Path | None) -> tuple[Path
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Change elements on the way: a CSV with the header keyword,match,replace (see README).",
 )
+@click.option(
+    "--order",
+    type=click.Choice(list(ORDERS)),
+    default="path",
+    show_default=True,
+    help="path: send while walking, in path order. newest-first, oldest-first: by Study "
+    "Date/Time, after the walk and a header read of each directory's first and last file.",
+)
+@click.option(
+    "--priority-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of Study Instance UIDs or Accession Numbers, one a line: those studies go "
+    "first, in the list's order (then the rest in --order).",
+)
+@click.option(
+    "--schedule",
+    metavar='"DAYS [HH:MM-HH:MM]=MB/s|pause; ..."',
+    help='Time windows (local time), e.g. "Mon-Fri 07:00-19:00=20; Sat-Sun=0": a rate '
+    "limit in MB/s (0: none) or pause for each; the first window that matches wins, "
+    "--max-rate holds outside them. SIGUSR1 toggles a manual pause.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics while the run goes "
+    "(needs dicom-fastsend[metrics]).",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics endpoint listens on.",
+)
+@click.option(
+    "--metrics-linger",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds the metrics endpoint still answers after the run (for a last scrape).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every file's result.")
 def send(
@@ -342,11 +383,18 @@ def send(
     commit_batch: int,
     commit_timeout: float,
     coerce_rules: Path | None,
+    order: str,
+    priority_list: Path | None,
+    schedule: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
+    metrics_linger: float,
     no_progress: bool,
     verbose: bool,
     **peer: Any,
 ) -> None:
     """Send DICOM files with C-STORE."""
+    priorities = _migration_controls(priority_list, schedule, metrics_port)
     if cluster is not None and importlib.util.find_spec("distributed") is None:
         from .engine.cluster import INSTALL_HINT
 
@@ -381,6 +429,12 @@ def send(
             else None
         ),
         coerce=_coercion(coerce_rules),
+        order=order,
+        priority_list=priorities,
+        schedule=schedule,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
+        metrics_linger=metrics_linger,
     )
     progress = ProgressBar(enabled=config.progress)
     summary = run_send(config, ConsoleReporter(verbose, progress), progress)
@@ -409,6 +463,33 @@ def _coercion(path: Path | None) -> Coercion | None:
         return load_rules_apart(path)
     except CoercionRulesError as exc:
         raise click.BadParameter(str(exc), param_hint="--coerce") from exc
+
+
+def _migration_controls(
+    priority_list: Path | None, schedule: str | None, metrics_port: int | None
+) -> tuple[str, ...]:
+    """Check --schedule and --metrics-port, read --priority-list: usage errors before the run."""
+    from .engine.order import PriorityListError, read_priority_list
+    from .engine.schedule import ScheduleError, parse_schedule
+
+    if schedule is not None:
+        try:
+            parse_schedule(schedule)
+        except ScheduleError as exc:
+            raise click.BadParameter(str(exc), param_hint="--schedule") from None
+    if metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        from .engine.metrics import INSTALL_HINT
+
+        raise click.UsageError(
+            "--metrics-port needs prometheus-client, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        )
+    if priority_list is None:
+        return ()
+    try:
+        return read_priority_list(priority_list)
+    except PriorityListError as exc:
+        raise click.BadParameter(str(exc), param_hint="--priority-list") from None
 
 
 def _journal_options(journal_help: str) -> Callable[[FC], FC]:

@@ -21,6 +21,7 @@ DEFAULT_DIMSE_TIMEOUT = 120.0
 # to wait for all the N-EVENT-REPORTs after the last N-ACTION-RSP.
 DEFAULT_COMMIT_BATCH = 500
 DEFAULT_COMMIT_TIMEOUT = 120.0
+ORDERS = ("path", "newest-first", "oldest-first")  # --order
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,13 @@ class SendConfig:
     cluster: str | None = None  # a Dask scheduler (tcp://host:8786): its workers send instead
     commit: CommitConfig | None = None  # Storage Commitment of what this session stored
     coerce: Coercion | None = None  # --coerce RULES.csv, read and checked (io/coerce.py)
+    # Migration controls (engine/order.py, schedule.py, metrics.py).
+    order: str = "path"  # path (streaming), newest-first or oldest-first (by Study Date/Time)
+    priority_list: tuple[str, ...] = ()  # Study Instance UIDs or Accession Numbers, sent first
+    schedule: str | None = None  # time windows: "Mon-Fri 07:00-19:00=20; Sat-Sun=pause"
+    metrics_port: int | None = None  # a Prometheus endpoint on this port (0: any free one)
+    metrics_address: str = "127.0.0.1"
+    metrics_linger: float = 0.0  # seconds the endpoint still answers after the run
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -142,6 +150,12 @@ class SendConfig:
             raise ValueError("--max-ops must be 1 to 65535")
         if self.retries < 0 or self.retry_delay < 0:
             raise ValueError("--retries and --retry-delay must not be negative")
+        if self.order not in ORDERS:
+            raise ValueError(f"--order must be one of {', '.join(ORDERS)}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError("--metrics-port must be 0 to 65535")
+        if self.metrics_linger < 0:
+            raise ValueError("--metrics-linger must not be negative")
 
     @property
     def journal(self) -> Path | None:

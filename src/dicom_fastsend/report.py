@@ -182,6 +182,9 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
             "retries": config.retries,
             "cluster": config.cluster,
             "coerce": None if config.coerce is None else config.coerce.source,
+            "order": config.order,
+            "priority_list_entries": len(config.priority_list),
+            "schedule": config.schedule,
         },
         "counts": {
             "found": found,
@@ -218,6 +221,17 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
         ],
         "cluster": summary.cluster,
         "commitment": _commitment(summary),
+        "pauses": [
+            {
+                "reason": p.why,
+                "paused_at": p.paused_at.isoformat(timespec="seconds"),
+                "resumed_at": None
+                if p.resumed_at is None
+                else p.resumed_at.isoformat(timespec="seconds"),
+                "seconds": None if p.seconds is None else round(p.seconds, 3),
+            }
+            for p in summary.pauses
+        ],
         "events": summary.events,
         "workers": [
             {

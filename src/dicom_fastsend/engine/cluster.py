@@ -414,6 +414,10 @@ class DaskBackend:
         self._outbox.append(Ready(executor))
         return executor
 
+    def set_rate(self, bytes_per_second: float) -> None:
+        """A --schedule window's rate, for the tasks submitted from now on (each one batch)."""
+        self._max_rate = bytes_per_second / self.slots
+
     def assign(self, executor: int, message: Assign | Stop) -> None:
         from distributed import Variable
 

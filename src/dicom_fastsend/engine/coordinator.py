@@ -50,9 +50,18 @@ from .messages import (
     Ready,
     Stop,
 )
+from .metrics import Live, MetricsError, MetricsServer, SendCollector
+from .order import Order, StudyQueue, plan_order, survey_groups
 from .plan import BATCH_BYTES, Batch, BatchBook, batch_files
 from .prepare import Walker, admit
 from .results import Cause, FileResult, Outcome, SendSummary, WorkerStats
+from .schedule import (
+    Pacer,
+    ScheduleError,
+    batch_bytes,
+    clock_from_environment,
+    parse_schedule,
+)
 from .worker import INTERRUPTED_REASON, WorkerConfig
 
 Reporter = Callable[[FileResult], None]
@@ -78,6 +87,9 @@ class Backend(Protocol):
     reads_headers: bool
 
     def add_executor(self) -> int: ...
+
+    # Bytes per second across all executors (0: none), for executors started from now on.
+    def set_rate(self, bytes_per_second: float) -> None: ...
 
     def assign(self, executor: int, message: Assign | Stop) -> None: ...
 
@@ -131,16 +143,43 @@ class Coordinator:
         self._target = 1  # executors to run: -P, or the cluster's worker threads
         self._stored_by: Counter[int] = Counter()  # files stored per executor
         self._client: Any = None  # a distributed.Client with --cluster
+        # Migration controls: --order, --schedule, SIGUSR1, --metrics-port.
+        self._ordered = self.config.order != Order.PATH.value or bool(self.config.priority_list)
+        self._queue: StudyQueue | None = None  # the order, once the pre-pass made it
+        self._pacer = Pacer(None, self.config.max_rate_mb_s)
+        self._pause_toggles = 0  # SIGUSR1s received
+        self._applied_rate = self.config.max_rate_mb_s  # MB/s the backend was given
+        self._generation = 0  # bumped at each rate change: older executors are replaced
+        self._generation_of: dict[int, int] = {}
+        self._metrics: MetricsServer | None = None
+        self._walker: Walker | None = None
+        self._over = False  # the run is over; the metrics endpoint may linger
 
     # ------------------------------------------------------------ public
 
     def run(self) -> SendSummary:
+        previous = _set_signal(signal.SIGUSR1, self._on_sigusr1)
+        try:
+            summary = self._run()
+            self._over = True
+            self._linger()
+            return summary
+        finally:
+            _set_signal(signal.SIGUSR1, previous)
+            if self._metrics is not None:
+                self._metrics.close()
+
+    def _run(self) -> SendSummary:
         summary = self.summary
         summary.started = time.time()
         previous = _set_sigint(self._on_sigint)
         scratch: tempfile.TemporaryDirectory[str] | None = None
         backend: Backend | None = None
         try:
+            try:
+                self._start_controls()
+            except (ScheduleError, MetricsError) as exc:
+                return self._cannot_start(FastsendError(str(exc)))
             if self.config.cluster is not None:
                 # Before the walk, which can take long: an unreachable cluster
                 # should stop the run at once, naming the address.
@@ -186,6 +225,7 @@ class Coordinator:
                 self._decided,
                 self._already_stored,
             )
+            self._walker = walker
             self._loop(walker, backend)
             self._conclude(walker)
         finally:
@@ -279,6 +319,7 @@ class Coordinator:
                         self.hooks.found(walker.walk.found - found)
                 else:
                     walking = False
+                self._control(backend, walking)
                 self._dispatch(backend, walker)
             except JournalError as exc:
                 self._journal_lost(str(exc))
@@ -326,7 +367,7 @@ class Coordinator:
     def _dispatch(self, backend: Backend, walker: Walker) -> None:
         """Hand batches to idle executors; start executors while there is work for them."""
         assert self._inventory is not None
-        if self._stopping or self._finishing:
+        if self._stopping or self._finishing or self._holding(backend):
             return
         while self._idle:
             size = batch_files(walker.walk.pending - self._taken, self._target)
@@ -343,6 +384,7 @@ class Coordinator:
             and (self._book.retries or self._inventory.has_pending())
         ):
             executor = backend.add_executor()
+            self._generation_of[executor] = self._generation
             self._live.add(executor)
             self.hooks.log("info", f"worker {executor} started")
 
@@ -356,7 +398,11 @@ class Coordinator:
             self._decided(result, info, cause)
 
         while True:
-            files = self._inventory.take_pending(size, BATCH_BYTES)
+            limit = batch_bytes(self._applied_rate * 1e6, BATCH_BYTES)  # a pause comes soon
+            if self._queue is not None:
+                files = self._queue.take(self._inventory, size, limit)
+            else:
+                files = self._inventory.take_pending(size, limit)
             if not files:
                 return None
             self._taken += len(files)
@@ -400,7 +446,7 @@ class Coordinator:
             # A worker that stopped early (abort, no journal) hands back what it held.
             for item in self._book.unfinished(message.executor):
                 self._record_unsent(item, self._unsent_reason(), Outcome.SKIPPED)
-            self._book.batch_done(message.executor)
+            self._book.release(message.executor)
         elif isinstance(message, ExecutorLost):
             self._lost(message)
         elif isinstance(message, JournalFailed):
@@ -413,7 +459,7 @@ class Coordinator:
 
     def _ended(self, executor: int, stats: WorkerStats | None) -> None:
         self._live.discard(executor)
-        if executor in self._idle:
+        while executor in self._idle:  # a local worker asks for two batches at first
             self._idle.remove(executor)
         if stats is not None:
             self.summary.workers.append(stats)
@@ -470,6 +516,129 @@ class Coordinator:
                 summary.associations_rejected += 1
             summary.association_errors.append(detail)
             self.hooks.log("error", f"worker {worker}: {detail}")
+
+    # ------------------------------------------------------------ migration controls
+
+    def _start_controls(self) -> None:
+        """Read --schedule and open --metrics-port, before the walk: a mistake stops the run."""
+        config = self.config
+        if config.schedule is not None:
+            self._pacer = Pacer(
+                parse_schedule(config.schedule), config.max_rate_mb_s, clock_from_environment()
+            )
+        self.summary.pauses = self._pacer.pauses
+        if config.metrics_port is not None:
+            collector = SendCollector(self.summary, self._live_state)
+            self._metrics = MetricsServer(config.metrics_address, config.metrics_port, collector)
+            self.hooks.log(
+                "info",
+                f"metrics: http://{config.metrics_address}:{self._metrics.port}/metrics",
+            )
+
+    def _control(self, backend: Backend, walking: bool) -> None:
+        """Once per loop: the schedule and SIGUSR1, the rate, the order's pre-pass, metrics."""
+        pacer = self._pacer
+        while self._pause_toggles:
+            self._pause_toggles -= 1
+            pacer.toggle_manual()
+        for level, text in pacer.update():
+            if level == "info":
+                self.hooks.log(level, text)
+            else:
+                self._event(level, text)
+        if pacer.rate_mb_s != self._applied_rate:
+            # Executors take their rate when they start: the ones started
+            # before are replaced as they come free (_holding), so the change
+            # holds from their next batch on.
+            self._applied_rate = pacer.rate_mb_s
+            self._generation += 1
+            backend.set_rate(pacer.rate_mb_s * 1e6)
+        if self._ordered and self._queue is None and not walking and not self._stopping:
+            self._plan_order()
+        if self._metrics is not None:
+            self._metrics.serve()
+
+    def _holding(self, backend: Backend) -> bool:
+        """Whether to hold dispatching now: paused, or the order not known yet.
+
+        Executors with nothing to do while paused, or started at an earlier
+        rate, are stopped: they release their associations (PS3.8 7.2), and
+        new ones start when there is work and the run may go on.
+        """
+        paused = self._pacer.paused
+        for executor in list(self._idle):
+            if paused or self._generation_of.get(executor, self._generation) != self._generation:
+                self._idle.remove(executor)
+                backend.assign(executor, Stop())
+        return paused or (self._ordered and self._queue is None)
+
+    def _plan_order(self) -> None:
+        """The pre-pass of --order/--priority-list: a header read per directory, then the plan."""
+        assert self._inventory is not None
+        directories = self._inventory.pending_directories()
+        started = time.monotonic()
+        interrupts = self.interrupts
+
+        def between() -> bool:
+            if self._metrics is not None:
+                self._metrics.serve()
+            return self.interrupts == interrupts  # Ctrl-C: the loop stops the run
+
+        groups, mixed = survey_groups(directories, between)
+        if self.interrupts != interrupts:
+            return
+        plan = plan_order(groups, Order(self.config.order), self.config.priority_list)
+        self._queue = StudyQueue([group.directory for group in plan.groups])
+        text = (
+            f"order {self.config.order}: {len(directories)} directories ordered by their studies "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        if self.config.priority_list:
+            text += f"; {plan.prioritized} hold studies of the priority list and go first"
+        self.hooks.log("info", text)
+        if plan.unmatched:
+            shown = ", ".join(plan.unmatched[:5]) + (" ..." if len(plan.unmatched) > 5 else "")
+            self.hooks.log(
+                "warning",
+                f"{len(plan.unmatched)} priority list entries match no study among the files "
+                f"to send (already stored, or not in the inputs): {shown}",
+            )
+        for directory in mixed[:10]:
+            self.hooks.log(
+                "warning",
+                f"{directory} holds more than one study: it goes out as one, where its most "
+                "urgent study would",
+            )
+
+    def _live_state(self) -> Live:
+        walker = self._walker
+        in_flight = sum(
+            len(held.batch.files) - len(held.reported) for held in self._book.held.values()
+        )
+        found = 0 if walker is None else walker.walk.found
+        return Live(
+            in_flight=in_flight,
+            remaining=max(0, found - self.summary.found),
+            paused=self._pacer.paused,
+            rate_limit_bytes=self._applied_rate * 1e6,
+            finished=self._over,
+        )
+
+    def _linger(self) -> None:
+        """Keep answering scrapes for --metrics-linger seconds (Ctrl-C ends it)."""
+        if self._metrics is None or self.config.metrics_linger <= 0:
+            return
+        interrupts = self.interrupts
+        previous = _set_sigint(self._on_sigint)
+        try:
+            deadline = time.monotonic() + self.config.metrics_linger
+            while self.interrupts == interrupts and time.monotonic() < deadline:
+                self._metrics.serve(min(0.2, max(0.0, deadline - time.monotonic())))
+        finally:
+            _set_sigint(previous)
+
+    def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
+        self._pause_toggles += 1
 
     # ------------------------------------------------------------ signals
 
@@ -627,6 +796,13 @@ class Coordinator:
     def _event(self, level: str, message: str) -> None:
         self.summary.events.append(message)
         self.hooks.log(level, message)
+
+
+def _set_signal(signum: int, handler: Any) -> Any:
+    """Install a signal handler; only the main thread may (a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 def _set_sigint(handler: Any) -> Any:

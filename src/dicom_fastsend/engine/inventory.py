@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -243,6 +243,11 @@ TAKE_RANGE = (
     " AND (dir, name) >= (?, ?) AND (dir, name) <= (?, ?)"
 )
 ANY_PENDING = "SELECT 1 FROM files WHERE state = 'pending' AND session_id = ? LIMIT 1"
+# --order and --priority-list: the pending files of one directory (order.py).
+PENDING_IN_DIRECTORY = (
+    "SELECT dir, name, size, mtime FROM files"
+    " WHERE state = 'pending' AND session_id = ? AND dir = ? ORDER BY name LIMIT ?"
+)
 PENDING_AFTER = (
     "SELECT dir, name, size, mtime FROM files"
     " WHERE state = 'pending' AND session_id = ? AND (dir, name) > (?, ?)"
@@ -268,6 +273,7 @@ HOT_QUERIES = (
     TAKE_RANGE,
     HOLDERS.format("?, ?"),
     HOLDERS_THIS_SESSION.format("?"),
+    PENDING_IN_DIRECTORY,
 )
 
 
@@ -289,9 +295,12 @@ class Known:
         return self.size == size and abs(self.mtime - mtime) < 1e-6
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A file found by the walk and not sent yet: what a batch carries."""
+class Pending(NamedTuple):
+    """A file found by the walk and not sent yet: what a batch carries.
+
+    A NamedTuple, not a dataclass: every file crosses a pipe in one, and a
+    tuple pickles about five times faster both ways.
+    """
 
     path: str
     size: int
@@ -569,6 +578,51 @@ class Inventory:
             self._rollback()
             raise
         self._db.execute("COMMIT")
+        return taken
+
+    # ------------------------------------------------------------ --order (order.py)
+
+    def pending_directories(self) -> list[tuple[str, str, str, int]]:
+        """(directory, first name, last name, files) of each directory with pending files.
+
+        One pass over the pending rows, once, before an ordered dispatch.
+        """
+        with self._writing():  # not a write, but its errors are said the same way
+            rows: list[tuple[str, str, str, int]] = self._db.execute(
+                "SELECT dir, MIN(name), MAX(name), COUNT(*) FROM files"
+                " WHERE state = 'pending' AND session_id = ? GROUP BY dir ORDER BY dir",
+                (self.session_id,),
+            ).fetchall()
+        return rows
+
+    def take_pending_in(
+        self, directory: str, max_files: int, max_bytes: int, alone: bool = True
+    ) -> list[Pending]:
+        """Like take_pending, from one directory; ``alone``: a first file larger
+        than ``max_bytes`` is taken by itself (else nothing is taken)."""
+        with self._writing():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    PENDING_IN_DIRECTORY, (self.session_id, directory, max_files)
+                ).fetchall()
+                taken: list[Pending] = []
+                total = 0
+                for name_dir, name, size, mtime in rows:
+                    if total + size > max_bytes and (taken or not alone):
+                        break
+                    total += size
+                    taken.append(Pending(os.path.join(name_dir, name), size, mtime))
+                if taken:
+                    # The first pending rows of the directory: one range covers them.
+                    self._db.execute(
+                        TAKE_RANGE,
+                        (self.session_id, *split(taken[0].path), *split(taken[-1].path)),
+                    )
+            except BaseException:
+                self._rollback()
+                raise
+            self._db.execute("COMMIT")
         return taken
 
     def has_pending(self) -> bool:

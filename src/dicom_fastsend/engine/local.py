@@ -79,11 +79,20 @@ class LocalBackend:
         self._shared_rate: Any = None  # RawValue("d"): the --max-rate budget
         self._rate_lock: str | None = None
         if max_rate > 0:
-            # Guarded by flock on this file rather than a multiprocessing lock,
-            # which a SIGKILLed worker could leave held (see RateLimiter).
-            self._shared_rate = self._context.RawValue("d", 0.0)
-            lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
-            os.close(lock_fd)
+            self._share_rate()
+
+    def _share_rate(self) -> None:
+        # Guarded by flock on this file rather than a multiprocessing lock,
+        # which a SIGKILLed worker could leave held (see RateLimiter).
+        self._shared_rate = self._context.RawValue("d", 0.0)
+        lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
+        os.close(lock_fd)
+
+    def set_rate(self, bytes_per_second: float) -> None:
+        """A --schedule window's rate, for the workers started from now on."""
+        if bytes_per_second > 0 and self._shared_rate is None:
+            self._share_rate()
+        self._config = replace(self._config, max_rate=bytes_per_second)
 
     def add_executor(self) -> int:
         worker = self._next

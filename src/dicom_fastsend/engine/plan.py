@@ -74,36 +74,54 @@ class _Held:
 
 @dataclass(slots=True)
 class BatchBook:
-    """Which executor holds which batch, and which of its files have an outcome."""
+    """Which executor holds which batches, and which of their files have an outcome.
 
-    held: dict[int, _Held] = field(default_factory=dict)
+    An executor may hold more than one batch: a local worker asks for its
+    next batch while it sends the current one, so it never waits for the
+    coordinator between two (engine/worker.py). It works through them in
+    the order they were assigned.
+    """
+
+    held: dict[int, list[_Held]] = field(default_factory=dict)
     retries: list[Batch] = field(default_factory=list)  # handed back, to go out first
 
     def assign(self, executor: int, batch: Batch) -> None:
-        assert executor not in self.held, f"executor {executor} already holds a batch"
-        self.held[executor] = _Held(batch)
+        self.held.setdefault(executor, []).append(_Held(batch))
 
     def next_retry(self) -> Batch | None:
         return self.retries.pop(0) if self.retries else None
 
     def file_done(self, executor: int, path: str) -> Pending | FileInfo | None:
         """Note a file's outcome; the batch's entry for it (size, mtime), if it is there."""
-        held = self.held.get(executor)
-        if held is None:
-            return None
-        held.reported.add(path)
-        return held.by_path.get(path)
+        for held in self.held.get(executor, ()):
+            item = held.by_path.get(path)
+            if item is not None:
+                held.reported.add(path)
+                return item
+        return None
 
     def batch_done(self, executor: int) -> Batch | None:
-        held = self.held.pop(executor, None)
-        return None if held is None else held.batch
+        """The executor finished the oldest batch it holds."""
+        holding = self.held.get(executor)
+        if not holding:
+            return None
+        held = holding.pop(0)
+        if not holding:
+            del self.held[executor]
+        return held.batch
+
+    def release(self, executor: int) -> None:
+        """The executor ended: it holds nothing any more (see unfinished first)."""
+        self.held.pop(executor, None)
 
     def unfinished(self, executor: int) -> tuple[Pending | FileInfo, ...]:
-        """The files of the executor's batch that have no outcome."""
-        held = self.held.get(executor)
-        if held is None:
-            return ()
-        return tuple(f for f in held.batch.files if f.path not in held.reported)
+        """The files of the executor's batches that have no outcome."""
+        return tuple(
+            f
+            for held in self.held.get(executor, ())
+            for f in held.batch.files
+            if f.path not in held.reported
+        )
 
     def executor_lost(
         self, executor: int, may_retry: bool = True
@@ -114,15 +132,21 @@ class BatchBook:
         were already on their second attempt, or that may not be retried (the
         backend retried them itself), are given up.
         """
-        left = self.unfinished(executor)
-        held = self.held.pop(executor, None)
-        if held is None or not left:
-            return None, ()
-        if held.batch.attempt > 1 or not may_retry:
-            return None, left
-        retry = replace(held.batch, files=left, attempt=held.batch.attempt + 1)
+        retried: list[Pending | FileInfo] = []
+        given_up: list[Pending | FileInfo] = []
+        first: Batch | None = None
+        for held in self.held.pop(executor, ()):
+            left = [f for f in held.batch.files if f.path not in held.reported]
+            if held.batch.attempt > 1 or not may_retry:
+                given_up.extend(left)
+            else:
+                retried.extend(left)
+                first = first or held.batch
+        if not retried or first is None:
+            return None, tuple(given_up)
+        retry = replace(first, files=tuple(retried), attempt=first.attempt + 1)
         self.retries.append(retry)
-        return retry, ()
+        return retry, tuple(given_up)
 
     def drop_retries(self) -> tuple[Pending | FileInfo, ...]:
         """On a stop: the handed-back files that will not be sent."""

@@ -19,6 +19,8 @@ from ..io.discover import UnsearchedSubdirectories
 if TYPE_CHECKING:
     import numpy
     from numpy.typing import NDArray
+
+    from .schedule import Pause
 from ..io.header import FileInfo
 
 CoercedValue = tuple[str, str | None, str | None]
@@ -186,6 +188,7 @@ class SendSummary:
     unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
     cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
     commitment: CommitmentCounts | None = None  # --commit
+    pauses: list[Pause] = field(default_factory=list)  # --schedule pause windows, SIGUSR1
     started: float = 0.0
     finished: float = 0.0
 

@@ -41,11 +41,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import PeerConfig
 from ..errors import FastsendError
-from ..io.coerce import Coercion
 from ..io.header import FileInfo
 from ..io.transport import ConnectError, TLSError, TransportError
 from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
@@ -74,6 +73,9 @@ from .scu import (
     Response,
     StoreClient,
 )
+
+if TYPE_CHECKING:
+    from ..io.coerce import Coercion
 
 INTERRUPTED_REASON = "not sent: the run was interrupted"
 # Outcomes are journaled and reported in groups: one transaction and one
@@ -227,7 +229,13 @@ class Worker:
         # A forked worker's parent is the coordinator: when it dies the worker
         # is re-parented, and a getppid() per file notices that at once
         # (the pipe says so only at the next report, up to REPORT_EVERY files on).
-        self._parent = os.getppid() if isinstance(conn, Connection) else None
+        local = isinstance(conn, Connection)
+        self._parent = os.getppid() if local else None
+        # Only a forked worker's pipe wants outcomes grouped here: a Dask
+        # task's channel gathers them itself and publishes them on a timer
+        # (cluster.py), and it must see each one at once to notice that its
+        # task was abandoned.
+        self._report_every = REPORT_EVERY if local else 1
         self.in_flight: FileInfo | None = None
         # Outcomes not reported yet (see _report_due), and when the first came.
         self._unreported: list[tuple[FileInfo, FileResult]] = []
@@ -261,7 +269,7 @@ class Worker:
     def _report_due(self) -> None:
         """Report the queued outcomes when REPORT_EVERY of them or REPORT_SECONDS have passed."""
         if self._unreported and (
-            len(self._unreported) >= REPORT_EVERY
+            len(self._unreported) >= self._report_every
             or time.monotonic() - self._oldest >= REPORT_SECONDS
         ):
             self._report_queued()
@@ -365,6 +373,11 @@ class Worker:
     def run(self) -> None:
         try:
             try:
+                if self._parent is not None:
+                    # A forked worker asks for one batch more than it sends:
+                    # the next one waits in the pipe, so the worker never
+                    # idles for a round trip to the coordinator between two.
+                    self._send(Ready(self.config.worker))
                 while not self.stopping:
                     self._send(Ready(self.config.worker))
                     try:

@@ -14,13 +14,17 @@ import warnings
 from types import ModuleType
 from typing import TYPE_CHECKING, Final, Literal
 
-from .. import _pdu_py
+if TYPE_CHECKING:
+    from .. import _pdu_py
 
 PURE_PYTHON_ENV: Final = "FASTSEND_PURE_PYTHON"
 
 
 def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
+    # The twin is imported only when chosen: it costs every run ~4 ms to import.
     if os.environ.get(PURE_PYTHON_ENV) == "1":
+        from .. import _pdu_py
+
         return _pdu_py, "python"
     try:
         from .. import _pdu
@@ -34,6 +38,8 @@ def _select() -> tuple[ModuleType, Literal["cython", "python"]]:
             RuntimeWarning,
             stacklevel=2,
         )
+        from .. import _pdu_py
+
         return _pdu_py, "python"
     return _pdu, "cython"
 

@@ -270,6 +270,7 @@ class Coordinator:
             session_id=self.summary.session_id,
             resume=config.resume,
             coerce=config.coerce,
+            prefetch=config.schedule is None,
         )
 
     def _backend(self, inventory: Path) -> Backend:
@@ -612,9 +613,7 @@ class Coordinator:
 
     def _live_state(self) -> Live:
         walker = self._walker
-        in_flight = sum(
-            len(held.batch.files) - len(held.reported) for held in self._book.held.values()
-        )
+        in_flight = self._book.outstanding
         found = 0 if walker is None else walker.walk.found
         return Live(
             in_flight=in_flight,

@@ -155,5 +155,14 @@ class BatchBook:
         return dropped
 
     @property
+    def outstanding(self) -> int:
+        """Files handed out and not reported yet."""
+        return sum(
+            len(held.batch.files) - len(held.reported)
+            for holding in self.held.values()
+            for held in holding
+        )
+
+    @property
     def busy(self) -> bool:
         return bool(self.held) or bool(self.retries)

@@ -117,6 +117,10 @@ class WorkerConfig:
     session_id: str = ""
     resume: bool = True  # a duplicate of what earlier sessions stored is skipped
     coerce: Coercion | None = None  # --coerce: the rules (io/coerce.py)
+    # A forked worker asks for its next batch while it sends one (see run).
+    # Off under --schedule: a pause or a new rate must take effect when the
+    # batch in hand is done, not after one more already in the pipe.
+    prefetch: bool = True
 
 
 class RateLimiter:
@@ -373,7 +377,7 @@ class Worker:
     def run(self) -> None:
         try:
             try:
-                if self._parent is not None:
+                if self._parent is not None and self.config.prefetch:
                     # A forked worker asks for one batch more than it sends:
                     # the next one waits in the pipe, so the worker never
                     # idles for a round trip to the coordinator between two.

@@ -21,20 +21,25 @@ done
 have_orthanc=no
 if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then have_orthanc=yes; fi
 
-if [ "$have_dcmtk" = no ] || [ "$have_orthanc" = no ] || ! command -v dcmsend >/dev/null 2>&1; then
+# Chromium renders the audit report's HTML page in tests/test_audit.py (headless).
+have_chromium=no
+if command -v chromium >/dev/null 2>&1; then have_chromium=yes; fi
+
+if [ "$have_dcmtk" = no ] || [ "$have_orthanc" = no ] || [ "$have_chromium" = no ] \
+    || ! command -v dcmsend >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
         SUDO=()
     elif command -v sudo >/dev/null 2>&1; then
         SUDO=(sudo)
     else
-        echo "tests/run.sh: dcmtk and orthanc are missing and neither root nor sudo is available" >&2
+        echo "tests/run.sh: dcmtk, orthanc or chromium is missing and neither root nor sudo is available" >&2
         exit 1
     fi
     "${SUDO[@]}" apt-get update
     # The orthanc package may start its own service on 4242/8042; the tests
     # use their own config and free ports, so that does not matter.
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends dcmtk orthanc
+        apt-get install -y --no-install-recommends dcmtk orthanc chromium
 fi
 
 # An editable install builds the Cython extension; PEP 660 needs setuptools>=64.

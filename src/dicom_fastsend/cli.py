@@ -402,6 +402,7 @@ def send(
             f"--cluster needs Dask's distributed package, which is not installed. "
             f"Install it with: {INSTALL_HINT}"
         )
+    from .audit import audit_paths
     from .report import ConsoleReporter, ProgressBar, summarize
     from .sender import send as run_send
     from .sender import session_paths
@@ -445,6 +446,9 @@ def send(
             f"failures: {failures} (resend them with: fastsend send --input-list {failures} ...)",
             err=True,
         )
+    audit_html = audit_paths(log_dir, summary.session_id)[2]
+    if audit_html.exists():
+        click.echo(f"audit: {audit_html}", err=True)
     sys.exit(summary.exit_code)
 
 
@@ -650,6 +654,53 @@ def status(
     except UnknownSession as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_status(report))
+
+
+@main.command()
+@_journal_options("The journal to report on (instead of -a/-H/-p).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the report (default: --log-dir; with --journal alone, its folder).",
+)
+def audit(
+    called: str | None,
+    host: str | None,
+    port: int | None,
+    log_dir: Path,
+    journal: Path | None,
+    out_dir: Path | None,
+) -> None:
+    """Write the per-study audit report of a migration: CSV, JSON and an HTML page.
+
+    Per study: files found, stored, committed, found by C-FIND, failed, skipped,
+    missing at the destination, and the main reasons. `send` writes the same
+    report at its end. The journal is only read. Exit 3 when there is no usable journal.
+    """
+    from .audit import format_audit, write_audit
+    from .config import default_journal_path, destination_key
+    from .engine.inventory import JournalError
+
+    peer = _journal_destination(called, host, port)
+    if journal is None and peer is None:
+        raise click.UsageError("give the destination (-a, -H, -p) or --journal")
+    expected = None
+    if peer is not None:
+        expected = destination_key(peer)
+        journal = journal or default_journal_path(log_dir, peer)
+    assert journal is not None
+    if out_dir is None:
+        out_dir = log_dir if peer is not None else journal.parent
+    try:
+        written = write_audit(journal, out_dir, destination=expected)
+    except JournalError as exc:
+        click.echo(f"ERROR {exc}", err=True)
+        sys.exit(ExitStatus.NO_ASSOCIATION)
+    except OSError as exc:
+        click.echo(f"ERROR cannot write the audit report in {out_dir}: {exc}", err=True)
+        sys.exit(ExitStatus.NO_ASSOCIATION)
+    click.echo(format_audit(written))
 
 
 @main.command()

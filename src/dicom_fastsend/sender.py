@@ -91,12 +91,31 @@ def send(
             log.write("info", f"summary written to {summary_path}")
         if failures_path is not None and summary.count(Outcome.FAILED):
             write_failures(failures_path, summary)
+        if config.log_dir is not None:
+            _audit(config, config.log_dir, summary.session_id, log)
         counts = ", ".join(f"{outcome.value} {summary.count(outcome)}" for outcome in Outcome)
         log.write(
             "info", f"session {summary.session_id} finished: {counts}, exit {summary.exit_code}"
         )
         log.close()
     return summary
+
+
+def _audit(config: SendConfig, log_dir: Path, session_id: str, log: SessionLog) -> None:
+    """The audit report of the whole inventory, beside the session's log; a report that
+    cannot be written is logged, and changes nothing of the run's outcome."""
+    journal = config.journal
+    if journal is None or not journal.exists():
+        return  # the run stopped before it opened a journal
+    from .audit import write_audit
+    from .engine.inventory import JournalError
+
+    try:
+        written = write_audit(journal, log_dir, session_id)
+    except (JournalError, OSError) as exc:
+        log.write("warning", f"no audit report written: {exc}")
+        return
+    log.write("info", f"audit report written to {written.html}, {written.csv}, {written.json}")
 
 
 def commit_session(

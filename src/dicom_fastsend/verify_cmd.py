@@ -143,13 +143,29 @@ def verify_command(peer_options: Decorator, make_peer: Callable[..., PeerConfig]
             if level != "info":
                 click.echo(f"{level.upper()} {message}", err=True)
 
+        session_id = new_session_id()
         try:
-            report = run_verify(config, new_session_id(), log)
+            report = run_verify(config, session_id, log)
         except JournalError as exc:
             click.echo(f"ERROR {exc}", err=True)
             sys.exit(ExitStatus.NO_ASSOCIATION)
         for line in format_report(report):
             click.echo(line)
+        _audit(config, session_id)
         sys.exit(report.exit_code)
 
     return verify
+
+
+def _audit(config: VerifyConfig, session_id: str) -> None:
+    """The audit report, now with what the verification found, beside the missing list.
+    One that cannot be written is reported, and changes nothing of the exit status."""
+    from .audit import write_audit
+    from .engine.inventory import JournalError
+
+    try:
+        written = write_audit(config.journal, config.log_dir, session_id)
+    except (JournalError, OSError) as exc:
+        click.echo(f"WARNING no audit report written: {exc}", err=True)
+        return
+    click.echo(f"audit: {written.html}", err=True)

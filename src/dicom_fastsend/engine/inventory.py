@@ -1150,6 +1150,11 @@ class InventoryReader:
         """A run opened the journal while it was read as immutable: read it again."""
         return self._immutable and Path(f"{self.path}-wal").exists()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The read-only connection, for a report that runs its own aggregate queries (audit)."""
+        return self._db
+
     def sessions(self) -> list[SessionRecord]:
         """Every session, oldest first."""
         rows = self._db.execute(

@@ -235,6 +235,30 @@ def test_character_set_is_used() -> None:
         coerce_dataset(data, ExplicitVRLittleEndian, greek)
 
 
+@pytest.mark.parametrize("charset", [None, "ISO_IR 6", "ISO 2022 IR 6\\ISO 2022 IR 87"])
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_non_ascii_value_without_a_character_set_that_holds_it_fails(
+    syntax: str, charset: str | None
+) -> None:
+    """PS3.5 6.1.2.3: no (0008,0005), or ISO_IR 6, is ASCII only; never undeclared Latin-1."""
+    ds = _dataset()
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset.split("\\")
+    data = _encode(ds, syntax)
+    rules = parse_rules("keyword,match,replace\nPatientName,*,Müller^Hans\n")
+    single = charset in (None, "ISO_IR 6")
+    message = "declares no Specific Character Set" if single else "no term of it holds"
+    with pytest.raises(CoercionError, match=message):
+        coerce_dataset(data, syntax, rules)
+    # ASCII still goes; a non-ASCII value already there is matched (read leniently).
+    ascii_rules = parse_rules("keyword,match,replace\nPatientName,*,Mueller^Hans\n")
+    coerced = coerce_dataset(data, syntax, ascii_rules)
+    assert coerced is not None
+    assert _decode(_joined(data, coerced), syntax).PatientName == "Mueller^Hans"
+
+
 def test_encapsulated_pixel_data_untouched() -> None:
     frames = [b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9"]
     ds = _dataset()
@@ -285,6 +309,21 @@ def test_deflated_is_refused() -> None:
         ("keyword,match,replace\n(0009,0010),*,x\n", "private element"),
         ("keyword,match,replace\nTransferSyntaxUID,*,1.2\n", "file meta information"),
         ("keyword,match,replace\n(0010,0000),*,1\n", "group length"),
+        *(
+            (f"keyword,match,replace\nPatientID,a,b\n{name},*,1.2.3\n", f"line 3: {why}")
+            for name in (
+                "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+                "(0008,0018)", "(0020,000d)",
+            )
+            for why in [".* cannot be coerced: UIDs identify the instance"]
+        ),
+        (
+            "keyword,match,replace\nSpecificCharacterSet,*,ISO_IR 192\n",
+            "line 2: SpecificCharacterSet \\(0008,0005\\) cannot be coerced: it declares how",
+        ),
+        # Only \r and \n end a line: U+2028 and U+001C are characters of a value.
+        ("keyword,match,replace\nStudyDescription,*,CT\u2028HEAD\nNoSuch,*,x\n", "line 3: unk"),
+        ("keyword,match,replace\nStudyDescription,*,CT\x1cHEAD\nNoSuch,*,x\n", "line 3: unk"),
         ("keyword,match,replace\nPatientID,a,b\nPatientID,a,c\n", "line 3: .*already given"),
     ],
 )

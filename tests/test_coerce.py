@@ -312,8 +312,12 @@ def test_deflated_is_refused() -> None:
         *(
             (f"keyword,match,replace\nPatientID,a,b\n{name},*,1.2.3\n", f"line 3: {why}")
             for name in (
-                "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
-                "(0008,0018)", "(0020,000d)",
+                "SOPInstanceUID",
+                "SOPClassUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "(0008,0018)",
+                "(0020,000d)",
             )
             for why in [".* cannot be coerced: UIDs identify the instance"]
         ),
@@ -345,6 +349,15 @@ def test_rules_file_with_bom_tags_and_quotes(tmp_path: Path) -> None:
         (3, "PatientName", 0x00100010, "PN", "*", "X^Y"),
     ]
     assert rules.tags == (0x00100010, 0x00100020)
+
+
+def test_digest_is_what_the_rules_do() -> None:
+    """The journal compares it between runs: line order and tag spelling do not count."""
+    one = parse_rules("keyword,match,replace\nPatientID,*,A\nIssuerOfPatientID,X,B\n")
+    same = parse_rules("keyword,match,replace\n\nIssuerOfPatientID,X,B\n(0010,0020),*,A\n")
+    other = parse_rules("keyword,match,replace\nPatientID,*,A\nIssuerOfPatientID,X,C\n")
+    assert one.digest == same.digest != other.digest
+    assert len(one.digest) == 32
 
 
 _LO_TEXT = st.text(

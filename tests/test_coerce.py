@@ -259,6 +259,21 @@ def test_non_ascii_value_without_a_character_set_that_holds_it_fails(
     assert _decode(_joined(data, coerced), syntax).PatientName == "Mueller^Hans"
 
 
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_code_extensions_escape_to_the_term_that_holds_the_value(syntax: str) -> None:
+    """PS3.5 6.1.2.5: with ISO 2022 IR 6 first, G1 is empty until an escape designates
+    ISO-IR 100; Latin-1 bytes with no escape before them would be undeclared."""
+    ds = _dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 100"]
+    data = _encode(ds, syntax)
+    rules = parse_rules("keyword,match,replace\nPatientName,*,Müller^Hans\n")
+    coerced = coerce_dataset(data, syntax, rules)
+    assert coerced is not None
+    out = _decode(_joined(data, coerced), syntax)
+    assert out.get_item(0x00100010).value == b"\x1b-AM\xfcller^Hans"
+    assert str(out.PatientName) == "Müller^Hans"
+
+
 def test_encapsulated_pixel_data_untouched() -> None:
     frames = [b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9"]
     ds = _dataset()

@@ -424,29 +424,58 @@ def _encode_text(value: str, vr: str, codecs: list[str]) -> bytes:
             " give this file an ASCII value (a rule matching its current value), or send it"
             " without --coerce"
         )
-    try:
-        if len(codecs) == 1:
+    if len(codecs) == 1:
+        try:
             return value.encode(codecs[0])  # strict: never a replacement character
-        # ISO 2022 code extensions (PS3.5 6.1.2.5): pydicom writes the escapes.
-        from pydicom.charset import decode_bytes, encode_string
+        except UnicodeError as exc:
+            raise CoercionError(
+                f"{value!r} cannot be written in the data set's Specific Character Set"
+                f" ({codecs[0]}): {exc}"
+            ) from None
+    # ISO 2022 code extensions (PS3.5 6.1.2.5): pydicom writes the escapes. It
+    # tries the first term's codec first, with no escape sequence; for ISO 2022
+    # IR 6 that is Latin-1, whose bytes above 0x7F are then undeclared (G1 is
+    # empty until an escape designates a set): "ascii" in its place makes it
+    # escape to the term that holds them. A value no term holds comes back
+    # with replacement characters, not an error: the round trip finds those.
+    attempts = [codecs]
+    if codecs[0] == DEFAULT_CODEC:
+        attempts.append(["ascii", *codecs[1:]])
+    for attempt in attempts:
+        encoded = _encode_iso2022(value, attempt)
+        if encoded is not None and _declared(encoded, codecs, value):
+            return encoded
+    raise CoercionError(
+        f"{value!r} cannot be written in the data set's Specific Character Set"
+        f" ({', '.join(codecs)}): no term of it holds all its characters"
+    )
 
-        encoded = bytes(encode_string(value, codecs))
-    except (UnicodeError, ValueError, LookupError) as exc:
-        raise CoercionError(
-            f"{value!r} cannot be written in the data set's Specific Character Set"
-            f" ({', '.join(codecs)}): {exc}"
-        ) from None
-    # pydicom tries the first term's codec first, with no escape sequence; for
-    # ISO 2022 IR 6 that is Latin-1 (bytes above 0x7F before any escape are
-    # undeclared), and when no term can hold the value it writes replacement
-    # characters rather than failing.
-    undeclared = codecs[0] == DEFAULT_CODEC and not encoded.split(b"\x1b", 1)[0].isascii()
-    if undeclared or str(decode_bytes(encoded, codecs, set())) != value:
-        raise CoercionError(
-            f"{value!r} cannot be written in the data set's Specific Character Set"
-            f" ({', '.join(codecs)}): no term of it holds all its characters"
-        )
-    return encoded
+
+def _encode_iso2022(value: str, codecs: list[str]) -> bytes | None:
+    import warnings
+
+    from pydicom.charset import encode_string
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the replacement warning: _declared decides
+        try:
+            return bytes(encode_string(value, codecs))
+        except (UnicodeError, ValueError, LookupError, KeyError):
+            return None
+
+
+def _declared(encoded: bytes, codecs: list[str], value: str) -> bool:
+    """Whether ``encoded`` reads back as ``value``, with no byte above 0x7F before an escape
+    when the first term is the default repertoire."""
+    import warnings
+
+    from pydicom.charset import decode_bytes
+
+    if codecs[0] == DEFAULT_CODEC and not encoded.split(b"\x1b", 1)[0].isascii():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(decode_bytes(encoded, codecs, set())) == value
 
 
 def _decode_text(raw: bytes, vr: str, codecs: list[str]) -> str:

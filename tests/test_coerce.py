@@ -235,6 +235,45 @@ def test_character_set_is_used() -> None:
         coerce_dataset(data, ExplicitVRLittleEndian, greek)
 
 
+@pytest.mark.parametrize("charset", [None, "ISO_IR 6", "ISO 2022 IR 6\\ISO 2022 IR 87"])
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_non_ascii_value_without_a_character_set_that_holds_it_fails(
+    syntax: str, charset: str | None
+) -> None:
+    """PS3.5 6.1.2.3: no (0008,0005), or ISO_IR 6, is ASCII only; never undeclared Latin-1."""
+    ds = _dataset()
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset.split("\\")
+    data = _encode(ds, syntax)
+    rules = parse_rules("keyword,match,replace\nPatientName,*,Müller^Hans\n")
+    single = charset in (None, "ISO_IR 6")
+    message = "declares no Specific Character Set" if single else "no term of it holds"
+    with pytest.raises(CoercionError, match=message):
+        coerce_dataset(data, syntax, rules)
+    # ASCII still goes; a non-ASCII value already there is matched (read leniently).
+    ascii_rules = parse_rules("keyword,match,replace\nPatientName,*,Mueller^Hans\n")
+    coerced = coerce_dataset(data, syntax, ascii_rules)
+    assert coerced is not None
+    assert _decode(_joined(data, coerced), syntax).PatientName == "Mueller^Hans"
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_code_extensions_escape_to_the_term_that_holds_the_value(syntax: str) -> None:
+    """PS3.5 6.1.2.5: with ISO 2022 IR 6 first, G1 is empty until an escape designates
+    ISO-IR 100; Latin-1 bytes with no escape before them would be undeclared."""
+    ds = _dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 100"]
+    data = _encode(ds, syntax)
+    rules = parse_rules("keyword,match,replace\nPatientName,*,Müller^Hans\n")
+    coerced = coerce_dataset(data, syntax, rules)
+    assert coerced is not None
+    out = _decode(_joined(data, coerced), syntax)
+    assert out.get_item(0x00100010).value == b"\x1b-AM\xfcller^Hans"
+    assert str(out.PatientName) == "Müller^Hans"
+
+
 def test_encapsulated_pixel_data_untouched() -> None:
     frames = [b"\xff\xd8" + bytes(range(200)) + b"\xff\xd9"]
     ds = _dataset()
@@ -285,6 +324,25 @@ def test_deflated_is_refused() -> None:
         ("keyword,match,replace\n(0009,0010),*,x\n", "private element"),
         ("keyword,match,replace\nTransferSyntaxUID,*,1.2\n", "file meta information"),
         ("keyword,match,replace\n(0010,0000),*,1\n", "group length"),
+        *(
+            (f"keyword,match,replace\nPatientID,a,b\n{name},*,1.2.3\n", f"line 3: {why}")
+            for name in (
+                "SOPInstanceUID",
+                "SOPClassUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "(0008,0018)",
+                "(0020,000d)",
+            )
+            for why in [".* cannot be coerced: UIDs identify the instance"]
+        ),
+        (
+            "keyword,match,replace\nSpecificCharacterSet,*,ISO_IR 192\n",
+            "line 2: SpecificCharacterSet \\(0008,0005\\) cannot be coerced: it declares how",
+        ),
+        # Only \r and \n end a line: U+2028 and U+001C are characters of a value.
+        ("keyword,match,replace\nStudyDescription,*,CT\u2028HEAD\nNoSuch,*,x\n", "line 3: unk"),
+        ("keyword,match,replace\nStudyDescription,*,CT\x1cHEAD\nNoSuch,*,x\n", "line 3: unk"),
         ("keyword,match,replace\nPatientID,a,b\nPatientID,a,c\n", "line 3: .*already given"),
     ],
 )
@@ -306,6 +364,15 @@ def test_rules_file_with_bom_tags_and_quotes(tmp_path: Path) -> None:
         (3, "PatientName", 0x00100010, "PN", "*", "X^Y"),
     ]
     assert rules.tags == (0x00100010, 0x00100020)
+
+
+def test_digest_is_what_the_rules_do() -> None:
+    """The journal compares it between runs: line order and tag spelling do not count."""
+    one = parse_rules("keyword,match,replace\nPatientID,*,A\nIssuerOfPatientID,X,B\n")
+    same = parse_rules("keyword,match,replace\n\nIssuerOfPatientID,X,B\n(0010,0020),*,A\n")
+    other = parse_rules("keyword,match,replace\nPatientID,*,A\nIssuerOfPatientID,X,C\n")
+    assert one.digest == same.digest != other.digest
+    assert len(one.digest) == 32
 
 
 _LO_TEXT = st.text(

@@ -350,3 +350,93 @@ def test_pipelined_stores_are_coerced_and_journaled(archive: SynthArchive, tmp_p
             assert journal.coercions(str(path)) == expected
     finally:
         journal.close()
+
+
+def test_non_ascii_value_fails_a_file_with_no_character_set_for_it(
+    storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """PS3.5 6.1.2.3: a data set without (0008,0005) holds ASCII only. 'Müller' fails that
+    file, named, instead of arriving as undeclared Latin-1; a Latin-1 file gets it."""
+    inputs = tmp_path / "in"
+    paths: dict[str, Path] = {}
+    for number, charset in enumerate([None, "ISO_IR 100"], start=1):
+        ds = make_instance(
+            study_uid=synth_uid("charset-study"), series_uid=synth_uid("charset-series"),
+            instance_number=number, transfer_syntax=IMPLICIT_VR_LITTLE_ENDIAN,
+        )  # fmt: skip
+        if charset is None:
+            del ds.SpecificCharacterSet
+        path = inputs / f"{number}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths[charset or "none"] = path
+    rules = tmp_path / "rules.csv"
+    rules.write_text("keyword,match,replace\nPatientName,*,Müller^Hans\n", encoding="utf-8")
+    run = fastsend(
+        *send_args("127.0.0.1", storescp.port, storescp.aet, str(inputs)), "--coerce", str(rules)
+    )
+    assert run.returncode == 1, run.output
+    assert str(paths["none"]) in run.output
+    assert "declares no Specific Character Set (0008,0005) that can hold it" in run.output
+    [received] = storescp.files()
+    stored = pydicom.dcmread(received)
+    assert stored.SOPInstanceUID == pydicom.dcmread(paths["ISO_IR 100"]).SOPInstanceUID
+    assert stored.get_item(0x00100010).value == "Müller^Hans".encode("latin-1") + b" "
+    scan = fastsend("scan", "-i", str(inputs), "-r", "--coerce", str(rules), "--json")
+    refused = json.loads(scan.stdout)["coercion"]["refused"]
+    assert [r["path"] for r in refused] == [str(paths["none"])], scan.output
+    assert "declares no Specific Character Set" in refused[0]["reason"]
+
+
+def test_a_rerun_with_other_rules_sends_again(
+    archive: SynthArchive, storescp: StoreSCP, tmp_path: Path
+) -> None:
+    """The journal keeps the rules each instance was stored under: the same rules skip it,
+    other rules (or none) send it again, and the coercions table says what it holds now."""
+    journal = tmp_path / "journal.sqlite"
+    count = len(archive.files)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("keyword,match,replace\nPatientID,*,ID-ONE\n")
+    second.write_text("keyword,match,replace\nIssuerOfPatientID,*,B\n(0010,0020),*,ID-TWO\n")
+
+    def send(name: str, *extra: str) -> dict[str, Any]:
+        for received in storescp.files():
+            received.unlink()
+        logs = tmp_path / name
+        run = fastsend(
+            *send_args("127.0.0.1", storescp.port, storescp.aet, str(archive.root)),
+            "--journal", str(journal), "--log-dir", str(logs), *extra,
+        )  # fmt: skip
+        assert run.returncode in (0, 4), run.output
+        counts: dict[str, Any] = _summary(logs)["counts"]
+        return counts
+
+    def scan(*extra: str) -> int:
+        run = fastsend(
+            "scan", "-i", str(archive.root), "-r", "-a", storescp.aet, "-H", "127.0.0.1",
+            "-p", str(storescp.port), "--journal", str(journal), "--json", *extra,
+        )  # fmt: skip
+        return int(json.loads(run.stdout)["already_stored"])
+
+    def journalled() -> set[tuple[str, str | None]]:
+        with sqlite3.connect(journal) as db:
+            return set(db.execute("SELECT keyword, new FROM coercions").fetchall())
+
+    assert send("one", "--coerce", str(first))["stored"] == count
+    assert journalled() == {("PatientID", "ID-ONE")}
+    again = send("again", "--coerce", str(first))
+    assert (again["stored"], again["already_stored"]) == (0, count)
+    assert storescp.files() == []
+    assert scan("--coerce", str(first)) == count and scan("--coerce", str(second)) == 0
+    assert scan() == 0
+    assert send("two", "--coerce", str(second))["stored"] == count
+    assert {pydicom.dcmread(p).PatientID for p in storescp.files()} == {"ID-TWO"}
+    assert journalled() == {("PatientID", "ID-TWO"), ("IssuerOfPatientID", "B")}
+    # Sent without --coerce: the originals go again, and nothing coerced is left recorded.
+    plain = send("plain")
+    assert (plain["stored"], plain["already_stored"]) == (count, 0)
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in storescp.files()}
+    for path, uid in archive.sop_instance_uids.items():
+        assert pydicom.dcmread(received[uid]).PatientID == pydicom.dcmread(path).PatientID
+    assert journalled() == set()
+    assert send("plain-again")["already_stored"] == count

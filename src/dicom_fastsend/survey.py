@@ -112,7 +112,11 @@ def scan(config: SendConfig) -> ScanReport:
             _copy(journal, scratch)
             report.journal = str(journal)
         inventory = Inventory(
-            scratch, destination_key(config.peer), "scan", shown_as=journal or scratch
+            scratch,
+            destination_key(config.peer),
+            "scan",
+            shown_as=journal or scratch,
+            rules=config.coerce.digest if config.coerce else "",
         )
         try:
             walker = Walker(config.inputs, config.recursive, inventory, config.resume, decided)

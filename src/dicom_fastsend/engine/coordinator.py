@@ -200,7 +200,10 @@ class Coordinator:
                 # any worker opens it. Its first write, begin_session, shows
                 # one that cannot be written (read-only, a full disk).
                 self._inventory = Inventory(
-                    path, destination_key(self.config.peer), summary.session_id
+                    path,
+                    destination_key(self.config.peer),
+                    summary.session_id,
+                    rules=self.config.coerce.digest if self.config.coerce else "",
                 )
                 self._inventory.begin_session()
             except JournalError as exc:

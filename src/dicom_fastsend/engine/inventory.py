@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS files (
     held_size            INTEGER,
     held_mtime           REAL,
     held_outcome         TEXT,
+    held_rules           TEXT,            -- see COERCION_COLUMNS
     -- What a verification (fastsend verify, PS3.4 Annex J and C-FIND) found
     -- of the instance held: see VERIFICATION_COLUMNS.
     commit_state         TEXT,            -- NULL: never asked; see CommitState
@@ -120,6 +121,11 @@ VERIFICATION_COLUMNS: Final = (
     ("find_state", "TEXT"),
     ("verified_at", "REAL"),
 )
+
+# Added to schema 3 with --coerce: the digest of the rules (Coercion.digest)
+# the version held was sent under; '' or NULL: sent without --coerce. A file
+# held under other rules than this run's is sent again (see Inventory.known).
+COERCION_COLUMNS: Final = (("held_rules", "TEXT"),)
 
 _STUDY = """
 INSERT INTO studies (study_instance_uid, patient_id, patient_name, accession_number,
@@ -175,8 +181,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 _RECORD = """
 INSERT INTO files (dir, name, size, mtime, sop_class_uid, sop_instance_uid, state, status,
-    reason, attempts, first_at, last_at, session_id, held_size, held_mtime, held_outcome)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    reason, attempts, first_at, last_at, session_id, held_size, held_mtime, held_outcome,
+    held_rules)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (dir, name) DO UPDATE SET
     size = excluded.size, mtime = excluded.mtime,
     sop_class_uid = CASE WHEN excluded.sop_class_uid <> '' THEN excluded.sop_class_uid
@@ -196,7 +203,9 @@ ON CONFLICT (dir, name) DO UPDATE SET
     last_at = excluded.last_at, session_id = excluded.session_id,
     held_size = COALESCE(excluded.held_size, files.held_size),
     held_mtime = COALESCE(excluded.held_mtime, files.held_mtime),
-    held_outcome = COALESCE(excluded.held_outcome, files.held_outcome)
+    held_outcome = COALESCE(excluded.held_outcome, files.held_outcome),
+    held_rules = CASE WHEN excluded.held_size IS NOT NULL THEN excluded.held_rules
+                      ELSE files.held_rules END
 """
 
 _PENDING = """
@@ -227,11 +236,11 @@ ON CONFLICT (dir, name) DO UPDATE SET
 # an index (tests/test_inventory.py checks their query plans), or a run slows
 # down with the size of the inventory.
 KNOWN_IN_DIRECTORY = (
-    "SELECT name, held_size, held_mtime, held_outcome FROM files"
+    "SELECT name, held_size, held_mtime, held_outcome, held_rules FROM files"
     " WHERE dir = ? AND held_size IS NOT NULL"
 )
 KNOWN_PATH = (
-    "SELECT held_size, held_mtime, held_outcome FROM files"
+    "SELECT held_size, held_mtime, held_outcome, held_rules FROM files"
     " WHERE dir = ? AND name = ? AND held_size IS NOT NULL"
 )
 NEXT_PENDING = (
@@ -392,9 +401,12 @@ class Inventory:
         session_id: str,
         checkpoint: bool = True,
         shown_as: Path | None = None,
+        rules: str = "",
     ) -> None:
-        """``shown_as``: the name errors give the file (scan works on a copy)."""
+        """``shown_as``: the name errors give the file (scan works on a copy); ``rules``:
+        this run's --coerce (Coercion.digest), recorded with each instance stored."""
         self.path = path
+        self.rules = rules
         self.shown_as = shown_as or path
         self.destination = destination
         self.session_id = session_id
@@ -447,7 +459,8 @@ class Inventory:
     def _upgrade(self) -> None:
         """Give a schema-2 files table the verification columns (idempotent)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        missing = [(n, d) for n, d in VERIFICATION_COLUMNS if n not in have]
+        wanted = (*VERIFICATION_COLUMNS, *COERCION_COLUMNS)
+        missing = [(n, d) for n, d in wanted if n not in have]
         for name, declaration in missing:
             self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
         if missing:
@@ -527,13 +540,25 @@ class Inventory:
     # ------------------------------------------------------------ the walk
 
     def known(self, directory: str) -> dict[str, Known]:
-        """Rows of the files directly in ``directory``, by name."""
+        """Rows of the files directly in ``directory`` held as this run would send them,
+        by name.
+
+        A file held under other --coerce rules (or coerced then, not now, or the
+        reverse) is left out: what the destination holds is not what this run
+        sends, so the walk makes it pending again.
+        """
         rows = self._db.execute(KNOWN_IN_DIRECTORY, (directory,))
-        return {name: Known(size, mtime, outcome) for name, size, mtime, outcome in rows}
+        return {
+            name: Known(size, mtime, outcome)
+            for name, size, mtime, outcome, rules in rows
+            if (rules or "") == self.rules
+        }
 
     def known_path(self, path: str) -> Known | None:
         row = self._db.execute(KNOWN_PATH, split(path)).fetchone()
-        return None if row is None else Known(*row)
+        if row is None or (row[3] or "") != self.rules:
+            return None
+        return Known(*row[:3])
 
     def add_pending(self, files: Sequence[Pending]) -> None:
         """Record files to send this session, in one transaction."""
@@ -741,28 +766,26 @@ class Inventory:
 
     def record(self, result: FileResult, size: int, mtime: float) -> None:
         """Record one outcome; committed when this returns."""
-        now = time.time()
-        with self._writing():
-            if result.coerced:
-                self.record_many([(result, size, mtime)])
-                return
-            self._db.execute(_RECORD, self._outcome_row(result, size, mtime, now))
+        self.record_many([(result, size, mtime)])
 
     def record_many(self, outcomes: Iterable[tuple[FileResult, int, float]]) -> None:
         """Record (result, size, mtime) outcomes in one transaction."""
         now = time.time()
         outcomes = list(outcomes)
         rows = [self._outcome_row(r, s, m, now) for r, s, m in outcomes]
-        coerced = [r for r, _, _ in outcomes if r.coerced and r.outcome.value in _HELD]
+        # Every instance stored replaces what the destination held, so what was
+        # changed in that one goes, coerced this time or not.
+        held = [r for r, _, _ in outcomes if r.outcome.value in _HELD]
+        coerced = [r for r in held if r.coerced]
         with self._writing():
-            if not coerced:
+            if not held:
                 self._transaction(_RECORD, rows)
                 return
             # One transaction: the outcome and what was changed in it go together.
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(_RECORD, rows)
-                self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in coerced])
+                self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in held])
                 self._db.executemany(
                     _RECORD_COERCION,
                     [
@@ -804,6 +827,7 @@ class Inventory:
             size if held else None,
             mtime if held else None,
             result.outcome.value if held else None,
+            self.rules if held else None,
         )
 
     def _transaction(

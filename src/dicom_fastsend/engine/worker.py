@@ -251,7 +251,11 @@ class Worker:
         if config.journal_path is not None:
             # Checkpoints are the coordinator's (see inventory.py).
             self.journal = Inventory(
-                config.journal_path, config.destination, config.session_id, checkpoint=False
+                config.journal_path,
+                config.destination,
+                config.session_id,
+                checkpoint=False,
+                rules=config.coerce.digest if config.coerce else "",
             )
 
     # ------------------------------------------------------------ messages

@@ -22,6 +22,9 @@ the rules does not pay its import.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -68,6 +71,27 @@ LONG_VRS: Final = frozenset(
 )
 PIXEL_DATA_GROUP: Final = 0x7FE0
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
+# Elements a rule may not change, and why. The UIDs identify the instance: the
+# C-STORE-RQ's Affected SOP Class and Instance UIDs must equal the data set's
+# (PS3.7 9.3.1.1), the presentation context is the SOP Class's (PS3.8 7.1.1.13),
+# and the journal de-duplicates and verifies (C-FIND, Storage Commitment) by
+# them. The character set says how every other text value is encoded (PS3.5
+# 6.1.2.3); changing it relabels those values without re-encoding them.
+_UID_REASON: Final = (
+    "UIDs identify the instance: the C-STORE request, the presentation context, the journal"
+    " and fastsend verify use the original ones (PS3.7 9.3.1.1); remap UIDs with a"
+    " de-identification or UID-remapping tool before sending, not with --coerce"
+)
+REFUSED: Final = {
+    0x00080016: _UID_REASON,  # SOPClassUID
+    0x00080018: _UID_REASON,  # SOPInstanceUID
+    0x0020000D: _UID_REASON,  # StudyInstanceUID
+    0x0020000E: _UID_REASON,  # SeriesInstanceUID
+    SPECIFIC_CHARACTER_SET: (
+        "it declares how every other text value of the data set is encoded (PS3.5 6.1.2.3);"
+        " changing it would relabel those values without re-encoding them"
+    ),
+}
 _TAG_PATTERN: Final = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
 
 
@@ -122,6 +146,9 @@ class Coercion:
     rules: tuple[Rule, ...]
     by_tag: dict[int, TagRules] = field(init=False, compare=False, repr=False)  # derived
     tags: tuple[int, ...] = field(init=False, compare=False, repr=False)  # ascending
+    # What the rules do, line numbers and order aside: the journal keeps it with
+    # each instance stored, so a rerun with other rules sends the file again.
+    digest: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_tag: dict[int, TagRules] = {}
@@ -133,6 +160,9 @@ class Coercion:
                 rules.exact[rule.match] = rule
         object.__setattr__(self, "by_tag", by_tag)
         object.__setattr__(self, "tags", tuple(sorted(by_tag)))
+        what = sorted((rule.tag, rule.match, rule.replace) for rule in self.rules)
+        text = json.dumps(what, ensure_ascii=False, separators=(",", ":"))
+        object.__setattr__(self, "digest", hashlib.sha256(text.encode()).hexdigest()[:32])
 
 
 # ---------------------------------------------------------------- reading the rules
@@ -167,7 +197,10 @@ def load_rules_apart(path: str | Path) -> Coercion:
 
 def parse_rules(text: str, source: str = "<rules>") -> Coercion:
     """The rules in ``text`` (CSV); ``source`` names it in errors."""
-    reader = csv.reader(text.splitlines(), strict=True)
+    # A file object, not text.splitlines(): that also splits at U+2028, U+001C
+    # and the like, inside values and with wrong line numbers; newline="" lets
+    # the csv module see quoted line breaks (its documented way).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rules: list[Rule] = []
     seen: dict[tuple[int, str], int] = {}
     header_seen = False
@@ -237,6 +270,10 @@ def _rule(source: str, line: int, name: str, match: str, replace: str) -> Rule:
         raise CoercionRulesError(
             f"{where}: {tag_text(tag)} is a private element; its VR is not in the DICOM"
             " dictionary, so it cannot be coerced"
+        )
+    if tag in REFUSED:
+        raise CoercionRulesError(
+            f"{where}: {keyword} {tag_text(tag)} cannot be coerced: {REFUSED[tag]}"
         )
     if element == 0x0000:
         raise CoercionRulesError(
@@ -341,9 +378,10 @@ def _syntax(transfer_syntax: str) -> _Syntax:
 # PS3.3 C.12.1.1.2 Table C.12-2 and -4: single-byte and multi-byte character sets
 # without code extensions, as Python codecs. The table is here, not pydicom's:
 # importing pydicom.charset costs a worker about 28 MB of RSS.
+DEFAULT_CODEC: Final = "iso8859"  # pydicom's name for the default repertoire (ISO-IR 6)
 _SINGLE_CODECS: Final = {
-    "": "iso8859",  # the default repertoire, ISO-IR 6 (ASCII)
-    "ISO_IR 6": "iso8859",
+    "": DEFAULT_CODEC,  # decoded leniently (as Latin-1), encoded as ASCII only
+    "ISO_IR 6": DEFAULT_CODEC,
     "ISO_IR 100": "latin_1",
     "ISO_IR 101": "iso8859_2",
     "ISO_IR 109": "iso8859_3",
@@ -376,18 +414,68 @@ def _python_codecs(charset: bytes) -> list[str]:
 def _encode_text(value: str, vr: str, codecs: list[str]) -> bytes:
     if vr not in CHARSET_VRS or value.isascii():
         return value.encode("ascii")
-    try:
-        if len(codecs) == 1:
-            return value.encode(codecs[0])  # strict: never a replacement character
-        # ISO 2022 code extensions (PS3.5 6.1.2.5): pydicom writes the escapes.
-        from pydicom.charset import encode_string
-
-        return bytes(encode_string(value, codecs))
-    except (UnicodeError, ValueError, LookupError) as exc:
+    if codecs == [DEFAULT_CODEC]:
+        # PS3.5 6.1.2.3: without (0008,0005), or with ISO_IR 6, a value holds
+        # the default repertoire (ASCII) only. Python's "iso8859" is Latin-1:
+        # encoding with it would write undeclared Latin-1 bytes.
         raise CoercionError(
-            f"{value!r} cannot be written in the data set's Specific Character Set"
-            f" ({', '.join(codecs)}): {exc}"
-        ) from None
+            f"{value!r} is not ASCII, and the data set declares no Specific Character Set"
+            " (0008,0005) that can hold it (PS3.5 6.1.2.3: the default repertoire is ASCII);"
+            " give this file an ASCII value (a rule matching its current value), or send it"
+            " without --coerce"
+        )
+    if len(codecs) == 1:
+        try:
+            return value.encode(codecs[0])  # strict: never a replacement character
+        except UnicodeError as exc:
+            raise CoercionError(
+                f"{value!r} cannot be written in the data set's Specific Character Set"
+                f" ({codecs[0]}): {exc}"
+            ) from None
+    # ISO 2022 code extensions (PS3.5 6.1.2.5): pydicom writes the escapes. It
+    # tries the first term's codec first, with no escape sequence; for ISO 2022
+    # IR 6 that is Latin-1, whose bytes above 0x7F are then undeclared (G1 is
+    # empty until an escape designates a set): "ascii" in its place makes it
+    # escape to the term that holds them. A value no term holds comes back
+    # with replacement characters, not an error: the round trip finds those.
+    attempts = [codecs]
+    if codecs[0] == DEFAULT_CODEC:
+        attempts.append(["ascii", *codecs[1:]])
+    for attempt in attempts:
+        encoded = _encode_iso2022(value, attempt)
+        if encoded is not None and _declared(encoded, codecs, value):
+            return encoded
+    raise CoercionError(
+        f"{value!r} cannot be written in the data set's Specific Character Set"
+        f" ({', '.join(codecs)}): no term of it holds all its characters"
+    )
+
+
+def _encode_iso2022(value: str, codecs: list[str]) -> bytes | None:
+    import warnings
+
+    from pydicom.charset import encode_string
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the replacement warning: _declared decides
+        try:
+            return bytes(encode_string(value, codecs))
+        except (UnicodeError, ValueError, LookupError, KeyError):
+            return None
+
+
+def _declared(encoded: bytes, codecs: list[str], value: str) -> bool:
+    """Whether ``encoded`` reads back as ``value``, with no byte above 0x7F before an escape
+    when the first term is the default repertoire."""
+    import warnings
+
+    from pydicom.charset import decode_bytes
+
+    if codecs[0] == DEFAULT_CODEC and not encoded.split(b"\x1b", 1)[0].isascii():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(decode_bytes(encoded, codecs, set())) == value
 
 
 def _decode_text(raw: bytes, vr: str, codecs: list[str]) -> str:
@@ -475,7 +563,7 @@ def coerce_dataset(data: Buffer, transfer_syntax: str, coercion: Coercion) -> Co
         found, _ = scan_elements(
             view, 0, syntax.explicit_vr, syntax.little_endian, wanted, coercion.tags[-1]
         )
-        codecs = ["iso8859"]
+        codecs = [DEFAULT_CODEC]
         if SPECIFIC_CHARACTER_SET in found:
             at, length = found[SPECIFIC_CHARACTER_SET]
             codecs = _python_codecs(bytes(view[at : at + length]))

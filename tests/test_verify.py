@@ -347,6 +347,9 @@ class CommitmentSCP:
     # (Study, Series Instance UID)), which C-STORE fills; a test may drop from it.
     find: bool = False
     held: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # find_nested: STUDY matches also carry a private UN element of undefined length
+    # holding sequences nested 1500 deep (PS3.5 6.2.2: Implicit VR LE inside).
+    find_nested: bool = False
     port: int = 0
     _server: Any = None
 
@@ -377,6 +380,17 @@ class CommitmentSCP:
         self.held[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
         return 0x0000
 
+    @staticmethod
+    def _add_nested(ds: Any) -> None:
+        import struct
+
+        from pydicom.dataelem import DataElement
+
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        value = item + _nested(1500, implicit=True) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        ds[0x00090010] = DataElement(0x00090010, "LO", "FASTSEND TEST")
+        ds[0x00091010] = DataElement(0x00091010, "UN", value, is_undefined_length=True)
+
     def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
         """Study Root C-FIND (PS3.4 C.6.2) over ``held``: the keys verification asks for."""
         from pydicom.dataset import Dataset
@@ -404,6 +418,8 @@ class CommitmentSCP:
             ds.StudyInstanceUID = study
             for keyword, value in values.items():
                 setattr(ds, keyword, value)
+            if self.find_nested and level == "STUDY":
+                self._add_nested(ds)
             yield 0xFF00, ds
         yield 0x0000, None
 
@@ -706,6 +722,26 @@ def test_c_find_and_commitment_disagree_one_verdict(
     assert f"C-FIND: {total} found, 0 missing" in again.stdout
     assert f"all {total} instance(s) verified" in again.stdout
     assert len(list(logs.glob("fastsend_missing_*.csv"))) == 1
+
+
+def test_unreadable_c_find_match_is_a_problem_naming_the_peer(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """A STUDY match nested 1500 deep: its study is unverified and said so, no traceback."""
+    scp = commitment_scp(commitment=False, find=True, find_nested=True)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs, "--find")
+    assert "Traceback" not in run.output, run.output
+    assert run.returncode == 1, run.output
+    problems = [line for line in run.stdout.splitlines() if line.startswith("ERROR study ")]
+    assert len(problems) == len(set(archive.study_uids.values())), run.output
+    assert all(
+        f"a C-FIND match from PYCOMMIT@{LOOPBACK}:{scp.port} cannot be read: sequences nested "
+        f"deeper than {MAX_NESTING_DEPTH}" in line
+        for line in problems
+    ), run.output
+    assert f"{len(archive.files)} instance(s) could not be verified by any method" in run.stdout
 
 
 def test_destination_that_refuses_both_methods_says_so(

@@ -325,8 +325,10 @@ class CommitmentSCP:
     "never". ``stray``: also report a Transaction UID never asked about, and
     keep the status we were answered in ``stray_status``. ``prelude``: reports
     sent first, each (kind, Event Type ID, Affected SOP Instance UID): kind
-    "nested" is Event Information of sequences nested 1500 deep, "valid" the
-    real report; the statuses we answered go to ``prelude_status``.
+    "nested" is Event Information of sequences nested 1500 deep, "escape" one
+    with control characters in its Transaction UID, "context" the real report
+    on a presentation context never accepted, "valid" the real report; the
+    statuses we were answered go to ``prelude_status``.
     """
 
     mode: str = "same"
@@ -478,6 +480,8 @@ class CommitmentSCP:
             self.prelude_status.append(
                 _send_raw_report(assoc, kind, event_type, sop_instance, self, transaction, items)
             )
+        if not assoc.is_established:
+            return  # the requestor aborted it (kind "context")
         if self.stray:
             ds, kind = self._event_information("2.25.1234567", items)
             status, _ = assoc.send_n_event_report(
@@ -550,8 +554,10 @@ def _send_raw_report(
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
+    # "context": an odd presentation context ID the requestor never proposed (PS3.8 9.3.2.2).
+    context_id = context.context_id + 2 if kind == "context" else context.context_id
     try:
-        assoc.dimse.send_msg(request, context.context_id)
+        assoc.dimse.send_msg(request, context_id)
         _, response = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
@@ -685,6 +691,24 @@ def test_hostile_reports_are_refused_and_logged_not_a_traceback(
     assert any(peer in line and "SOP Instance 1.2.3.4, not" in line for line in errors)
     assert "Transaction UID 1.2?[2J?3, which" in run.stderr
     assert "\x1b" not in run.output
+
+
+def test_report_on_a_context_never_accepted_ends_the_association_not_the_run(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    scp = commitment_scp(mode="same", prelude=[("context", 1, STORAGE_COMMITMENT_INSTANCE)])
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs, "--commit", "--commit-timeout", "5")
+    assert "Traceback" not in run.output, run.output
+    assert run.returncode == 1, run.output
+    assert (
+        f"ERROR Storage Commitment association with PYCOMMIT@{LOOPBACK}:{scp.port}: "
+        f"PYCOMMIT@{LOOPBACK}:{scp.port} sent a report on presentation context 3, which it "
+        "never accepted" in run.stdout
+    ), run.output
+    total = len(archive.files)
+    assert f"0 committed, 0 commit failed, {total} uncommitted" in run.stdout
 
 
 def test_c_find_and_commitment_disagree_one_verdict(

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from dicom_fastsend.protocol.hotpath import MAX_NESTING_DEPTH
 from fastsend_cli import Run, fastsend
 from peers import (
     LOOPBACK,
@@ -36,9 +38,11 @@ from peers import (
     free_port,
     require_dcmtk,
 )
+from require import require_module
 
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 SCHEMA = Path(__file__).parents[1] / "src" / "dicom_fastsend" / "summary.schema.json"
 
 
@@ -127,7 +131,7 @@ def test_orthanc_verify_delete_resend_verify(
     found = _verify("ORTHANC", orthanc.dicom_port, logs, "--find", "--commit", *commit)
     assert found.returncode == 1, found.output
     assert f"C-FIND: {total - 3} found, 3 missing at destination" in found.stdout
-    # Orthanc refuses to commit what it does not hold: No such object instance (PS3.4 J.3.3).
+    # Orthanc refuses to commit what it does not hold: No such object instance (PS3.3 C.14.1.1).
     assert f"Storage Commitment: {total - 3} committed, 3 commit failed" in found.stdout
     listed = _missing_csv(logs)
     assert sorted(row["path"] for row in listed) == sorted(str(p) for p in deleted)
@@ -319,7 +323,12 @@ class CommitmentSCP:
     (Failure Reason 0x0112); ``mode``: "same" (report on the requestor's
     association), "new" (open one to ``report_port`` as the SCP role), or
     "never". ``stray``: also report a Transaction UID never asked about, and
-    keep the status we were answered in ``stray_status``.
+    keep the status we were answered in ``stray_status``. ``prelude``: reports
+    sent first, each (kind, Event Type ID, Affected SOP Instance UID): kind
+    "nested" is Event Information of sequences nested 1500 deep, "escape" one
+    with control characters in its Transaction UID, "context" the real report
+    on a presentation context never accepted, "valid" the real report; the
+    statuses we were answered go to ``prelude_status``.
     """
 
     mode: str = "same"
@@ -329,9 +338,20 @@ class CommitmentSCP:
     stray: bool = False
     stray_status: list[int] = field(default_factory=list)
     report_status: list[int] = field(default_factory=list)
+    prelude: list[tuple[str, int, str]] = field(default_factory=list)
+    prelude_status: list[int] = field(default_factory=list)
     # "new": whether our listener agreed that the reporting requestor is the
     # SCP (SCP/SCU Role Selection, PS3.7 D.3.3.4), per association.
     agreed_scp_role: list[bool] = field(default_factory=list)
+    # commitment False: a plain Storage SCP (neither Storage Commitment nor C-FIND).
+    commitment: bool = True
+    # find: also a Study Root C-FIND SCP answering from ``held`` (SOP Instance UID ->
+    # (Study, Series Instance UID)), which C-STORE fills; a test may drop from it.
+    find: bool = False
+    held: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # find_nested: STUDY matches also carry a private UN element of undefined length
+    # holding sequences nested 1500 deep (PS3.5 6.2.2: Implicit VR LE inside).
+    find_nested: bool = False
     port: int = 0
     _server: Any = None
 
@@ -341,17 +361,69 @@ class CommitmentSCP:
         ae = AE(ae_title="PYCOMMIT")
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax)
-        ae.add_supported_context(STORAGE_COMMITMENT)
+        if self.commitment:
+            ae.add_supported_context(STORAGE_COMMITMENT)
+        if self.find:
+            ae.add_supported_context(STUDY_ROOT_FIND)
         self._server = ae.start_server(
             (LOOPBACK, 0),
             block=False,
             evt_handlers=[
-                (evt.EVT_C_STORE, lambda event: 0x0000),
+                (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_N_ACTION, self._on_action),
+                (evt.EVT_C_FIND, self._on_find),
             ],
         )
         self.port = int(self._server.server_address[1])
         return self
+
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        self.held[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+        return 0x0000
+
+    @staticmethod
+    def _add_nested(ds: Any) -> None:
+        import struct
+
+        from pydicom.dataelem import DataElement
+
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        value = item + _nested(1500, implicit=True) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        ds[0x00090010] = DataElement(0x00090010, "LO", "FASTSEND TEST")
+        ds[0x00091010] = DataElement(0x00091010, "UN", value, is_undefined_length=True)
+
+    def _on_find(self, event: Any) -> Iterator[tuple[int, Any]]:
+        """Study Root C-FIND (PS3.4 C.6.2) over ``held``: the keys verification asks for."""
+        from pydicom.dataset import Dataset
+
+        query = event.identifier
+        level, study = str(query.QueryRetrieveLevel), str(query.StudyInstanceUID)
+        in_study = {uid: series for uid, (s, series) in dict(self.held).items() if s == study}
+        answers = []
+        if level == "STUDY" and in_study:
+            answers.append({"NumberOfStudyRelatedInstances": len(in_study)})
+        elif level == "SERIES":
+            for series in sorted(set(in_study.values())):
+                count = sum(1 for s in in_study.values() if s == series)
+                answers.append(
+                    {"SeriesInstanceUID": series, "NumberOfSeriesRelatedInstances": count}
+                )
+        elif level == "IMAGE":
+            wanted = str(query.SeriesInstanceUID)
+            for uid, series in sorted(in_study.items()):
+                if series == wanted:
+                    answers.append({"SeriesInstanceUID": series, "SOPInstanceUID": uid})
+        for values in answers:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = level
+            ds.StudyInstanceUID = study
+            for keyword, value in values.items():
+                setattr(ds, keyword, value)
+            if self.find_nested and level == "STUDY":
+                self._add_nested(ds)
+            yield 0xFF00, ds
+        yield 0x0000, None
 
     def _on_action(self, event: Any) -> tuple[int, None]:
         request = event.action_information
@@ -404,6 +476,12 @@ class CommitmentSCP:
             report.release()
 
     def _send_reports(self, assoc: Any, transaction: str, items: list[tuple[str, str]]) -> None:
+        for kind, event_type, sop_instance in self.prelude:
+            self.prelude_status.append(
+                _send_raw_report(assoc, kind, event_type, sop_instance, self, transaction, items)
+            )
+        if not assoc.is_established:
+            return  # the requestor aborted it (kind "context")
         if self.stray:
             ds, kind = self._event_information("2.25.1234567", items)
             status, _ = assoc.send_n_event_report(
@@ -421,9 +499,74 @@ class CommitmentSCP:
             self._server.shutdown()
 
 
+def _nested(depth: int, implicit: bool) -> bytes:
+    """Referenced SOP Sequences nested ``depth`` deep, all of undefined length (PS3.5 7.5)."""
+    import struct
+
+    header = struct.pack("<HH", 0x0008, 0x1199) + (b"" if implicit else b"SQ\x00\x00")
+    opening = (
+        header + struct.pack("<I", 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    )
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + closing * depth
+
+
+def _send_raw_report(
+    assoc: Any,
+    kind: str,
+    event_type: int,
+    sop_instance: str,
+    scp: CommitmentSCP,
+    transaction: str,
+    items: list[tuple[str, str]],
+) -> int:
+    """An N-EVENT-REPORT-RQ with Event Information bytes of our making; the status answered.
+
+    pynetdicom's send_n_event_report, but with the encoded data set given (it
+    would encode a Dataset, and pydicom would not write 1500 levels).
+    """
+    from io import BytesIO
+
+    from pydicom.uid import UID
+    from pynetdicom.dimse_primitives import N_EVENT_REPORT
+    from pynetdicom.dsutils import encode
+
+    context = assoc._get_valid_context(STORAGE_COMMITMENT, "", None)
+    syntax = context.transfer_syntax[0]
+    if kind == "nested":
+        raw = _nested(1500, syntax.is_implicit_VR)
+    elif kind == "escape":
+        # A Transaction UID with a terminal escape sequence and a newline in it
+        # (pydicom warns that it is no UI value: that is the point).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds, _ = scp._event_information("1.2\x1b[2J\n3", items)
+            raw = encode(ds, syntax.is_implicit_VR, True)
+    else:
+        ds, _ = scp._event_information(transaction, items)
+        raw = encode(ds, syntax.is_implicit_VR, True)
+    request = N_EVENT_REPORT()
+    request.MessageID = 77
+    request.AffectedSOPClassUID = UID(STORAGE_COMMITMENT)
+    request.AffectedSOPInstanceUID = UID(sop_instance)
+    request.EventTypeID = event_type
+    request.EventInformation = BytesIO(raw)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    # "context": an odd presentation context ID the requestor never proposed (PS3.8 9.3.2.2).
+    context_id = context.context_id + 2 if kind == "context" else context.context_id
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return -1 if response is None else int(response.Status)
+
+
 @pytest.fixture
 def commitment_scp() -> Iterator[Callable[..., CommitmentSCP]]:
-    pytest.importorskip("pynetdicom")
+    require_module("pynetdicom")
     started: list[CommitmentSCP] = []
 
     def start(**kwargs: Any) -> CommitmentSCP:
@@ -503,7 +646,194 @@ def test_scp_that_never_reports(
     assert {(r[1], r[2]) for r in _journal_rows(logs).values()} == {
         ("uncommitted", "no N-EVENT-REPORT on the association within 1.5 s")
     }
-    # The same destination with nothing listening on a second try.
+
+
+@pytest.mark.parametrize("mode", ["same", "new"])
+def test_hostile_reports_are_refused_and_logged_not_a_traceback(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path, mode: str
+) -> None:
+    """Before the real report: Event Information nested 1500 deep, an Event Type ID that is
+    neither 1 nor 2, an Affected SOP Instance UID that is not the well-known one (PS3.4
+    J.3.3), a Transaction UID with control characters. Each is refused with its status,
+    logged naming the peer; the association (and our listener) goes on to the real one."""
+    report_port = free_port()
+    scp = commitment_scp(
+        mode=mode,
+        report_port=report_port,
+        prelude=[
+            ("nested", 1, STORAGE_COMMITMENT_INSTANCE),
+            ("valid", 0, STORAGE_COMMITMENT_INSTANCE),
+            ("valid", 1, "1.2.3.4"),
+            ("escape", 1, STORAGE_COMMITMENT_INSTANCE),
+        ],
+    )
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    args = ["--commit", "--commit-timeout", "20"]
+    if mode == "new":
+        args += ["--commit-port", str(report_port), "--commit-bind", LOOPBACK]
+    run = _verify("PYCOMMIT", scp.port, logs, *args)
+    assert "Traceback" not in run.output, run.output
+    # 0110H Processing failure, 0113H No such Event Type, 0112H No such SOP Instance,
+    # 0115H Invalid argument value (PS3.7 10.1.1.1.8).
+    assert scp.prelude_status == [0x0110, 0x0113, 0x0112, 0x0115], run.output
+    assert scp.report_status == [0]
+    assert run.returncode == 0, run.output
+    total = len(archive.files)
+    assert f"Storage Commitment: {total} committed, 0 commit failed, 0 uncommitted" in run.stdout
+    peer = "PYCOMMIT@" if mode == "new" else f"PYCOMMIT@{LOOPBACK}:{scp.port}"
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
+    assert any(
+        peer in line and f"sequences nested deeper than {MAX_NESTING_DEPTH}" in line
+        for line in errors
+    ), run.stderr
+    assert any(peer in line and "Event Type ID 0, not 1 or 2" in line for line in errors)
+    assert any(peer in line and "SOP Instance 1.2.3.4, not" in line for line in errors)
+    assert "Transaction UID 1.2?[2J?3, which" in run.stderr
+    assert "\x1b" not in run.output
+
+
+def test_report_on_a_context_never_accepted_ends_the_association_not_the_run(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    scp = commitment_scp(mode="same", prelude=[("context", 1, STORAGE_COMMITMENT_INSTANCE)])
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs, "--commit", "--commit-timeout", "5")
+    assert "Traceback" not in run.output, run.output
+    assert run.returncode == 1, run.output
+    assert (
+        f"ERROR Storage Commitment association with PYCOMMIT@{LOOPBACK}:{scp.port}: "
+        f"PYCOMMIT@{LOOPBACK}:{scp.port} sent a report on presentation context 3, which it "
+        "never accepted" in run.stdout
+    ), run.output
+    total = len(archive.files)
+    assert f"0 committed, 0 commit failed, {total} uncommitted" in run.stdout
+
+
+def test_c_find_and_commitment_disagree_one_verdict(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """A destination whose C-FIND no longer returns an instance its commitment confirms:
+    not held (any negative verdict wins), listed once, resent, and the next verify is clean."""
+    scp = commitment_scp(mode="same", find=True)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    total = len(archive.files)
+    assert len(scp.held) == total
+    lost = archive.files[3]
+    del scp.held[archive.sop_instance_uids[lost]]  # C-FIND no longer returns it
+
+    run = _verify("PYCOMMIT", scp.port, logs, "--commit-timeout", "20")
+    assert run.returncode == 1, run.output
+    assert f"C-FIND: {total - 1} found, 1 missing at destination" in run.stdout, run.output
+    assert f"Storage Commitment: {total} committed, 0 commit failed" in run.stdout
+    assert "1 instance(s) on which C-FIND and Storage Commitment disagree" in run.stdout
+    listed = _missing_csv(logs)
+    assert [row["path"] for row in listed] == [str(lost)]
+    assert "although Storage Commitment reported it committed" in listed[0]["reason"]
+    uid, commit_state, _, find_state, held = _journal_rows(logs)[str(lost)]
+    assert (commit_state, find_state, held) == ("committed", "missing", None)
+
+    csv_path = sorted(logs.glob("fastsend_missing_*.csv"))[-1]
+    resent = _send("PYCOMMIT", scp.port, logs, "--input-list", str(csv_path))
+    assert resent.returncode == 0, resent.output
+    assert "1 files: 1 stored" in resent.stderr, resent.output
+    assert archive.sop_instance_uids[lost] in scp.held
+
+    again = _verify("PYCOMMIT", scp.port, logs, "--commit-timeout", "20")
+    assert again.returncode == 0, again.output
+    assert f"C-FIND: {total} found, 0 missing" in again.stdout
+    assert f"all {total} instance(s) verified" in again.stdout
+    assert len(list(logs.glob("fastsend_missing_*.csv"))) == 1
+
+
+def test_unreadable_c_find_match_is_a_problem_naming_the_peer(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """A STUDY match nested 1500 deep: its study is unverified and said so, no traceback."""
+    scp = commitment_scp(commitment=False, find=True, find_nested=True)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs, "--find")
+    assert "Traceback" not in run.output, run.output
+    assert run.returncode == 1, run.output
+    problems = [line for line in run.stdout.splitlines() if line.startswith("ERROR study ")]
+    assert len(problems) == len(set(archive.study_uids.values())), run.output
+    assert all(
+        f"a C-FIND match from PYCOMMIT@{LOOPBACK}:{scp.port} cannot be read: sequences nested "
+        f"deeper than {MAX_NESTING_DEPTH}" in line
+        for line in problems
+    ), run.output
+    assert f"{len(archive.files)} instance(s) could not be verified by any method" in run.stdout
+
+
+def test_destination_that_refuses_both_methods_says_so(
+    commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path
+) -> None:
+    """It answered, so not "cannot be reached": exit 3 with its own message."""
+    scp = commitment_scp(commitment=False)
+    logs = tmp_path / "logs"
+    assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
+    run = _verify("PYCOMMIT", scp.port, logs)
+    assert run.returncode == 3, run.output
+    assert "does not support C-FIND" in run.stdout
+    assert "does not support Storage Commitment" in run.stdout
+    assert (
+        f"ERROR PYCOMMIT@{LOOPBACK}:{scp.port} answered but refused both C-FIND (Study Root) "
+        "and Storage Commitment" in run.stdout
+    )
+    assert "cannot be reached" not in run.output
+
+
+def test_listener_takes_four_associations_at_once() -> None:
+    """A fifth association while four are open is rejected-transient, local-limit-exceeded
+    (PS3.8 9.3.4); once one is released, the next is accepted."""
+    require_module("pynetdicom")
+    from pynetdicom import AE
+
+    from dicom_fastsend.engine.verify import CommitmentListener, TransactionBook
+
+    logged: list[tuple[str, str]] = []
+    listener = CommitmentListener(
+        LOOPBACK, 0, "FASTSEND", TransactionBook(), lambda *entry: logged.append(entry)
+    ).start()
+    ae = AE(ae_title="PYCOMMIT")
+    ae.add_requested_context(STORAGE_COMMITMENT)
+    opened = []
+    try:
+        opened = [ae.associate(LOOPBACK, listener.port, ae_title="FASTSEND") for _ in range(5)]
+        assert [a.is_established for a in opened] == [True, True, True, True, False]
+        assert opened[4].is_rejected
+        assert any("4 Storage Commitment associations are open" in m for _, m in logged)
+        opened[0].release()
+        deadline = time.monotonic() + 10
+        again = ae.associate(LOOPBACK, listener.port, ae_title="FASTSEND")
+        while not again.is_established and time.monotonic() < deadline:
+            time.sleep(0.2)  # the released association's thread is ending
+            again = ae.associate(LOOPBACK, listener.port, ae_title="FASTSEND")
+        opened.append(again)
+        assert again.is_established
+    finally:
+        for association in opened:
+            if association.is_established:
+                association.release()
+        listener.stop()
+
+
+def test_commit_options_are_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    """--commit-port 0 (a port the destination cannot be told) and send --commit without a
+    journal are usage errors."""
+    run = fastsend("verify", *_destination("NOBODY", 104), "--commit-port", "0")
+    assert run.returncode == 2, run.output
+    assert "--commit-port" in run.stderr
+    from dicom_fastsend.config import CommitConfig, PeerConfig, SendConfig
+
+    peer = PeerConfig(called_ae_title="NOBODY", host=LOOPBACK, port=104)
+    with pytest.raises(ValueError, match="--commit needs the journal"):
+        SendConfig(peer=peer, inputs=(tmp_path,), log_dir=None, commit=CommitConfig())
+    with pytest.raises(ValueError, match="--commit-port 0 is not between 1 and 65535"):
+        CommitConfig(port=0)
 
 
 # ------------------------------------------------------------------ bad input

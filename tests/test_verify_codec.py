@@ -8,6 +8,7 @@ SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4). Pure: no peer.
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 import pytest
@@ -29,8 +30,11 @@ from dicom_fastsend.protocol.dataset import (
     Reference,
 )
 from dicom_fastsend.protocol.dimse import (
+    TAG_EVENT_TYPE_ID,
     Command,
     CommandField,
+    DIMSEError,
+    MessageAssembler,
     c_find_rq,
     n_action_rq,
     n_action_rsp,
@@ -38,7 +42,9 @@ from dicom_fastsend.protocol.dimse import (
     n_event_report_rsp,
     status_text,
 )
+from dicom_fastsend.protocol.hotpath import MAX_NESTING_DEPTH
 from dicom_fastsend.protocol.pdu import (
+    PDV,
     AAssociateAC,
     AAssociateRQ,
     PresentationContextRQ,
@@ -293,3 +299,86 @@ def test_role_selection_bytes() -> None:
         )
     )
     assert b"\x54\x00\x00\x09\x00\x05" + b"1.2.3" + b"\x00\x01" in raw
+
+
+# ------------------------------------------------------------------ hostile data sets
+
+
+def _nested(depth: int, explicit: bool) -> bytes:
+    """Referenced SOP Sequences nested ``depth`` deep, sequences and items of undefined length."""
+    header = struct.pack("<HH", 0x0008, 0x1199) + (b"SQ\x00\x00" if explicit else b"")
+    opening = (
+        header + struct.pack("<I", 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    )
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + closing * depth
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_deep_nesting_is_a_dataset_error_not_a_recursion_error(explicit: bool) -> None:
+    """1500 levels (about 50 KB) once exhausted the interpreter's stack (RecursionError)."""
+    data = _nested(1500, explicit)
+    with pytest.raises(DatasetError, match=f"nested deeper than {MAX_NESTING_DEPTH}"):
+        dataset.decode_commitment_report(data, explicit)
+    with pytest.raises(DatasetError, match="nested deeper"):
+        dataset.decode_match(data, explicit)
+    # Within the limit it decodes (pydicom agrees on the depth).
+    shallow = _nested(MAX_NESTING_DEPTH - 1, explicit)
+    item = dataset.decode(shallow, explicit)
+    depth = 0
+    while item:
+        (items,) = item.values()
+        assert isinstance(items, list)
+        item = items[0]
+        depth += 1
+    assert depth == MAX_NESTING_DEPTH - 1
+    assert _depth(_pydicom(shallow, explicit)) == MAX_NESTING_DEPTH - 1
+
+
+def _depth(ds: Dataset) -> int:
+    depth = 0
+    while "ReferencedSOPSequence" in ds:
+        ds = ds.ReferencedSOPSequence[0]
+        depth += 1
+    return depth
+
+
+def test_un_of_undefined_length_is_implicit_vr_inside() -> None:
+    """PS3.5 6.2.2: in Explicit VR, a UN of undefined length holds Implicit VR LE items."""
+    item = dataset.encode(
+        {dataset.TAG_REFERENCED_SOP_INSTANCE_UID: "1.2.3.4"}, explicit=False
+    )  # Implicit VR inside
+    data = (
+        dataset.encode({dataset.TAG_TRANSACTION_UID: "1.2.3"}, explicit=True)
+        + struct.pack("<HH", 0x0008, 0x1199)
+        + b"UN\x00\x00"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, len(item))
+        + item
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+    result = dataset.decode_commitment_report(data, explicit=True)
+    assert result.transaction_uid == "1.2.3"
+    assert result.committed == (Reference("", "1.2.3.4"),)
+    # pydicom reads the same (its UN-as-sequence handling, PS3.5 6.2.2).
+    ds = _pydicom(data, explicit=True)
+    assert ds[0x00081199].VR in ("SQ", "UN")
+
+
+def test_n_event_report_rsp_echoes_no_event_type_id_the_request_lacked() -> None:
+    """PS3.7 10.1.1.1.5: Event Type ID is optional in the response; never an invented 0."""
+    request = n_event_report_rq(9, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, 1)
+    del request.elements[TAG_EVENT_TYPE_ID]
+    ds = _command_dataset(n_event_report_rsp(Command.decode(request.encode()), 0x0113))
+    assert "EventTypeID" not in ds
+    assert ds.Status == 0x0113
+
+
+def test_message_assembler_bounds_a_data_set() -> None:
+    """A receiver of reports keeps at most max_dataset bytes of one data set."""
+    command = n_event_report_rq(1, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, 1)
+    assembler = MessageAssembler(max_dataset=1000)
+    assert assembler.feed((PDV(1, True, True, command.encode()),)) == []
+    assembler.feed((PDV(1, False, False, b"\x00" * 1000),))
+    with pytest.raises(DIMSEError, match="more than 1000 bytes"):
+        assembler.feed((PDV(1, False, False, b"\x00" * 2),))

@@ -83,8 +83,9 @@ class CommitConfig:
     timeout: float = DEFAULT_COMMIT_TIMEOUT
 
     def __post_init__(self) -> None:
-        if self.port is not None and not 0 <= self.port < 65536:
-            raise ValueError(f"--commit-port {self.port} is not between 0 and 65535")
+        if self.port is not None and not 0 < self.port < 65536:
+            # The destination is configured with this port: an ephemeral one (0) it cannot know.
+            raise ValueError(f"--commit-port {self.port} is not between 1 and 65535")
         if self.batch < 1:
             raise ValueError("--commit-batch must be at least 1")
         if self.timeout <= 0:
@@ -156,6 +157,13 @@ class SendConfig:
             raise ValueError("--metrics-port must be 0 to 65535")
         if self.metrics_linger < 0:
             raise ValueError("--metrics-linger must not be negative")
+        if self.commit is not None and self.journal is None:
+            # Refused before anything is sent: what to commit is what the
+            # journal records as stored this session.
+            raise ValueError(
+                "--commit needs the journal, which records what was stored: give --log-dir "
+                "or --journal"
+            )
 
     @property
     def journal(self) -> Path | None:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .config import SendConfig
-from .engine.results import FileResult, Outcome, SendSummary
+from .engine.results import FAILURE_COLUMNS, FileResult, Outcome, SendSummary
 from .engine.worker import INTERRUPTED_REASON, NO_ASSOCIATION_PREFIX
 from .protocol.uids import uid_name
 
@@ -290,9 +290,6 @@ def _commitment(summary: SendSummary) -> dict[str, Any] | None:
         "transactions": counts.transactions,
         "problems": list(counts.problems),
     }
-
-
-FAILURE_COLUMNS = ("path", "sop_instance_uid", "status", "reason", "attempts")
 
 
 def write_failures(path: Path, summary: SendSummary) -> None:

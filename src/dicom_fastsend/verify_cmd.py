@@ -30,7 +30,7 @@ def commit_options(function: FC) -> FC:
     options = [
         click.option(
             "--commit-port",
-            type=click.IntRange(0, 65535),
+            type=click.IntRange(1, 65535),
             help="Listen here for the Storage Commitment report (N-EVENT-REPORT) when the "
             "destination sends it on an association of its own; register fastsend there with "
             "our calling AE title (-c), this host and this port. Without it, reports are "
@@ -40,7 +40,9 @@ def commit_options(function: FC) -> FC:
             "--commit-bind",
             default="",
             metavar="ADDRESS",
-            help="Address to listen on with --commit-port (default: all interfaces).",
+            help="Address to listen on with --commit-port (default: all interfaces: any host "
+            "that reaches this port and calls our AE title may send reports; give the address "
+            "the destination reaches us at to listen there only).",
         ),
         click.option(
             "--commit-batch",
@@ -116,9 +118,10 @@ def verify_command(peer_options: Decorator, make_peer: Callable[..., PeerConfig]
         destination or whose commitment failed are written to
         fastsend_missing_<session>.csv in --log-dir, which `fastsend send
         --input-list` resends. Exit 0 when every instance is verified, 1 when
-        some are missing, not committed or not checked, 3 when the destination
-        cannot be reached (or no method could run) or the journal cannot be
-        used, 4 when the journal records nothing stored there.
+        some are missing, not committed or not checked, 3 when no method could
+        run (the destination cannot be reached, or refused both C-FIND and
+        Storage Commitment) or the journal cannot be used, 4 when the journal
+        records nothing stored there.
         """
         from .engine.inventory import JournalError
         from .engine.verify import format_report

@@ -146,7 +146,7 @@ class CommitState(Enum):
     """Storage Commitment (PS3.4 Annex J) of an instance the destination holds."""
 
     COMMITTED = "committed"  # in the Referenced SOP Sequence of the N-EVENT-REPORT
-    COMMIT_FAILED = "commit_failed"  # in its Failed SOP Sequence (reason: J.3.3)
+    COMMIT_FAILED = "commit_failed"  # in its Failed SOP Sequence (reason: PS3.3 C.14.1.1)
     UNCOMMITTED = "uncommitted"  # asked, and no report came within --commit-timeout
 
 
@@ -344,6 +344,30 @@ class HeldInstance:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one verification found of one instance, from every method that ran.
+
+    ``find``/``commit``: None when that method did not reach the instance.
+    Any negative verdict wins (missing at destination, or commitment
+    failed): the destination does not hold it. Otherwise a positive one
+    (found, committed) says it does; *uncommitted* alone says nothing.
+    """
+
+    path: str
+    find: FindState | None = None
+    commit: CommitState | None = None
+    commit_reason: str = ""
+
+    @property
+    def holds(self) -> bool | None:
+        if self.find is FindState.MISSING or self.commit is CommitState.COMMIT_FAILED:
+            return False
+        if self.find is FindState.FOUND or self.commit is CommitState.COMMITTED:
+            return True
+        return None
+
+
 # The instances a verification checks: stored by a send (stored or with a
 # warning), or held from an earlier version of the file. A verification
 # that finds one missing clears held_* (the destination does not hold it, so
@@ -361,28 +385,25 @@ _SESSION_STORED = (
 )
 _HELD_ORDER = " ORDER BY study_instance_uid, series_instance_uid, sop_instance_uid, dir, name"
 
-# Verification outcomes. Not found (or commitment failed): the destination
-# does not hold the instance, so held_* is cleared and the next send of the
-# file sends it; found (or committed): it does, so held_* is restored if an
-# earlier verification had cleared it.
-_VERIFIED_HOLDS = """
-    held_size = CASE WHEN :holds THEN COALESCE(held_size,
+# One verification's verdict per instance, from every method that ran, in
+# one write: :holds is 1 (held), 0 (not held: held_* cleared) or NULL (no
+# method decided: held_* as it was); a method that did not run (NULL)
+# leaves its own column as it was.
+_RECORD_VERDICT = """
+    UPDATE files SET
+    find_state = COALESCE(:find, find_state),
+    commit_state = COALESCE(:commit, commit_state),
+    commit_reason = CASE WHEN :commit IS NULL THEN commit_reason ELSE :reason END,
+    verified_at = :now,
+    held_size = CASE WHEN :holds IS NULL THEN held_size WHEN :holds THEN COALESCE(held_size,
                      CASE WHEN state IN ('stored', 'warning') THEN size END) END,
-    held_mtime = CASE WHEN :holds THEN COALESCE(held_mtime,
+    held_mtime = CASE WHEN :holds IS NULL THEN held_mtime WHEN :holds THEN COALESCE(held_mtime,
                       CASE WHEN state IN ('stored', 'warning') THEN mtime END) END,
-    held_outcome = CASE WHEN :holds THEN COALESCE(held_outcome,
+    held_outcome = CASE WHEN :holds IS NULL THEN held_outcome WHEN :holds THEN
+                        COALESCE(held_outcome,
                         CASE WHEN state IN ('stored', 'warning') THEN state END) END
+    WHERE dir = :dir AND name = :name
 """
-_RECORD_FIND = (
-    "UPDATE files SET find_state = :state, verified_at = :now, "
-    + _VERIFIED_HOLDS
-    + " WHERE dir = :dir AND name = :name"
-)
-_RECORD_COMMIT = (
-    "UPDATE files SET commit_state = :state, commit_reason = :reason, verified_at = :now, "
-    + _VERIFIED_HOLDS
-    + " WHERE dir = :dir AND name = :name"
-)
 
 
 def split(path: str) -> tuple[str, str]:
@@ -918,49 +939,42 @@ class Inventory:
             assert study is not None
             yield study, group
 
-    def record_find(self, found: Iterable[tuple[str, FindState]]) -> None:
-        """C-FIND outcomes (path, state) in one transaction; see _VERIFIED_HOLDS."""
-        now = time.time()
-        rows = [
-            {
-                "state": state.value,
-                "now": now,
-                "holds": state is FindState.FOUND,
-                "dir": split(path)[0],
-                "name": split(path)[1],
-            }
-            for path, state in found
-        ]
-        with self._writing():
-            self._transaction(_RECORD_FIND, rows)
+    def record_verdicts(self, verdicts: Iterable[Verdict]) -> None:
+        """One verification's outcomes, one row per instance, in one transaction.
 
-    def record_commit(self, outcomes: Iterable[tuple[str, CommitState, str]]) -> None:
-        """Storage Commitment outcomes (path, state, Failure Reason) in one transaction.
-
-        *uncommitted* (no report in time) says nothing of what the destination
-        holds, so held_* stays as it was.
+        Each Verdict carries what every method said and whether the
+        destination holds the instance (Verdict.holds): the methods are
+        combined before anything is written, so no method overwrites another.
         """
         now = time.time()
         rows = [
             {
-                "state": state.value,
-                "reason": reason,
+                "find": None if v.find is None else v.find.value,
+                "commit": None if v.commit is None else v.commit.value,
+                "reason": v.commit_reason,
+                "holds": v.holds,
                 "now": now,
-                "holds": state is CommitState.COMMITTED,
-                "dir": split(path)[0],
-                "name": split(path)[1],
+                "dir": split(v.path)[0],
+                "name": split(v.path)[1],
             }
-            for path, state, reason in outcomes
+            for v in verdicts
         ]
-        uncommitted = [r for r in rows if r["state"] == CommitState.UNCOMMITTED.value]
-        decided = [r for r in rows if r["state"] != CommitState.UNCOMMITTED.value]
         with self._writing():
-            self._transaction(_RECORD_COMMIT, decided)
-            self._transaction(
-                "UPDATE files SET commit_state = :state, commit_reason = :reason,"
-                " verified_at = :now WHERE dir = :dir AND name = :name",
-                uncommitted,
-            )
+            self._transaction(_RECORD_VERDICT, rows)
+
+    def record_find(self, found: Iterable[tuple[str, FindState]]) -> None:
+        """C-FIND outcomes (path, state) alone: see record_verdicts."""
+        self.record_verdicts(Verdict(path, find=state) for path, state in found)
+
+    def record_commit(self, outcomes: Iterable[tuple[str, CommitState, str]]) -> None:
+        """Storage Commitment outcomes (path, state, Failure Reason) alone (send --commit).
+
+        *uncommitted* (no report in time) says nothing of what the destination
+        holds, so held_* stays as it was.
+        """
+        self.record_verdicts(
+            Verdict(path, commit=state, commit_reason=reason) for path, state, reason in outcomes
+        )
 
     # ------------------------------------------------------------ housekeeping
 

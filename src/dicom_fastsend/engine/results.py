@@ -34,6 +34,10 @@ def coerced_values(changes: Sequence[Change]) -> tuple[CoercedValue, ...]:
     return tuple((change.keyword, change.original, change.new) for change in changes)
 
 
+# The failures list (fastsend_failures_<session>.csv, and verify's
+# fastsend_missing_<session>.csv): `send --input-list` reads its path column.
+FAILURE_COLUMNS = ("path", "sop_instance_uid", "status", "reason", "attempts")
+
 # Above this many latencies the percentiles are taken with numpy (see latency_ms).
 LARGE_SAMPLE = 50_000
 

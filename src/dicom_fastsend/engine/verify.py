@@ -7,7 +7,7 @@ held (HeldInstance):
   ``batch`` instances each under a new Transaction UID; the N-EVENT-REPORT
   arrives on the same association while it is open, or on an association
   the destination opens to our ``--commit-port`` (CommitmentListener). Each
-  instance becomes committed, commit failed (Failure Reason, J.3.3.1.1), or
+  instance becomes committed, commit failed (Failure Reason, PS3.3 C.14.1.1), or
   stays uncommitted when no report came within ``--commit-timeout``.
 - C-FIND reconciliation (Study Root Query/Retrieve - FIND, PS3.4 C.6.2): per
   study, the STUDY level count (Number of Study Related Instances); where it
@@ -15,12 +15,19 @@ held (HeldInstance):
   the SOP Instance UIDs at IMAGE level. Instances not returned are missing.
 
 Sockets stay in io.transport, PDUs and DIMSE in protocol; this module drives
-them (as scu.py does for C-STORE) and writes the outcomes to the inventory.
+them (as scu.py does for C-STORE) and writes the outcomes to the inventory:
+one verdict per instance from both methods (inventory.Verdict).
+
+Everything a peer sends is untrusted: a data set that cannot be decoded, an
+oversized one, or a report that breaks PS3.4 J.3.3 is a logged problem
+naming the peer, never a traceback, and text from the network is printed
+without its control characters (printable).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -30,7 +37,7 @@ from pathlib import Path
 
 from ..config import CommitConfig, PeerConfig, VerifyConfig, destination_key
 from ..errors import FastsendError
-from ..io.transport import ConnectError, Listener, Transport, TransportError
+from ..io.transport import ConnectError, Listener, Transport, TransportError, TransportTimeout
 from ..protocol import dataset
 from ..protocol.association import (
     Aborted,
@@ -43,6 +50,8 @@ from ..protocol.association import (
 )
 from ..protocol.contexts import NoAcceptableContext
 from ..protocol.dataset import (
+    EVENT_ALL_SUCCESS,
+    EVENT_FAILURES_EXIST,
     REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -53,7 +62,9 @@ from ..protocol.dataset import (
 )
 from ..protocol.dimse import (
     TAG_AFFECTED_SOP_CLASS_UID,
+    TAG_AFFECTED_SOP_INSTANCE_UID,
     TAG_ERROR_COMMENT,
+    TAG_EVENT_TYPE_ID,
     TAG_MESSAGE_ID_BEING_RESPONDED_TO,
     TAG_STATUS,
     Command,
@@ -87,7 +98,8 @@ from ..protocol.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
 )
-from .inventory import CommitState, FindState, HeldInstance, Inventory, JournalError
+from .inventory import CommitState, FindState, HeldInstance, Inventory, JournalError, Verdict
+from .results import FAILURE_COLUMNS
 from .scu import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -97,9 +109,13 @@ from .scu import (
 
 Log = Callable[[str, str], None]  # (level, message)
 
-# N-EVENT-REPORT-RSP status for a report whose Transaction UID we never
-# asked for (or already had): PS3.7 C.5.x "Invalid argument value".
+# N-EVENT-REPORT-RSP statuses (PS3.7 10.1.1.1.8): 0115H "Invalid argument
+# value" (the event information was inappropriate: a Transaction UID we never
+# asked about, or already had), 0113H "No such Event Type", 0112H "No such
+# SOP Instance", 0118H "No such SOP Class", 0110H "Processing failure".
 STATUS_INVALID_ARGUMENT_VALUE = 0x0115
+STATUS_NO_SUCH_EVENT_TYPE = 0x0113
+STATUS_NO_SUCH_SOP_INSTANCE = 0x0112
 STATUS_NO_SUCH_SOP_CLASS = 0x0118
 STATUS_PROCESSING_FAILURE = 0x0110
 # PS3.8 9.1.5: how long an acceptor waits for the A-ASSOCIATE-RQ (ARTIM).
@@ -110,6 +126,21 @@ POLL_SECONDS = 0.2
 # Implicit VR LE is the default every SCP accepts).
 OUR_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 MISSING_REASON = "missing at destination (C-FIND)"
+# The listener's bounds against a peer that reaches our port (and guesses
+# our AE title): a report data set of at most this many bytes (a report of
+# 10000 instances is about 1 MB), and this many associations at once.
+MAX_REPORT_BYTES = 16 * 1024 * 1024
+MAX_LISTENER_ASSOCIATIONS = 4
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from the network (UIDs, AE titles, comments) fit for a log line or terminal.
+
+    Control characters (escape sequences, newlines) are replaced, so a peer
+    cannot forge log lines or drive the terminal.
+    """
+    return _CONTROL.sub("?", text)
 
 
 class VerifyError(FastsendError):
@@ -168,25 +199,54 @@ def answer_report(
 ) -> Command:
     """The N-EVENT-REPORT-RSP to a Storage Commitment report (PS3.4 J.3.3), and take it.
 
-    A report for a transaction we are not waiting for is answered with an
-    error status and logged, not taken: its instances are none of ours.
+    A report for a transaction we are not waiting for, or one that breaks
+    PS3.4 J.3.3 (SOP Class, Affected SOP Instance UID, Event Type ID) or
+    cannot be decoded, is answered with an error status and logged, not
+    taken: its transaction stays outstanding.
     """
     command = message.command
     sop_class = command.get_str(TAG_AFFECTED_SOP_CLASS_UID)
     if sop_class != STORAGE_COMMITMENT_PUSH_MODEL:
-        log("error", f"N-EVENT-REPORT from {peer} for SOP class {sop_class}: not ours, refused")
+        log(
+            "error",
+            f"N-EVENT-REPORT from {peer} for SOP class {printable(sop_class)}: not ours, refused",
+        )
         return n_event_report_rsp(command, STATUS_NO_SUCH_SOP_CLASS, "not Storage Commitment")
+    # PS3.4 J.3.3: the report is about the well-known Storage Commitment
+    # SOP Instance, with Event Type ID 1 (successful) or 2 (failures exist).
+    instance = command.get_str(TAG_AFFECTED_SOP_INSTANCE_UID)
+    if instance != STORAGE_COMMITMENT_INSTANCE:
+        log(
+            "error",
+            f"N-EVENT-REPORT from {peer} for SOP Instance {printable(instance) or '(none)'}, not "
+            f"{STORAGE_COMMITMENT_INSTANCE} (PS3.4 J.3.3): refused with "
+            f"{status_text(STATUS_NO_SUCH_SOP_INSTANCE)}",
+        )
+        return n_event_report_rsp(command, STATUS_NO_SUCH_SOP_INSTANCE, "not the well-known UID")
+    event_type = command.get_int(TAG_EVENT_TYPE_ID)
+    if event_type not in (EVENT_ALL_SUCCESS, EVENT_FAILURES_EXIST):
+        log(
+            "error",
+            f"N-EVENT-REPORT from {peer} with Event Type ID {event_type}, not 1 or 2 "
+            f"(PS3.4 J.3.3): refused with {status_text(STATUS_NO_SUCH_EVENT_TYPE)}",
+        )
+        return n_event_report_rsp(command, STATUS_NO_SUCH_EVENT_TYPE, "Event Type ID not 1 or 2")
     try:
         result = dataset.decode_commitment_report(
             message.dataset(), dataset.explicit_vr(transfer_syntax)
         )
     except DatasetError as exc:
-        log("error", f"N-EVENT-REPORT from {peer}: its Event Information cannot be read: {exc}")
+        log(
+            "error",
+            f"N-EVENT-REPORT from {peer}: its Event Information cannot be read ({exc}): "
+            f"answered {status_text(STATUS_PROCESSING_FAILURE)}; its instances stay uncommitted",
+        )
         return n_event_report_rsp(command, STATUS_PROCESSING_FAILURE, "unreadable data set")
     if not book.deliver(result):
         log(
             "error",
-            f"N-EVENT-REPORT from {peer} for Transaction UID {result.transaction_uid or '(none)'}, "
+            f"N-EVENT-REPORT from {peer} for Transaction UID "
+            f"{printable(result.transaction_uid) or '(none)'}, "
             "which this verification did not ask about (or already had): answered "
             f"{status_text(STATUS_INVALID_ARGUMENT_VALUE)}",
         )
@@ -202,9 +262,13 @@ def answer_report(
 class CommitmentListener:
     """Takes the associations a Storage Commitment SCP opens to send its reports.
 
-    Listens on ``bind:port`` (io.transport.Listener) as ``ae_title``; accepts
-    the Storage Commitment Push Model with the requestor as SCP (role
-    selection, PS3.7 D.3.3.4) and Verification; one thread per association.
+    Listens on ``bind:port`` (io.transport.Listener; all interfaces when
+    ``bind`` is empty) as ``ae_title``; accepts the Storage Commitment Push
+    Model with the requestor as SCP (role selection, PS3.7 D.3.3.4) and
+    Verification; one thread per association, at most
+    MAX_LISTENER_ASSOCIATIONS at once, and report data sets of at most
+    MAX_REPORT_BYTES. Whatever a peer sends ends, at worst, its own
+    association with a logged problem.
     """
 
     def __init__(self, bind: str, port: int, ae_title: str, book: TransactionBook, log: Log):
@@ -240,11 +304,19 @@ class CommitmentListener:
         while not self._stopping.is_set():
             transport = self._listener.accept(timeout=POLL_SECONDS)
             if transport is not None:
-                worker = threading.Thread(target=self._serve, args=(transport,), daemon=True)
+                self._workers = [w for w in self._workers if w.is_alive()]
+                busy = len(self._workers) >= MAX_LISTENER_ASSOCIATIONS
+                worker = threading.Thread(target=self._serve, args=(transport, busy), daemon=True)
                 self._workers.append(worker)
                 worker.start()
 
-    def _answer(self, request: AAssociateRQ) -> AAssociateAC | AAssociateRJ:
+    def _answer(self, request: AAssociateRQ, busy: bool) -> AAssociateAC | AAssociateRJ:
+        if busy:
+            # PS3.8 9.3.4: rejected-transient, service-provider (presentation),
+            # local-limit-exceeded: MAX_LISTENER_ASSOCIATIONS are open.
+            return AAssociateRJ(
+                RejectResult.REJECTED_TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION, 2
+            )
         if request.called_ae_title.strip() != self.ae_title.strip():
             # PS3.8 9.3.4: rejected-permanent, service-user, called-AE-title-not-recognized.
             return AAssociateRJ(RejectResult.REJECTED_PERMANENT, RejectSource.SERVICE_USER, 7)
@@ -283,19 +355,19 @@ class CommitmentListener:
             ),
         )
 
-    def _serve(self, transport: Transport) -> None:
+    def _serve(self, transport: Transport, busy: bool = False) -> None:
         association = Association(Role.ACCEPTOR, self.maximum_length)
         association.connection_accepted()
-        assembler = MessageAssembler()
+        assembler = MessageAssembler(max_dataset=MAX_REPORT_BYTES)
         syntaxes: dict[int, str] = {}
         peer_maximum = 0
-        peer = transport.peer
+        peer = printable(transport.peer)
         try:
             while association.state is not State.STA1 and not self._stopping.is_set():
                 timeout = POLL_SECONDS if association.established else ARTIM_TIMEOUT
                 try:
                     data = transport.receive(timeout)
-                except TransportError:
+                except TransportTimeout:
                     if association.established:
                         continue  # poll again, so stop() is noticed
                     raise
@@ -303,14 +375,15 @@ class CommitmentListener:
                 for event in events:
                     if isinstance(event, AssociationRequested):
                         request = event.request
-                        peer = f"{request.calling_ae_title}@{transport.peer}"
-                        answer = self._answer(request)
+                        peer = f"{printable(request.calling_ae_title)}@{printable(transport.peer)}"
+                        answer = self._answer(request, busy)
                         if isinstance(answer, AAssociateRJ):
-                            self.log(
-                                "error",
-                                f"association from {peer} called {request.called_ae_title!r}, "
-                                f"not our AE title {self.ae_title!r}: rejected",
-                            )
+                            self.log("error", f"association from {peer} rejected: " + (
+                                f"{MAX_LISTENER_ASSOCIATIONS} Storage Commitment associations "
+                                "are open already" if busy else
+                                f"it called {printable(request.called_ae_title)!r}, not our AE "
+                                f"title {self.ae_title!r}"
+                            ))  # fmt: skip
                             association.reject(answer)
                             continue
                         syntaxes = {
@@ -345,18 +418,39 @@ class CommitmentListener:
                     transport.send(pending)
                 if association.transport_should_close or association.state is State.STA13:
                     break
-        except (TransportError, DIMSEError) as exc:
-            self.log("warning", f"Storage Commitment association from {peer} ended: {exc}")
-            association.abort()
+        except (FastsendError, RecursionError) as exc:
+            # Any error of the peer's making (PDUs, DIMSE, a data set past
+            # its bound, a broken connection) ends this association only.
+            self.log(
+                "warning",
+                f"Storage Commitment association from {peer} aborted: {printable(str(exc))}",
+            )
+            self._abort(association, transport)
         finally:
             transport.close()
+
+    @staticmethod
+    def _abort(association: Association, transport: Transport) -> None:
+        """A-ABORT (PS3.8 9.3.8) if the connection still takes it."""
+        try:
+            association.abort()
+            pending = association.data_to_send()
+            if pending:
+                transport.send(pending)
+        except (FastsendError, OSError):
+            pass  # the connection is gone already: closing it is all that is left
 
     def _handle(self, message: Message, syntaxes: dict[int, str], peer: str) -> Command:
         command = message.command
         if command.command_field == CommandField.C_ECHO_RQ:
             return c_echo_rsp(command)
         if command.command_field == CommandField.N_EVENT_REPORT_RQ:
-            syntax = syntaxes.get(message.presentation_context_id, IMPLICIT_VR_LITTLE_ENDIAN)
+            syntax = syntaxes.get(message.presentation_context_id)
+            if syntax is None:
+                raise DIMSEError(
+                    f"{peer} sent a report on presentation context "
+                    f"{message.presentation_context_id}, which was not accepted (PS3.8 9.3.3.2)"
+                )
             return answer_report(self.book, message, syntax, peer, self.log)
         raise DIMSEError(f"{peer} sent command 0x{command.command_field or 0:04x}, not a report")
 
@@ -404,7 +498,7 @@ def request_commitment(
                 f"no association with {client.name}: {exc}",
                 unreachable=isinstance(exc, ConnectError),
             ) from exc
-        explicit = dataset.explicit_vr(selection.transfer_syntax)
+        explicit = _explicit_vr(client, selection.transfer_syntax, "Storage Commitment")
         pc_id = selection.presentation_context_id
         try:
             for start in range(0, len(instances), config.batch):
@@ -440,9 +534,12 @@ def request_commitment(
                         )
                 outcome.transactions += 1
             _await_reports(client, book, config.timeout, outcome, log, listener is not None)
-        except AssociationError as exc:
-            # Lost before every request went: what was asked may still be
-            # reported on the listener; the rest stays uncommitted.
+        except FastsendError as exc:
+            # Lost (or broken by the peer) before every request went: what
+            # was asked may still be reported on the listener; the rest
+            # stays uncommitted.
+            if client.is_open:
+                client.abort()
             outcome.problems.append(f"Storage Commitment association with {client.name}: {exc}")
             if listener is not None:
                 _wait_listener(book, config.timeout)
@@ -455,6 +552,19 @@ def request_commitment(
             outcome.listener_associations = listener.associations
     _settle(batches, book, outcome, config.timeout, listener is not None)
     return outcome
+
+
+def _explicit_vr(client: StoreClient, transfer_syntax: str, service: str) -> bool:
+    """Whether the accepted syntax is Explicit VR; VerifyError if it is not one we proposed."""
+    try:
+        return dataset.explicit_vr(transfer_syntax)
+    except DatasetError as exc:
+        client.abort()
+        raise VerifyError(
+            f"{client.name} accepted {service} with transfer syntax "
+            f"{printable(transfer_syntax)}, which was not proposed (only Explicit and Implicit "
+            "VR Little Endian, PS3.8 9.3.3.2): association aborted; report this to its vendor"
+        ) from exc
 
 
 def _await_action_rsp(
@@ -480,7 +590,7 @@ def _await_action_rsp(
                 f"for message {responded_to}, not the N-ACTION-RSP to {message_id}"
             )
         status = command.get_int(TAG_STATUS, 0xFFFF)
-        return (0xFFFF if status is None else status), command.get_str(TAG_ERROR_COMMENT)
+        return (0xFFFF if status is None else status), printable(command.get_str(TAG_ERROR_COMMENT))
 
 
 def _answer_on_client(
@@ -491,7 +601,15 @@ def _answer_on_client(
     log: Log,
 ) -> None:
     assert client.contexts is not None
-    syntax = client.contexts.transfer_syntax_of(message.presentation_context_id)
+    try:
+        syntax = client.contexts.transfer_syntax_of(message.presentation_context_id)
+    except KeyError:
+        client.abort()
+        raise AssociationError(
+            f"{client.name} sent a report on presentation context "
+            f"{message.presentation_context_id}, which it never accepted (PS3.8 9.3.3.2): "
+            "association aborted"
+        ) from None
     response = answer_report(book, message, syntax, client.name, log)
     if response.get_int(TAG_STATUS) == 0:
         outcome.reports_on_same_association += 1
@@ -623,6 +741,7 @@ class _Finder:
             dataset.find_identifier(level, study, series, self.explicit),
         )
         matches: list[dataset.Match] = []
+        unreadable = ""
         while True:
             message = client.next_message(client.peer.dimse_timeout, "C-FIND-RSP")
             assert message is not None
@@ -637,15 +756,19 @@ class _Finder:
             status = command.get_int(TAG_STATUS, 0xFFFF)
             category = status_category(0xFFFF if status is None else status)
             if category is StatusCategory.PENDING:
-                if command.has_dataset:
+                if command.has_dataset and not unreadable:
                     try:
                         matches.append(dataset.decode_match(message.dataset(), self.explicit))
                     except DatasetError as exc:
-                        raise _FindFailed(f"a C-FIND match cannot be read: {exc}") from exc
+                        # Read on to the final response (PS3.7 9.1.2): the
+                        # association then serves the next query.
+                        unreadable = f"a C-FIND match from {client.name} cannot be read: {exc}"
                 continue
+            if unreadable:
+                raise _FindFailed(unreadable)
             if category is StatusCategory.SUCCESS:
                 return matches
-            comment = command.get_str(TAG_ERROR_COMMENT)
+            comment = printable(command.get_str(TAG_ERROR_COMMENT))
             raise _FindFailed(
                 f"C-FIND at {level} level ended with {status_text(status or 0)}"
                 + (f" ({comment})" if comment else "")
@@ -671,7 +794,9 @@ def reconcile_by_find(
             unreachable=isinstance(exc, ConnectError),
         ) from exc
     finder = _Finder(
-        client, selection.presentation_context_id, dataset.explicit_vr(selection.transfer_syntax)
+        client,
+        selection.presentation_context_id,
+        _explicit_vr(client, selection.transfer_syntax, "C-FIND"),
     )
     outcome = FindOutcome()
     try:
@@ -681,7 +806,11 @@ def reconcile_by_find(
             except _FindFailed as exc:
                 problem = f"study {study}: {exc}; its {len(instances)} instance(s) not verified"
                 outcome.problems.append(problem)
-    except AssociationError as exc:
+    except FastsendError as exc:
+        # The association lost, or broken by the peer: the studies not
+        # reached stay unverified.
+        if client.is_open:
+            client.abort()
         outcome.problems.append(f"C-FIND association with {client.name}: {exc}")
     finally:
         if client.is_open:
@@ -748,15 +877,16 @@ class VerifyReport:
     commit: CommitmentOutcome | None = None
     find_problem: str = ""  # C-FIND could not run at all
     commit_problem: str = ""  # Storage Commitment could not run at all
-    unreachable: bool = False
+    unreachable: bool = False  # no TCP connection (else: it answered, and refused)
     missing_csv: Path | None = None
-    missing: int = 0  # instances listed in the CSV: missing or commitment failed
+    missing: int = 0  # instances listed in the CSV: the ones no longer counted as held
     unverified: int = 0  # held instances no method could check
+    disagreements: int = 0  # one method said held, the other not: taken as not held
 
     @property
     def exit_code(self) -> int:
-        """0 all verified, 1 some missing, not committed or not checked, 3 no method ran,
-        4 nothing to verify."""
+        """0 all verified, 1 some missing, not committed or not checked, 3 no method ran
+        (the destination cannot be reached, or refused both), 4 nothing to verify."""
         if not self.instances:
             return 4
         ran = (self.find is not None) or (self.commit is not None)
@@ -796,22 +926,25 @@ def verify(config: VerifyConfig, session_id: str, log: Log) -> VerifyReport:
         if config.find:
             try:
                 report.find = reconcile_by_find(config.peer, studies, log)
-                inventory.record_find(report.find.states.items())
             except VerifyError as exc:
                 report.find_problem = str(exc)
                 report.unreachable = exc.unreachable
         if config.commit is not None:
             try:
                 report.commit = request_commitment(config.peer, config.commit, instances, log)
-                inventory.record_commit(
-                    (path, state, reason) for path, (state, reason) in report.commit.states.items()
-                )
             except VerifyError as exc:
                 report.commit_problem = str(exc)
                 report.unreachable = report.unreachable or exc.unreachable
-        listed = _listed(instances, report)
+        # One verdict per instance from both methods, written once: a
+        # method's "held" never undoes the other's "not held".
+        verdicts = {i.path: _verdict(i.path, report) for i in instances}
+        inventory.record_verdicts(
+            v for v in verdicts.values() if v.find is not None or v.commit is not None
+        )
+        listed = _listed(instances, verdicts)
         report.missing = len(listed)
         report.unverified = sum(1 for i in instances if not _checked(i.path, report))
+        report.disagreements = sum(1 for v in verdicts.values() if _disagree(v))
         if listed:
             report.missing_csv = missing_list_path(config.log_dir, session_id)
             write_missing(report.missing_csv, listed)
@@ -827,23 +960,42 @@ def _checked(path: str, report: VerifyReport) -> bool:
     return found or committed
 
 
+def _verdict(path: str, report: VerifyReport) -> Verdict:
+    find = report.find.states.get(path) if report.find is not None else None
+    commit, reason = (
+        report.commit.states.get(path, (None, "")) if report.commit is not None else (None, "")
+    )
+    return Verdict(path, find, commit, reason)
+
+
+def _disagree(verdict: Verdict) -> bool:
+    """C-FIND and Storage Commitment both decided, and not alike."""
+    if verdict.find is None or verdict.commit in (None, CommitState.UNCOMMITTED):
+        return False
+    return (verdict.find is FindState.FOUND) != (verdict.commit is CommitState.COMMITTED)
+
+
 def _listed(
-    instances: Sequence[HeldInstance], report: VerifyReport
+    instances: Sequence[HeldInstance], verdicts: dict[str, Verdict]
 ) -> list[tuple[HeldInstance, str, str]]:
-    """(instance, status, reason) to resend: missing at destination or commitment failed."""
+    """(instance, status, reason) to resend: exactly those no longer counted as held."""
     listed = []
     for instance in instances:
+        verdict = verdicts[instance.path]
+        if verdict.holds is not False:
+            continue
         reasons = []
         status = ""
-        if report.find is not None and report.find.states.get(instance.path) is FindState.MISSING:
+        if verdict.find is FindState.MISSING:
             reasons.append(MISSING_REASON)
-        if report.commit is not None:
-            state, reason = report.commit.states.get(instance.path, (None, ""))
-            if state is CommitState.COMMIT_FAILED:
-                reasons.append(f"Storage Commitment failed: {reason}")
-                status = reason.split(" ", 1)[0]
-        if reasons:
-            listed.append((instance, status, "; ".join(reasons)))
+        if verdict.commit is CommitState.COMMIT_FAILED:
+            reasons.append(f"Storage Commitment failed: {verdict.commit_reason}")
+            status = verdict.commit_reason.split(" ", 1)[0]
+            if verdict.find is FindState.FOUND:
+                reasons.append("although C-FIND returned it")
+        elif verdict.commit is CommitState.COMMITTED:
+            reasons.append("although Storage Commitment reported it committed")
+        listed.append((instance, status, "; ".join(reasons)))
     return listed
 
 
@@ -852,9 +1004,7 @@ def missing_list_path(log_dir: Path, session_id: str) -> Path:
 
 
 def write_missing(path: Path, listed: Sequence[tuple[HeldInstance, str, str]]) -> None:
-    """The failures-list format (report.FAILURE_COLUMNS): `send --input-list` resends them."""
-    from ..report import FAILURE_COLUMNS
-
+    """The failures-list format (results.FAILURE_COLUMNS): `send --input-list` resends them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -897,6 +1047,23 @@ def format_report(report: VerifyReport) -> list[str]:
     if not report.instances:
         lines.append(
             "nothing to verify: the journal records no instance stored at this destination"
+        )
+    if report.instances and report.find is None and report.commit is None:
+        if report.unreachable:
+            lines.append(
+                f"ERROR {report.destination} cannot be reached: nothing was verified; check "
+                "-H and -p, and that it is running and lets this host connect"
+            )
+        else:
+            lines.append(
+                f"ERROR {report.destination} answered but refused both C-FIND (Study Root) and "
+                "Storage Commitment: nothing was verified; ask its administrator to enable "
+                "one of them for our AE title"
+            )
+    if report.disagreements:
+        lines.append(
+            f"{report.disagreements} instance(s) on which C-FIND and Storage Commitment "
+            "disagree: taken as not held (any negative verdict wins), listed to send again"
         )
     if report.unverified:
         lines.append(f"{report.unverified} instance(s) could not be verified by any method")

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import FastsendError
+from .hotpath import MAX_NESTING_DEPTH
 from .uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 # Storage Commitment Push Model (PS3.4 J.3, PS3.6 Annex A).
@@ -144,15 +145,22 @@ def _encode_element(tag: int, value: Value, explicit: bool) -> bytes:
 
 
 def decode(data: bytes | memoryview, explicit: bool = False) -> Item:
-    """A data set's elements by tag; sequences become lists of items."""
-    item, end = _decode(memoryview(data), 0, len(data), explicit, until=None)
+    """A data set's elements by tag; sequences become lists of items.
+
+    Raises DatasetError for anything malformed, including sequences nested
+    deeper than MAX_NESTING_DEPTH (the hot path's limit): the data comes
+    from a peer, and each level is a Python frame.
+    """
+    item, end = _decode(memoryview(data), 0, len(data), explicit, until=None, depth=0)
     return item
 
 
 def _decode(
-    view: memoryview, pos: int, end: int, explicit: bool, until: int | None
+    view: memoryview, pos: int, end: int, explicit: bool, until: int | None, depth: int
 ) -> tuple[Item, int]:
     """Elements from ``pos`` to ``end``, or up to the delimiter tag ``until``."""
+    if depth > MAX_NESTING_DEPTH:
+        raise DatasetError(f"sequences nested deeper than {MAX_NESTING_DEPTH}")
     elements: Item = {}
     while pos < end:
         if end - pos < 8:
@@ -176,7 +184,11 @@ def _decode(
             pos += 8
             vr = _VR.get(tag) or ("SQ" if length == _UNDEFINED else "UN")
         if vr == "SQ" or (vr == "UN" and length == _UNDEFINED):
-            items, pos = _decode_sequence(view, pos, end, length, explicit, tag)
+            # PS3.5 6.2.2: a UN of undefined length is a sequence whose items
+            # are Implicit VR Little Endian, whatever the transfer syntax.
+            items, pos = _decode_sequence(
+                view, pos, end, length, explicit and vr != "UN", tag, depth + 1
+            )
             elements[tag] = items
             continue
         if length == _UNDEFINED or length > end - pos:
@@ -192,7 +204,7 @@ def _decode(
 
 
 def _decode_sequence(
-    view: memoryview, pos: int, end: int, length: int, explicit: bool, tag: int
+    view: memoryview, pos: int, end: int, length: int, explicit: bool, tag: int, depth: int
 ) -> tuple[list[Item], int]:
     stop = end if length == _UNDEFINED else pos + length
     if stop > end:
@@ -209,11 +221,11 @@ def _decode_sequence(
         if marker != _ITEM:
             raise DatasetError(f"({group:04X},{element:04X}) where an item was expected")
         if item_length == _UNDEFINED:
-            item, pos = _decode(view, pos, stop, explicit, until=_ITEM_END)
+            item, pos = _decode(view, pos, stop, explicit, until=_ITEM_END, depth=depth)
         else:
             if item_length > stop - pos:
                 raise DatasetError("an item runs past its sequence")
-            item, _ = _decode(view, pos, pos + item_length, explicit, until=None)
+            item, _ = _decode(view, pos, pos + item_length, explicit, until=None, depth=depth)
             pos += item_length
         items.append(item)
     if length == _UNDEFINED:
@@ -250,7 +262,7 @@ class Reference:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """An instance in the Failed SOP Sequence, with its Failure Reason (PS3.4 J.3.3.1.1)."""
+    """An instance in the Failed SOP Sequence, with its Failure Reason (PS3.3 C.14.1.1)."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -267,7 +279,7 @@ class CommitmentResult:
     retrieve_ae_title: str = ""
 
 
-# PS3.4 J.3.3.1.1: the meaning of each Failure Reason.
+# PS3.3 C.14.1.1 (SOP Instance Reference Macro, Failure Reason): the meaning of each.
 FAILURE_REASONS: dict[int, str] = {
     0x0110: "Processing failure",
     0x0112: "No such object instance",
@@ -280,7 +292,7 @@ FAILURE_REASONS: dict[int, str] = {
 
 def failure_reason_text(reason: int) -> str:
     """'0x0112 No such object instance', as the inventory keeps it (files.commit_reason)."""
-    return f"0x{reason:04X} {FAILURE_REASONS.get(reason, 'Failure Reason not in PS3.4 J.3.3')}"
+    return f"0x{reason:04X} {FAILURE_REASONS.get(reason, 'Failure Reason not in PS3.3 C.14.1.1')}"
 
 
 def new_transaction_uid() -> str:

@@ -350,8 +350,12 @@ def n_event_report_rsp(request: Command, status: int, error_comment: str = "") -
         TAG_COMMAND_DATA_SET_TYPE: NO_DATASET,
         TAG_STATUS: status,
         TAG_AFFECTED_SOP_INSTANCE_UID: request.get_str(TAG_AFFECTED_SOP_INSTANCE_UID),
-        TAG_EVENT_TYPE_ID: request.get_int(TAG_EVENT_TYPE_ID, 0) or 0,
     }
+    # PS3.7 10.1.1.1.5: the Event Type ID is optional in the response; echo
+    # the request's, never invent one it did not carry.
+    event_type_id = request.get_int(TAG_EVENT_TYPE_ID)
+    if event_type_id is not None:
+        elements[TAG_EVENT_TYPE_ID] = event_type_id
     if error_comment:
         elements[TAG_ERROR_COMMENT] = error_comment[:64]
     return Command(elements)
@@ -459,8 +463,12 @@ class MessageAssembler:
     drops them, which is what a discarding receiver wants.
     """
 
-    def __init__(self, keep_dataset: bool = True) -> None:
+    def __init__(self, keep_dataset: bool = True, max_dataset: int | None = None) -> None:
         self.keep_dataset = keep_dataset
+        # Bytes one kept data set may reach (None: no limit): a receiver of
+        # small data sets bounds what a peer can make it hold in memory.
+        self.max_dataset = max_dataset
+        self._message_bytes = 0
         self._command_fragments: list[bytes] = []
         self._command_context = 0
         self._message: Message | None = None
@@ -482,6 +490,10 @@ class MessageAssembler:
                     )
                 self._command_context = pdv.presentation_context_id
                 self._command_fragments.append(bytes(pdv.data))
+                if self.max_dataset is not None and (
+                    sum(map(len, self._command_fragments)) > self.max_dataset
+                ):
+                    raise DIMSEError(f"a command set of more than {self.max_dataset} bytes")
                 if not pdv.is_last:
                     continue
                 command = Command.decode(b"".join(self._command_fragments))
@@ -489,6 +501,7 @@ class MessageAssembler:
                 message = Message(pdv.presentation_context_id, command)
                 if command.has_dataset:
                     self._message = message
+                    self._message_bytes = 0
                 else:
                     complete.append(message)
                 continue
@@ -500,6 +513,12 @@ class MessageAssembler:
                     f"its command came on {self._message.presentation_context_id}"
                 )
             self.dataset_bytes += len(pdv.data)
+            self._message_bytes += len(pdv.data)
+            if self.max_dataset is not None and self._message_bytes > self.max_dataset:
+                raise DIMSEError(
+                    f"a data set of more than {self.max_dataset} bytes, where at most "
+                    f"{self.max_dataset} are taken"
+                )
             if self.keep_dataset:
                 self._message.dataset_fragments.append(bytes(pdv.data))
             if pdv.is_last:

@@ -602,13 +602,22 @@ class Inventory:
             return self._take_pending(max_files, max_bytes)
 
     def _take_pending(self, max_files: int, max_bytes: int) -> list[Pending]:
+        return self._take_first(NEXT_PENDING, (self.session_id, max_files), max_bytes)
+
+    def _take_first(
+        self, query: str, arguments: Sequence[object], max_bytes: int, alone: bool = True
+    ) -> list[Pending]:
+        """The first pending rows ``query`` gives, up to ``max_bytes``, now in flight.
+
+        ``alone``: a first row larger than ``max_bytes`` is taken by itself
+        (else nothing is taken). One IMMEDIATE transaction.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._db.execute(NEXT_PENDING, (self.session_id, max_files)).fetchall()
             taken: list[Pending] = []
             total = 0
-            for directory, name, size, mtime in rows:
-                if taken and total + size > max_bytes:
+            for directory, name, size, mtime in self._db.execute(query, arguments).fetchall():
+                if total + size > max_bytes and (taken or not alone):
                     break
                 total += size
                 taken.append(Pending(os.path.join(directory, name), size, mtime))
@@ -647,29 +656,9 @@ class Inventory:
         """Like take_pending, from one directory; ``alone``: a first file larger
         than ``max_bytes`` is taken by itself (else nothing is taken)."""
         with self._writing():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    PENDING_IN_DIRECTORY, (self.session_id, directory, max_files)
-                ).fetchall()
-                taken: list[Pending] = []
-                total = 0
-                for name_dir, name, size, mtime in rows:
-                    if total + size > max_bytes and (taken or not alone):
-                        break
-                    total += size
-                    taken.append(Pending(os.path.join(name_dir, name), size, mtime))
-                if taken:
-                    # The first pending rows of the directory: one range covers them.
-                    self._db.execute(
-                        TAKE_RANGE,
-                        (self.session_id, *split(taken[0].path), *split(taken[-1].path)),
-                    )
-            except BaseException:
-                self._rollback()
-                raise
-            self._db.execute("COMMIT")
-        return taken
+            return self._take_first(
+                PENDING_IN_DIRECTORY, (self.session_id, directory, max_files), max_bytes, alone
+            )
 
     def has_pending(self) -> bool:
         """Whether this session has files still to dispatch."""

@@ -116,7 +116,11 @@ class Hooks:
     dispatched: Callable[[Batch], None] = lambda batch: None
 
 
-@dataclass
+# repr=False: signal.signal() returns the SIGINT handler it replaces, our
+# bound method, after trying it as a signal.Handlers member, whose failure
+# formats repr() of the method; a generated repr would write out the summary
+# (every C-STORE latency), tens of MB and seconds at the end of a large run.
+@dataclass(repr=False)
 class Coordinator:
     config: SendConfig
     hooks: Hooks = field(default_factory=Hooks)

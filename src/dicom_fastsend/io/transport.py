@@ -215,6 +215,8 @@ class Transport:
         else:
             self._set_kernel_timeout(timeout)
         if _TCP_QUICKACK is not None:
+            # Quick ACK mode lapses after a few segments, so it is re-armed
+            # before every read (tcp(7)).
             try:
                 self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
             except OSError:  # pragma: no cover - not all kernels allow it

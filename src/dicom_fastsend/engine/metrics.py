@@ -15,14 +15,13 @@ coordinator forks its workers and must stay single-threaded to do so safely
 from __future__ import annotations
 
 import bisect
-import selectors
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ..io.transport import RequestServer, TransportError
 from .results import Outcome, SendSummary
 
 if TYPE_CHECKING:
@@ -189,16 +188,12 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-@dataclass(slots=True)
-class _Client:
-    sock: socket.socket
-    opened: float
-    request: bytes = b""
-    response: memoryview | None = None
-
-
 class MetricsServer:
-    """A single-threaded HTTP endpoint: ``serve()`` handles whatever is ready, never waits."""
+    """A single-threaded HTTP endpoint: ``serve()`` handles whatever is ready, never waits.
+
+    The sockets are io/transport.py's (RequestServer); this class only
+    answers the requests.
+    """
 
     def __init__(self, address: str, port: int, collector: SendCollector) -> None:
         try:
@@ -212,72 +207,19 @@ class MetricsServer:
         self._registry: Any = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)
         try:
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            self._listener = socket.socket(family, socket.SOCK_STREAM)
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind((address, port))
-            self._listener.listen(16)
-            self._listener.setblocking(False)
-        except OSError as exc:
+            self._server = RequestServer(address, port, MAX_REQUEST, REQUEST_TIMEOUT)
+        except TransportError as exc:
             raise MetricsError(
-                f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}; "
+                f"cannot serve metrics on {address}:{port}: {exc}; "
                 "choose another --metrics-port (or --metrics-address)"
             ) from None
-        self.port = self._listener.getsockname()[1]
+        self.port = self._server.port
         self.address = address
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, None)
-        self._clients: dict[int, _Client] = {}
 
     def serve(self, timeout: float = 0.0) -> None:
         """Accept, read requests and write answers that are ready; wait at most ``timeout``."""
         self._collector.sample()
-        for key, _ in self._selector.select(timeout):
-            if key.data is None:
-                self._accept()
-            else:
-                self._step(key.data)
-        if self._clients:
-            now = time.monotonic()
-            for client in list(self._clients.values()):
-                if now - client.opened > REQUEST_TIMEOUT:
-                    self._drop(client)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            sock.setblocking(False)
-            client = _Client(sock, time.monotonic())
-            self._clients[sock.fileno()] = client
-            self._selector.register(sock, selectors.EVENT_READ, client)
-
-    def _step(self, client: _Client) -> None:
-        try:
-            if client.response is None:
-                data = client.sock.recv(4096)
-                if not data:
-                    self._drop(client)
-                    return
-                client.request += data
-                if b"\r\n\r\n" not in client.request:
-                    if len(client.request) > MAX_REQUEST:
-                        self._drop(client)
-                    return
-                client.response = memoryview(self._answer(client.request))
-                self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
-            sent = client.sock.send(client.response)
-            client.response = client.response[sent:]
-            if not client.response:
-                self._drop(client)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(client)
+        self._server.serve(timeout, self._answer)
 
     def _answer(self, request: bytes) -> bytes:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -292,19 +234,8 @@ class MetricsServer:
         body = generate_latest(self._registry)
         return _http(200, CONTENT_TYPE_LATEST, body, head=method == b"HEAD")
 
-    def _drop(self, client: _Client) -> None:
-        self._clients.pop(client.sock.fileno(), None)
-        try:
-            self._selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
-        client.sock.close()
-
     def close(self) -> None:
-        for client in list(self._clients.values()):
-            self._drop(client)
-        self._selector.close()
-        self._listener.close()
+        self._server.close()
 
 
 def _http(status: int, content_type: str, body: bytes, head: bool = False) -> bytes:

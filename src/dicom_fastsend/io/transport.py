@@ -9,9 +9,11 @@ half of its C-STORE-RSP without a 40 ms delayed-ACK stall.
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import TLSConfig
@@ -275,3 +277,102 @@ class Listener:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class _Client:
+    """One connection to a RequestServer: its request so far, then its answer."""
+
+    __slots__ = ("opened", "request", "response", "sock")
+
+    def __init__(self, sock: socket.socket, opened: float) -> None:
+        self.sock = sock
+        self.opened = opened
+        self.request = b""
+        self.response: memoryview | None = None
+
+
+class RequestServer:
+    """A non-blocking, single-threaded listener for short request/answer exchanges
+    (the metrics endpoint's HTTP): ``serve()`` does what is ready and never waits
+    longer than asked, so the coordinator's own loop can drive it (it forks its
+    workers, so it runs no thread). A request ends at an empty line (CRLF CRLF);
+    the connection closes after the answer.
+    """
+
+    def __init__(self, address: str, port: int, max_request: int, request_timeout: float) -> None:
+        self._max_request = max_request
+        self._request_timeout = request_timeout
+        try:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            self._listener = socket.socket(family, socket.SOCK_STREAM)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((address, port))
+            self._listener.listen(16)
+            self._listener.setblocking(False)
+        except OSError as exc:
+            raise TransportError(str(exc.strerror or exc)) from None
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._clients: dict[int, _Client] = {}
+
+    def serve(self, timeout: float, answer: Callable[[bytes], bytes]) -> None:
+        """Accept, read requests and write answers that are ready; wait at most ``timeout``."""
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._accept()
+            else:
+                self._step(key.data, answer)
+        if self._clients:
+            now = time.monotonic()
+            for client in list(self._clients.values()):
+                if now - client.opened > self._request_timeout:
+                    self._drop(client)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:  # BlockingIOError included: nothing more to accept
+                return
+            sock.setblocking(False)
+            client = _Client(sock, time.monotonic())
+            self._clients[sock.fileno()] = client
+            self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _step(self, client: _Client, answer: Callable[[bytes], bytes]) -> None:
+        try:
+            if client.response is None:
+                data = client.sock.recv(4096)
+                if not data:
+                    self._drop(client)
+                    return
+                client.request += data
+                if b"\r\n\r\n" not in client.request:
+                    if len(client.request) > self._max_request:
+                        self._drop(client)
+                    return
+                client.response = memoryview(answer(client.request))
+                self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
+            sent = client.sock.send(client.response)
+            client.response = client.response[sent:]
+            if not client.response:
+                self._drop(client)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        self._clients.pop(client.sock.fileno(), None)
+        try:
+            self._selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.sock.close()
+
+    def close(self) -> None:
+        for client in list(self._clients.values()):
+            self._drop(client)
+        self._selector.close()
+        self._listener.close()

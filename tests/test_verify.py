@@ -39,6 +39,7 @@ from peers import (
     require_dcmtk,
 )
 from require import require_module
+from waiting import wait_until
 
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -581,6 +582,21 @@ def commitment_scp() -> Iterator[Callable[..., CommitmentSCP]]:
             scp.stop()
 
 
+def _answered(scp: CommitmentSCP, reports: int) -> list[int]:
+    """The statuses the SCP got for its reports, once it has recorded ``reports`` of them.
+
+    verify exits as soon as it has answered the last report; the SCP's
+    thread records that answer a moment later.
+    """
+    wait_until(
+        lambda: len(scp.report_status) >= reports,
+        10,
+        f"the SCP to record the answers to its {reports} report(s)",
+        state=lambda: scp.report_status,
+    )
+    return list(scp.report_status)
+
+
 @pytest.mark.parametrize("mode", ["same", "new"])
 def test_pynetdicom_commits_some_and_refuses_others(
     commitment_scp: Callable[..., CommitmentSCP], archive: SynthArchive, tmp_path: Path, mode: str
@@ -600,7 +616,7 @@ def test_pynetdicom_commits_some_and_refuses_others(
         f"Storage Commitment: {total - 3} committed, 3 commit failed, 0 uncommitted "
         "(3 transaction(s))" in run.stdout
     ), run.output
-    assert scp.report_status == [0, 0, 0]
+    assert _answered(scp, 3) == [0, 0, 0]
     assert scp.agreed_scp_role == ([True, True, True] if mode == "new" else [])
     rows = _journal_rows(logs)
     for uid, state, reason, _, held in rows.values():
@@ -625,8 +641,8 @@ def test_unknown_transaction_is_answered_with_an_error(
     assert _send("PYCOMMIT", scp.port, logs, "-r", "-i", str(archive.root)).returncode == 0
     run = _verify("PYCOMMIT", scp.port, logs, "--commit", "--commit-timeout", "20")
     assert run.returncode == 0, run.output
+    assert _answered(scp, 1) == [0]
     assert scp.stray_status == [0x0115]  # Invalid argument value (PS3.7 C.5)
-    assert scp.report_status == [0]
     assert "Transaction UID 2.25.1234567, which this verification did not ask about" in run.stderr
 
 
@@ -677,7 +693,7 @@ def test_hostile_reports_are_refused_and_logged_not_a_traceback(
     # 0110H Processing failure, 0113H No such Event Type, 0112H No such SOP Instance,
     # 0115H Invalid argument value (PS3.7 10.1.1.1.8).
     assert scp.prelude_status == [0x0110, 0x0113, 0x0112, 0x0115], run.output
-    assert scp.report_status == [0]
+    assert _answered(scp, 1) == [0]
     assert run.returncode == 0, run.output
     total = len(archive.files)
     assert f"Storage Commitment: {total} committed, 0 commit failed, 0 uncommitted" in run.stdout

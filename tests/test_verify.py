@@ -344,6 +344,11 @@ class CommitmentSCP:
     # "new": whether our listener agreed that the reporting requestor is the
     # SCP (SCP/SCU Role Selection, PS3.7 D.3.3.4), per association.
     agreed_scp_role: list[bool] = field(default_factory=list)
+    # One report at a time: each N-ACTION starts a thread that reports, and
+    # pynetdicom matches a response to whichever thread waits on the
+    # association first, so overlapping reports could take each other's
+    # N-EVENT-REPORT-RSP (a real SCP reports one after the other too).
+    _reporting: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # commitment False: a plain Storage SCP (neither Storage Commitment nor C-FIND).
     commitment: bool = True
     # find: also a Study Root C-FIND SCP answering from ``held`` (SOP Instance UID ->
@@ -462,6 +467,10 @@ class CommitmentSCP:
 
     def _report(self, assoc: Any, transaction: str, items: list[tuple[str, str]]) -> None:
         time.sleep(0.3)  # after our N-ACTION-RSP went
+        with self._reporting:
+            self._report_now(assoc, transaction, items)
+
+    def _report_now(self, assoc: Any, transaction: str, items: list[tuple[str, str]]) -> None:
         if self.mode == "same":
             self._send_reports(assoc, transaction, items)
             return

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import __version__
-from .engine.inventory import InventoryReader, JournalError
+from .engine.inventory import InventoryReader, JournalError, read_consistently
 
 AUDIT_SCHEMA = Path(__file__).with_name("audit.schema.json")
 
@@ -291,38 +291,17 @@ def write_audit(
     if journal.is_dir():
         raise JournalError(f"{journal} is a directory; --journal takes the journal file")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = _write_once(journal, out_dir, session_id, destination, again_if_overtaken=True)
-    if written is None:
-        # A send opened the journal while it was read without its WAL (as
-        # `fastsend status` does): read it again, through the WAL.
-        written = _write_once(journal, out_dir, session_id, destination, again_if_overtaken=False)
-    assert written is not None
-    return written
 
-
-def _write_once(
-    journal: Path,
-    out_dir: Path,
-    session_id: str | None,
-    destination: str | None,
-    again_if_overtaken: bool,
-) -> AuditFiles | None:
-    reader = InventoryReader(journal)
-    try:
+    def write(reader: InventoryReader) -> AuditFiles:
         if destination is not None and reader.destination not in (None, destination):
             raise JournalError(
                 f"the journal {journal} records the migration to {reader.destination}, not to"
                 f" {destination}; leave --journal out to read {destination}'s own journal in"
                 " --log-dir, or -a/-H/-p out to read this one"
             )
-        written = _write(reader, journal, out_dir, session_id)
-    except sqlite3.Error as exc:
-        if again_if_overtaken and reader.overtaken:
-            return None
-        raise JournalError(f"cannot read the journal {journal}: {exc}") from exc
-    finally:
-        reader.close()
-    return None if again_if_overtaken and reader.overtaken else written
+        return _write(reader, journal, out_dir, session_id)
+
+    return read_consistently(journal, write)
 
 
 def _write(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -32,6 +31,7 @@ from .engine.inventory import (
     SessionRecord,
     State,
     StudyTally,
+    read_consistently,
 )
 from .engine.results import ExitStatus
 from .errors import FastsendError
@@ -181,12 +181,7 @@ def read_status(
         )
     if journal.is_dir():
         raise JournalError(f"{journal} is a directory; --journal takes the journal file")
-    report = _read_once(journal, session_id, studies, again_if_overtaken=True)
-    if report is None:
-        # A send opened the journal while it was read without its WAL; it may
-        # have checkpointed into the file meanwhile: read again, through the WAL.
-        report = _read_once(journal, session_id, studies, again_if_overtaken=False)
-    assert report is not None
+    report = read_consistently(journal, lambda reader: _read(reader, journal, session_id, studies))
     if destination is not None and report.destination not in (None, destination):
         raise JournalError(
             f"the journal {journal} records the migration to {report.destination}, not to"
@@ -194,22 +189,6 @@ def read_status(
             " --log-dir, or -a/-H/-p out to read this one"
         )
     return report
-
-
-def _read_once(
-    journal: Path, session_id: str | None, studies: int | None, again_if_overtaken: bool
-) -> StatusReport | None:
-    """The report, or None (with ``again_if_overtaken``) when a send overtook the read."""
-    reader = InventoryReader(journal)
-    try:
-        report = _read(reader, journal, session_id, studies)
-    except sqlite3.Error as exc:
-        if again_if_overtaken and reader.overtaken:
-            return None
-        raise JournalError(f"cannot read the journal {journal}: {exc}") from exc
-    finally:
-        reader.close()
-    return None if again_if_overtaken and reader.overtaken else report
 
 
 def _read(

@@ -29,12 +29,12 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -1320,3 +1320,29 @@ def _why_not_writable(path: Path) -> str:
     if free < LOW_SPACE:
         return f" (its file system has {free // 1024} kB free)"
     return ""
+
+
+_Read = TypeVar("_Read")
+
+
+def read_consistently(journal: Path, read: Callable[[InventoryReader], _Read]) -> _Read:
+    """``read`` on a reader of ``journal``, and once more if a send overtook it.
+
+    A reader first reads the file without its WAL (see InventoryReader); a
+    send that opens the journal meanwhile may checkpoint into it, so what was
+    read may mix two states: it is then read again, through the WAL. A read
+    that fails otherwise is JournalError naming the file. (`status`, `audit`.)
+    """
+    for again_if_overtaken in (True, False):
+        reader = InventoryReader(journal)
+        try:
+            result = read(reader)
+        except sqlite3.Error as exc:
+            if again_if_overtaken and reader.overtaken:
+                continue
+            raise JournalError(f"cannot read the journal {journal}: {exc}") from exc
+        finally:
+            reader.close()
+        if not (again_if_overtaken and reader.overtaken):
+            return result
+    raise AssertionError("the second read does not ask to be read again")

@@ -60,10 +60,8 @@ def test_known_rows_tell_a_rerun_what_is_held_and_unchanged(tmp_path: Path) -> N
     stored = FileResult("/a/1.dcm", Outcome.STORED, sop_instance_uid="1.1", attempts=1)
     failed = FileResult("/a/2.dcm", Outcome.FAILED, "0xC000", attempts=1)
     inventory.record_many([(stored, 100, 5.0), (failed, 200, 6.0)])
-    known = inventory.known("/a")
-    assert known == {"1.dcm": Known(100, 5.0, "stored")}  # the failed file is not held
-    assert known["1.dcm"].unchanged(100, 5.0000001)
-    assert not known["1.dcm"].unchanged(100, 5.01) and not known["1.dcm"].unchanged(101, 5.0)
+    # The failed file is not held; the walk skips a file only with this exact version.
+    assert inventory.known("/a") == {("1.dcm", 100, 5.0)}
     assert inventory.known_path("/a/1.dcm") == Known(100, 5.0, "stored")
     assert inventory.known_path("/a/2.dcm") is None
     assert inventory.known_path("/a/3.dcm") is None
@@ -79,12 +77,13 @@ def test_what_the_destination_holds_survives_a_resend_that_is_skipped(tmp_path: 
     assert again.take_pending(10, 10**9) == [Pending("/a/1.dcm", 10, 1.0)]
     again.record(FileResult("/a/1.dcm", Outcome.SKIPPED, "not sent: interrupted"), 10, 1.0)
     assert state_of(path, "/a/1.dcm") == "warning"
-    assert again.known("/a") == {"1.dcm": Known(10, 1.0, "warning")}
+    assert again.known("/a") == {("1.dcm", 10, 1.0)}
+    assert again.known_path("/a/1.dcm") == Known(10, 1.0, "warning")
     # A changed file that fails: the destination still holds the older version,
     # which the walk will not take for this one (its size differs).
     again.record(FileResult("/a/1.dcm", Outcome.FAILED, "0xC000", attempts=1), 11, 2.0)
     assert state_of(path, "/a/1.dcm") == "failed"
-    assert not again.known("/a")["1.dcm"].unchanged(11, 2.0)
+    assert again.known("/a") == {("1.dcm", 10, 1.0)}  # not (11, 2.0): the walk sends it
 
 
 def test_a_skip_never_replaces_a_stored_row_and_attempts_add_up(tmp_path: Path) -> None:
@@ -148,7 +147,7 @@ def test_a_journal_of_an_earlier_version_is_migrated_for_its_destination(tmp_pat
             ],
         )
     inventory = Inventory(path, DEST, "new")
-    assert inventory.known("/a") == {"1.dcm": Known(10, 2.5, "stored")}
+    assert inventory.known("/a") == {("1.dcm", 10, 2.5)}
     assert inventory.counts() == {"stored": 1, "failed": 1}
     inventory.close()
     with pytest.raises(JournalError, match=r"records the migration to PACS@h:104, not to OTHER"):
@@ -247,7 +246,7 @@ def test_verification_outcomes_change_what_a_rerun_sends(tmp_path: Path) -> None
             ("/a/4.dcm", CommitState.UNCOMMITTED, "no N-EVENT-REPORT within 1 s"),
         ]
     )
-    assert set(inventory.known("/a")) == {"1.dcm", "4.dcm"}
+    assert {name for name, _, _ in inventory.known("/a")} == {"1.dcm", "4.dcm"}
     with sqlite3.connect(path) as db:
         rows = dict(
             (name, rest)

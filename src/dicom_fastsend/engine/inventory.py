@@ -236,8 +236,8 @@ ON CONFLICT (dir, name) DO UPDATE SET
 # an index (tests/test_inventory.py checks their query plans), or a run slows
 # down with the size of the inventory.
 KNOWN_IN_DIRECTORY = (
-    "SELECT name, held_size, held_mtime, held_outcome, held_rules FROM files"
-    " WHERE dir = ? AND held_size IS NOT NULL"
+    "SELECT name, held_size, held_mtime FROM files"
+    " WHERE dir = ? AND held_size IS NOT NULL AND coalesce(held_rules, '') = ?"
 )
 KNOWN_PATH = (
     "SELECT held_size, held_mtime, held_outcome, held_rules FROM files"
@@ -291,17 +291,15 @@ class JournalError(FastsendError):
     destination's ..."""
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
-    """What the destination holds of a file the walk meets again: the version stored."""
+class Known(NamedTuple):
+    """What the destination holds of a file the walk meets again: the version stored.
+
+    A NamedTuple, made from a row at a third of a frozen dataclass's cost.
+    """
 
     size: int
     mtime: float
     outcome: str  # stored or warning
-
-    def unchanged(self, size: int, mtime: float) -> bool:
-        """Same size and modification time as recorded (mtime to the microsecond)."""
-        return self.size == size and abs(self.mtime - mtime) < 1e-6
 
 
 class Pending(NamedTuple):
@@ -560,20 +558,20 @@ class Inventory:
 
     # ------------------------------------------------------------ the walk
 
-    def known(self, directory: str) -> dict[str, Known]:
-        """Rows of the files directly in ``directory`` held as this run would send them,
-        by name.
+    def known(self, directory: str) -> set[tuple[str, int, float]]:
+        """The versions the destination holds of the files directly in ``directory``,
+        held as this run would send them: (name, size, mtime) each.
 
-        A file held under other --coerce rules (or coerced then, not now, or the
-        reverse) is left out: what the destination holds is not what this run
-        sends, so the walk makes it pending again.
+        The walk skips a file whose (name, size, mtime) from its one stat is in
+        here. Equality is exact: the size and mtime recorded are those of the
+        walk's own stat of the file, and SQLite keeps a REAL as the same double.
+        A set built by SQLite's cursor costs no Python per row, which a rerun
+        of a million files pays a million times. A file held under other
+        --coerce rules (or coerced then, not now, or the reverse) is left out:
+        what the destination holds is not what this run sends, so the walk
+        makes it pending again.
         """
-        rows = self._db.execute(KNOWN_IN_DIRECTORY, (directory,))
-        return {
-            name: Known(size, mtime, outcome)
-            for name, size, mtime, outcome, rules in rows
-            if (rules or "") == self.rules
-        }
+        return set(self._db.execute(KNOWN_IN_DIRECTORY, (directory, self.rules)))
 
     def known_path(self, path: str) -> Known | None:
         row = self._db.execute(KNOWN_PATH, split(path)).fetchone()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..io.discover import MissingInput, Unit, UnsearchedSubdirectories, discover
 from ..io.header import FileInfo, HeaderError, read_header_and_content
-from .inventory import Inventory, Known, Pending
+from .inventory import Inventory, Pending
 from .results import Cause, FileResult, Outcome
 
 # A file whose outcome was decided here: its result, its header when read, and why.
@@ -80,19 +80,19 @@ class Walker:
         return False
 
     def _take(self, unit: Unit) -> None:
-        known: dict[str, Known] = {}
+        held_versions: set[tuple[str, int, float]] = set()
         if self._resume:
             if unit.listed:
-                known = self._inventory.known(unit.directory)
+                held_versions = self._inventory.known(unit.directory)
             else:
                 for entry in unit.entries:
                     row = self._inventory.known_path(entry.path)
                     if row is not None:
-                        known[os.path.basename(entry.path)] = row
+                        held_versions.add((entry.name, row.size, row.mtime))
         pending: list[Pending] = []
         held = 0
+        self.walk.found += len(unit.entries)
         for entry in unit.entries:
-            self.walk.found += 1
             try:
                 status = entry.stat()
             except OSError as exc:
@@ -100,8 +100,8 @@ class Walker:
                 result = FileResult(entry.path, Outcome.FAILED, reason)
                 self._report(result, None, Cause.UNREADABLE)
                 continue
-            row = known.get(os.path.basename(entry.path))
-            if row is not None and row.unchanged(status.st_size, status.st_mtime):
+            # Held, and unchanged since: same size and mtime as the version stored.
+            if (entry.name, status.st_size, status.st_mtime) in held_versions:
                 held += 1
                 continue
             pending.append(Pending(entry.path, status.st_size, status.st_mtime))

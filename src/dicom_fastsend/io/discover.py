@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 # Files handed over per unit at most, so that the coordinator's loop stays
@@ -51,6 +52,9 @@ class Entry(Protocol):
     @property
     def path(self) -> str: ...
 
+    @property
+    def name(self) -> str: ...
+
     def stat(self) -> os.stat_result: ...
 
 
@@ -59,6 +63,10 @@ class Named:
     """A file named as an input (or in --input-list), not met in a listing."""
 
     path: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
     def stat(self) -> os.stat_result:
         return os.stat(self.path)
@@ -101,7 +109,7 @@ def discover(
             directory = stack.pop()
             try:
                 with os.scandir(directory) as listing:
-                    entries = sorted(listing, key=lambda e: e.name)
+                    entries = sorted(listing, key=attrgetter("name"))
             except OSError as exc:
                 yield MissingInput(directory, f"cannot list directory: {exc.strerror or exc}")
                 continue

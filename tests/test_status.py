@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,15 @@ def slow_sink() -> Iterator[Sink]:
         yield receiver
 
 
+def stored_in(journal: Path) -> int:
+    """Files the journal records as stored (0 before it exists), read-only."""
+    if not journal.exists():
+        return 0
+    with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+        count: int = db.execute("SELECT COUNT(*) FROM files WHERE state = 'stored'").fetchone()[0]
+    return count
+
+
 def wait_until(condition: Any, what: str, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -244,6 +254,10 @@ def test_status_of_a_running_send_then_of_the_killed_one(slow_sink: Sink, tmp_pa
     )
     try:
         wait_until(lambda: slow_sink.stats.instances >= 5, "the send to store 5 files")
+        # Workers record outcomes in groups (every 32 files or 0.25 s, see
+        # "Resume, retries, failures"): the first lands in the journal a
+        # moment after the sink has the files.
+        wait_until(lambda: stored_in(journal) >= 1, "the first outcome in the journal")
         report = status_json(*destination)
         session = report["session"]
         assert (session["state"], session["pid"]) == ("running", send.pid)

@@ -373,16 +373,24 @@ class Association:
         The usual answer to a C-STORE, read without a PDU, PDV or Command
         object: the compiled hot path (``parse_command_pdus``) decodes the
         command sets. It takes only what ``receive_data`` would take and read
-        the same way, in Sta6 with nothing buffered; for anything else (a
-        partial PDU, a data set, another PDU, a malformed one) it returns None
-        and has changed nothing, and the caller gives the same bytes to
-        ``receive_data``, which reports what is wrong as it always has.
+        the same way, in Sta6; for anything else (a partial PDU, a data set,
+        another PDU, a malformed one) it returns None and has changed
+        nothing, and the caller gives the same bytes to ``receive_data``,
+        which reports what is wrong as it always has. The start of a PDU that
+        an earlier ``receive_data`` buffered counts as the start of ``data``
+        (a peer that writes the PDU header and the PDV apart, as DCMTK does,
+        is sometimes read in two parts).
         """
-        if self.state is not State.STA6 or self._reader.buffered:
+        if self.state is not State.STA6:
             return None
+        pending = self._reader.buffered
+        if pending:
+            data = self._reader.pending() + data
         commands = parse_command_pdus(data, self._reader.pdata_limit)
         if commands is None:
             return None
+        if pending:
+            self._reader.discard_pending()
         # Each PDU is Evt10 (P-DATA-TF received), which in Sta6 is DT-2: a
         # P-DATA indication, the commands here, and Sta6 again (PS3.8 Table
         # 9-10). The table is asked rather than assumed.

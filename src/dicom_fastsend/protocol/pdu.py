@@ -681,6 +681,16 @@ class PDUReader:
     def buffered(self) -> int:
         return len(self._buffer) + len(self._data) - self._offset
 
+    def pending(self) -> bytes:
+        """The bytes fed and not yet framed: the start of a PDU the next feed completes."""
+        return bytes(self._buffer) + bytes(self._data[self._offset :])
+
+    def discard_pending(self) -> None:
+        """Forget the bytes ``pending`` returned: the caller framed them itself."""
+        self._buffer = bytearray()
+        self._data = memoryview(b"")
+        self._offset = 0
+
     @property
     def pdata_limit(self) -> int:
         """The longest P-DATA-TF PDU-length taken: the announced Maximum Length.

@@ -246,10 +246,16 @@ def test_kill_9_of_the_whole_run_then_a_rerun_stores_everything(
     args = send_args(root, peer.port, peer.aet, journal, tmp_path / "logs1", "-P", str(WORKERS))
     process = start(args, tmp_path / "first.txt")
     threshold = 1 if moment == "walk" else 1000
+
+    def moment_reached() -> bool:
+        if files_in(peer.output_dir) < threshold:
+            return False
+        # "sending" means the walk is over too: the sender can now store 1,000
+        # files before the walk has committed its 4,000 rows.
+        return moment == "walk" or row_count(journal) == len(archive)
+
     try:
-        waited = wait_until(
-            lambda: files_in(peer.output_dir) >= threshold, 60, f"{threshold} instance(s) stored"
-        )
+        waited = wait_until(moment_reached, 60, f"{threshold} instance(s) stored")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)

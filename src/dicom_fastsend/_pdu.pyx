@@ -8,8 +8,10 @@ and errors. Error messages and offsets match ``_pdu_py`` exactly, because the
 tests compare the two on arbitrary input.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from .errors import ElementScanError, PDUError
 
@@ -482,3 +484,264 @@ def scan_elements(buf, offset, explicit_vr, little_endian, wanted, stop_tag):
         return found, walk.size
     finally:
         free(wanted_tags)
+
+
+# ---- the per-file C-STORE path: command sets straight to and from P-DATA-TF PDUs ----
+# (_pdu_py documents each function; the two give the same bytes and the same None.)
+
+cdef enum:
+    # PS3.7 E.1 command elements (group 0000) by element number.
+    _EL_GROUP_LENGTH = 0x0000  # UL
+    _EL_AFFECTED_SOP_CLASS_UID = 0x0002
+    _EL_COMMAND_FIELD = 0x0100
+    _EL_MESSAGE_ID = 0x0110
+    _EL_MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
+    _EL_PRIORITY = 0x0700
+    _EL_COMMAND_DATA_SET_TYPE = 0x0800
+    _EL_STATUS = 0x0900
+    _EL_OFFENDING_ELEMENT = 0x0901  # AT
+    _EL_ERROR_COMMENT = 0x0902  # LO
+    _EL_AFFECTED_SOP_INSTANCE_UID = 0x1000
+    _NO_DATASET = 0x0101
+    _C_STORE_RQ = 0x0001
+    _MAX_ENCODED_UID = 0xFFFF
+    _PDU_HEADER = 6
+
+
+cdef inline bint _is_command_us(uint32_t element) noexcept nogil:
+    # The US entries of protocol.dimse._VR: the general decoder rejects a US of
+    # any length but 2 among them, so every one present is checked here too.
+    return (
+        element == 0x0100 or element == 0x0110 or element == 0x0120 or element == 0x0700
+        or element == 0x0800 or element == 0x0900 or element == 0x0903 or element == 0x1002
+        or element == 0x1008 or element == 0x1031
+    )
+
+
+cdef inline void _put_le16(uint8_t* p, uint32_t value) noexcept nogil:
+    p[0] = value & 0xFF
+    p[1] = (value >> 8) & 0xFF
+
+
+cdef inline void _put_le32(uint8_t* p, uint32_t value) noexcept nogil:
+    p[0] = value & 0xFF
+    p[1] = (value >> 8) & 0xFF
+    p[2] = (value >> 16) & 0xFF
+    p[3] = (value >> 24) & 0xFF
+
+
+cdef inline uint8_t* _put_element_header(
+    uint8_t* p, uint32_t element, uint32_t length
+) noexcept nogil:
+    # PS3.5 7.1.3 (Implicit VR Little Endian): group, element, 32-bit length.
+    _put_le16(p, 0x0000)
+    _put_le16(p + 2, element)
+    _put_le32(p + 4, length)
+    return p + 8
+
+
+cdef inline uint8_t* _put_us(uint8_t* p, uint32_t element, uint32_t value) noexcept nogil:
+    p = _put_element_header(p, element, 2)
+    _put_le16(p, value)
+    return p + 2
+
+
+cdef inline uint8_t* _put_uid(
+    uint8_t* p, uint32_t element, const char* value, Py_ssize_t length
+) noexcept nogil:
+    # PS3.5 6.2: a UI value is padded with one NUL to an even length.
+    cdef Py_ssize_t padded = length + (length & 1)
+    p = _put_element_header(p, element, <uint32_t>padded)
+    memcpy(p, value, length)
+    if padded != length:
+        p[length] = 0
+    return p + padded
+
+
+cdef object _ascii_uid(object uid):
+    try:
+        raw = uid.encode("ascii")
+    except UnicodeEncodeError:
+        return None  # the general encoder raises DIMSEError for it
+    if len(raw) > _MAX_ENCODED_UID:
+        return None
+    return raw
+
+
+def c_store_rq_pdus(
+    presentation_context_id, message_id, sop_class_uid, sop_instance_uid, priority,
+    max_pdu_length,
+):
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1) in its P-DATA-TF PDU(s), one bytes object,
+    or None where the general encoder would not write it so (see _pdu_py)."""
+    _check_presentation_context_id(presentation_context_id)
+    cdef long long max_fragment = _max_fragment_length(max_pdu_length)
+    if not (isinstance(message_id, int) and isinstance(priority, int)):
+        return None
+    if not (0 <= message_id <= 0xFFFF and 0 <= priority <= 0xFFFF):
+        return None
+    class_uid = _ascii_uid(sop_class_uid)
+    instance_uid = _ascii_uid(sop_instance_uid)
+    if class_uid is None or instance_uid is None:
+        return None
+    cdef bytes class_bytes = <bytes>class_uid
+    cdef bytes instance_bytes = <bytes>instance_uid
+    cdef Py_ssize_t class_length = len(class_bytes), instance_length = len(instance_bytes)
+    # After the Command Group Length: two UIDs and four US elements (PS3.7 E.1).
+    cdef Py_ssize_t body = (
+        8 + class_length + (class_length & 1) + 4 * 10 + 8 + instance_length + (instance_length & 1)
+    )
+    cdef Py_ssize_t total = 12 + body
+    cdef Py_ssize_t count = (total + max_fragment - 1) // max_fragment
+    cdef uint8_t* command = <uint8_t*>malloc(total)
+    if command == NULL:
+        raise MemoryError()
+    cdef uint8_t* p
+    cdef uint8_t* out
+    cdef Py_ssize_t index, start, stop
+    cdef uint8_t context_id = <uint8_t>presentation_context_id
+    try:
+        p = _put_element_header(command, _EL_GROUP_LENGTH, 4)
+        _put_le32(p, <uint32_t>body)
+        p = _put_uid(
+            p + 4, _EL_AFFECTED_SOP_CLASS_UID, PyBytes_AS_STRING(class_bytes), class_length
+        )
+        p = _put_us(p, _EL_COMMAND_FIELD, _C_STORE_RQ)
+        p = _put_us(p, _EL_MESSAGE_ID, <uint32_t>message_id)
+        p = _put_us(p, _EL_PRIORITY, <uint32_t>priority)
+        p = _put_us(p, _EL_COMMAND_DATA_SET_TYPE, 0x0000)  # a data set follows
+        _put_uid(
+            p, _EL_AFFECTED_SOP_INSTANCE_UID, PyBytes_AS_STRING(instance_bytes), instance_length
+        )
+        # PS3.8 9.3.5, D.1: one PDV per PDU, the last fragment marked (E.2).
+        pdus = PyBytes_FromStringAndSize(NULL, total + _HEADER_LENGTH * count)
+        out = <uint8_t*>PyBytes_AS_STRING(pdus)
+        for index in range(count):
+            start = index * max_fragment
+            stop = start + max_fragment
+            if stop > total:
+                stop = total
+            _write_header(out, context_id, True, index == count - 1, <uint32_t>(stop - start))
+            memcpy(out + _HEADER_LENGTH, command + start, stop - start)
+            out += _HEADER_LENGTH + stop - start
+        return pdus
+    finally:
+        free(command)
+
+
+cdef inline uint32_t _le16_at(const unsigned char* p) noexcept nogil:
+    return p[0] | (<uint32_t>p[1] << 8)
+
+
+cdef object _summarize_command(
+    const unsigned char* data, Py_ssize_t start, Py_ssize_t stop, int presentation_context_id
+):
+    # -1: the element is not in the command set. A repeated element: the last counts.
+    cdef long command_field = -1, responded_to = -1, status = -1, data_set_type = -1
+    cdef Py_ssize_t comment_at = -1, comment_length = 0, offending_at = -1, offending_length = 0
+    cdef Py_ssize_t position = start, index
+    cdef uint32_t group, element, value
+    cdef Py_ssize_t length
+    while position < stop:
+        if stop - position < 8:
+            return None  # stray bytes
+        group = _le16_at(data + position)
+        element = _le16_at(data + position + 2)
+        length = <Py_ssize_t>(
+            data[position + 4] | (<uint32_t>data[position + 5] << 8)
+            | (<uint32_t>data[position + 6] << 16) | (<uint32_t>data[position + 7] << 24)
+        )
+        position += 8
+        if length > stop - position or group != 0x0000:
+            return None  # overruns the command set, or not a command element
+        if _is_command_us(element):
+            if length != 2:
+                return None
+            value = _le16_at(data + position)
+            if element == _EL_COMMAND_FIELD:
+                command_field = value
+            elif element == _EL_MESSAGE_ID_BEING_RESPONDED_TO:
+                responded_to = value
+            elif element == _EL_STATUS:
+                status = value
+            elif element == _EL_COMMAND_DATA_SET_TYPE:
+                data_set_type = value
+        elif element == _EL_GROUP_LENGTH:
+            if length != 4:
+                return None
+        elif element == _EL_OFFENDING_ELEMENT:
+            offending_at = position
+            offending_length = length
+        elif element == _EL_ERROR_COMMENT:
+            comment_at = position
+            comment_length = length
+        position += length
+    if command_field < 0:
+        return None  # the general decoder requires (0000,0100)
+    if data_set_type >= 0 and data_set_type != _NO_DATASET:
+        return None  # a data set follows: the general path reassembles it
+    error_comment = None
+    if comment_at >= 0:
+        error_comment = (
+            (<const char*>data)[comment_at:comment_at + comment_length]
+            .rstrip(b"\x00 ")
+            .decode("ascii", "replace")
+        )
+    offending = None
+    if offending_at >= 0:
+        # AT: tags of 4 bytes each (group, element); a partial one is ignored.
+        offending = tuple([
+            (_le16_at(data + offending_at + 4 * index) << 16)
+            | _le16_at(data + offending_at + 4 * index + 2)
+            for index in range(offending_length // 4)
+        ])
+    return (
+        presentation_context_id,
+        command_field,
+        None if responded_to < 0 else responded_to,
+        None if status < 0 else status,
+        None if data_set_type < 0 else data_set_type,
+        error_comment,
+        offending,
+    )
+
+
+def parse_command_pdus(data, limit):
+    """Command sets from bytes that are whole P-DATA-TF PDUs of whole command sets
+    (PS3.8 9.3.5, E.2; PS3.7 9.3.1.2), or None for anything else (see _pdu_py)."""
+    cdef const unsigned char[:] view = memoryview(data).cast("B")
+    cdef Py_ssize_t size = view.shape[0]
+    if size == 0:
+        return None
+    # The PDU-length field is 32 bits: a larger limit is no limit.
+    cdef long long maximum = limit if limit <= 0xFFFFFFFF else 0xFFFFFFFF
+    cdef const unsigned char* bytes_ = &view[0]
+    cdef list commands = []
+    cdef Py_ssize_t position = 0, end, item, remaining
+    cdef long long length, item_length
+    while position < size:
+        if size - position < _PDU_HEADER or bytes_[position] != _P_DATA_TF:
+            return None
+        length = _be32(bytes_ + position + 2)
+        end = position + _PDU_HEADER + length
+        if length == 0 or length > maximum or end > size:
+            return None
+        item = position + _PDU_HEADER
+        while item < end:
+            remaining = end - item
+            if remaining < 6:
+                return None
+            item_length = _be32(bytes_ + item)
+            if item_length < 2 or item_length > remaining - 4:
+                return None
+            if bytes_[item + 5] & (_COMMAND_BIT | _LAST_BIT) != _COMMAND_BIT | _LAST_BIT:
+                return None
+            command = _summarize_command(
+                bytes_, item + 6, item + 4 + item_length, bytes_[item + 4]
+            )
+            if command is None:
+                return None
+            commands.append(command)
+            item += 4 + item_length
+        position = end
+    return commands

@@ -471,3 +471,233 @@ def fragment_pdata_prefixed(
         else:
             parts.append(memoryview(bytes(head[start:]) + bytes(rest[: stop - split_at])))
     return parts
+
+
+# ---- the per-file C-STORE path: command sets straight to and from P-DATA-TF PDUs ----
+
+# PS3.7 E.1: the command elements whose VR is US (2 bytes) or UL (4 bytes), and
+# the AT one. They are the entries of ``protocol.dimse._VR`` with those VRs:
+# the general decoder rejects a US or UL of any other length, so this one
+# must check every such element present, not only those it reports.
+_COMMAND_US_ELEMENTS: Final = frozenset(
+    (0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x0903, 0x1002, 0x1008, 0x1031)
+)
+_COMMAND_GROUP_LENGTH: Final = 0x0000  # UL
+_COMMAND_FIELD: Final = 0x0100
+_MESSAGE_ID_BEING_RESPONDED_TO: Final = 0x0120
+_COMMAND_DATA_SET_TYPE: Final = 0x0800
+_STATUS: Final = 0x0900
+_OFFENDING_ELEMENT: Final = 0x0901  # AT
+_ERROR_COMMENT: Final = 0x0902  # LO
+_NO_DATASET: Final = 0x0101  # PS3.7 E.1: (0000,0800) says no data set follows
+_C_STORE_RQ: Final = 0x0001
+# Longer UIDs than this (64 is the most PS3.5 9.1 allows) are left to the
+# general encoder, so that every length here fits its field with room to spare.
+_MAX_ENCODED_UID: Final = 0xFFFF
+
+_US_ELEMENT = struct.Struct("<HHIH")
+_ELEMENT_HEADER = struct.Struct("<HHI")
+
+
+def _uid_value(uid: str) -> bytes | None:
+    """A UI value as the general encoder writes it, or None when it would not."""
+    try:
+        raw = uid.encode("ascii")
+    except UnicodeEncodeError:
+        return None  # the general encoder raises DIMSEError for it
+    if len(raw) > _MAX_ENCODED_UID:
+        return None
+    # PS3.5 6.2: a UI value is padded with one NUL to an even length.
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def c_store_rq_pdus(
+    presentation_context_id: int,
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    priority: int,
+    max_pdu_length: int,
+) -> bytes | None:
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1) in its P-DATA-TF PDU(s), as one bytes object.
+
+    The bytes are exactly those of ``fragment_pdata(c_store_rq(message_id,
+    sop_class_uid, sop_instance_uid, priority).encode(), presentation_context_id,
+    True, max_pdu_length)`` joined: Implicit VR Little Endian (PS3.7 6.3.1), the
+    Command Group Length first, then Affected SOP Class UID, Command Field
+    0001, Message ID, Priority, Command Data Set Type 0000 (a data set
+    follows) and Affected SOP Instance UID, in ascending tag order (PS3.5
+    7.1); then split into PDUs of at most ``max_pdu_length`` (PS3.8 D.1,
+    9.3.5) with the last fragment marked. None when the general encoder
+    would not write it this way: a UID outside ASCII (it raises DIMSEError),
+    a UID longer than 65535 bytes, or a Message ID or Priority that is not
+    an integer 0..65535; the caller then takes the general path.
+    Argument errors (context ID, maximum length) are those of fragment_pdata.
+    """
+    _check_presentation_context_id(presentation_context_id)
+    max_fragment = _max_fragment_length(max_pdu_length)
+    if not (isinstance(message_id, int) and isinstance(priority, int)):
+        return None
+    if not (0 <= message_id <= 0xFFFF and 0 <= priority <= 0xFFFF):
+        return None
+    class_uid = _uid_value(sop_class_uid)
+    instance_uid = _uid_value(sop_instance_uid)
+    if class_uid is None or instance_uid is None:
+        return None
+    body = b"".join(
+        (
+            _ELEMENT_HEADER.pack(0x0000, 0x0002, len(class_uid)),
+            class_uid,
+            _US_ELEMENT.pack(0x0000, _COMMAND_FIELD, 2, _C_STORE_RQ),
+            _US_ELEMENT.pack(0x0000, 0x0110, 2, message_id),
+            _US_ELEMENT.pack(0x0000, 0x0700, 2, priority),
+            _US_ELEMENT.pack(0x0000, _COMMAND_DATA_SET_TYPE, 2, 0x0000),
+            _ELEMENT_HEADER.pack(0x0000, 0x1000, len(instance_uid)),
+            instance_uid,
+        )
+    )
+    command = _ELEMENT_HEADER.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+    total = len(command)
+    count = max(1, -(-total // max_fragment))
+    pdus: list[bytes] = []
+    for index in range(count):
+        start = index * max_fragment
+        stop = min(start + max_fragment, total)
+        pdus.append(
+            struct.pack(
+                ">BBIIBB",
+                _P_DATA_TF,
+                0x00,
+                _PDV_OVERHEAD + stop - start,
+                2 + stop - start,
+                presentation_context_id,
+                _message_control_header(True, index == count - 1),
+            )
+        )
+        pdus.append(command[start:stop])
+    return b"".join(pdus)
+
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # One decoded command set: (presentation context ID, Command Field, Message
+    # ID Being Responded To, Status, Command Data Set Type, Error Comment,
+    # Offending Element); None for an element the command set does not hold.
+    # (A plain tuple, for the compiled twin makes one without a class lookup.)
+    CommandSummary: TypeAlias = tuple[
+        int, int, int | None, int | None, int | None, str | None, tuple[int, ...] | None
+    ]
+
+
+def _summarize_command(
+    view: memoryview, start: int, stop: int, presentation_context_id: int
+) -> CommandSummary | None:
+    """The elements the sender needs from one command set, or None where the general
+    decoder (``dimse.Command.decode``) would raise or a data set follows."""
+    command_field: int | None = None
+    responded_to: int | None = None
+    status: int | None = None
+    data_set_type: int | None = None
+    error_comment: str | None = None
+    offending: tuple[int, ...] | None = None
+    position = start
+    while position < stop:
+        if stop - position < 8:
+            return None  # stray bytes
+        group, element, length = _ELEMENT_HEADER.unpack_from(view, position)
+        position += 8
+        if length > stop - position or group != 0x0000:
+            return None  # overruns the command set, or not a command element
+        if element in _COMMAND_US_ELEMENTS:
+            if length != 2:
+                return None
+            value: int = view[position] | (view[position + 1] << 8)
+            # A repeated element: the last one counts, as in the general decoder's dict.
+            if element == _COMMAND_FIELD:
+                command_field = value
+            elif element == _MESSAGE_ID_BEING_RESPONDED_TO:
+                responded_to = value
+            elif element == _STATUS:
+                status = value
+            elif element == _COMMAND_DATA_SET_TYPE:
+                data_set_type = value
+        elif element == _COMMAND_GROUP_LENGTH:
+            if length != 4:
+                return None
+        elif element == _OFFENDING_ELEMENT:
+            # AT: tags of 4 bytes each (group, element); a partial one is ignored.
+            offending = tuple(
+                (group_ << 16) | element_
+                for group_, element_ in struct.iter_unpack(
+                    "<HH", view[position : position + length - length % 4]
+                )
+            )
+        elif element == _ERROR_COMMENT:
+            error_comment = (
+                bytes(view[position : position + length])
+                .rstrip(b"\x00 ")
+                .decode("ascii", "replace")
+            )
+        position += length
+    if command_field is None:
+        return None  # the general decoder requires (0000,0100)
+    if data_set_type is not None and data_set_type != _NO_DATASET:
+        return None  # a data set follows: the general path reassembles it
+    return (
+        presentation_context_id,
+        command_field,
+        responded_to,
+        status,
+        data_set_type,
+        error_comment,
+        offending,
+    )
+
+
+def parse_command_pdus(data: Buffer, limit: int) -> list[CommandSummary] | None:
+    """Command sets from bytes that are whole P-DATA-TF PDUs of whole command sets.
+
+    The usual answer to a C-STORE (PS3.7 9.3.1.2): one P-DATA-TF (PS3.8
+    9.3.5) whose one PDV holds a command set in one fragment (message
+    control header: command, last; PS3.8 E.2) and no data set follows. Each
+    such PDV gives one ``CommandSummary``, in order. ``limit`` is the longest
+    P-DATA-TF PDU-length accepted (the Maximum Length this side announced).
+
+    None when the bytes are anything else: a partial PDU, another PDU type,
+    a PDU beyond ``limit``, PDV items that do not tile the PDU, a data set or
+    command fragment, a command set the general decoder would reject, or
+    one announcing a data set. The caller then gives the same bytes to the
+    general path, which reports errors as it always has; so this function
+    only ever accepts what the general path accepts, and reads it the same.
+    """
+    with memoryview(data) as base, base.cast("B") as view:
+        size = view.nbytes
+        if size == 0:
+            return None
+        commands: list[CommandSummary] = []
+        position = 0
+        while position < size:
+            if size - position < _PDU_HEADER_LENGTH or view[position] != _P_DATA_TF:
+                return None
+            (length,) = struct.unpack_from(">I", view, position + 2)
+            end = position + _PDU_HEADER_LENGTH + length
+            if length == 0 or length > limit or end > size:
+                return None
+            item = position + _PDU_HEADER_LENGTH
+            while item < end:
+                remaining = end - item
+                if remaining < 6:
+                    return None
+                (item_length,) = struct.unpack_from(">I", view, item)
+                if item_length < 2 or item_length > remaining - 4:
+                    return None
+                if view[item + 5] & (_COMMAND_BIT | _LAST_BIT) != _COMMAND_BIT | _LAST_BIT:
+                    return None
+                command = _summarize_command(view, item + 6, item + 4 + item_length, view[item + 4])
+                if command is None:
+                    return None
+                commands.append(command)
+                item += 4 + item_length
+            position = end
+        return commands

@@ -43,10 +43,12 @@ from ..protocol.dimse import (
     DIMSEError,
     Message,
     MessageAssembler,
+    Priority,
+    assembler_is_idle,
     c_echo_rq,
     c_store_rq,
 )
-from ..protocol.hotpath import fragment_pdata, fragment_pdata_prefixed
+from ..protocol.hotpath import c_store_rq_pdus, fragment_pdata, fragment_pdata_prefixed
 from ..protocol.pdu import (
     AAssociateRJ,
     AAssociateRQ,
@@ -63,6 +65,7 @@ from ..protocol.uids import (
 )
 
 if TYPE_CHECKING:
+    from .._pdu_py import CommandSummary
     from ..io.coerce import Change, Coerced, Coercion
 
 IMPLEMENTATION_CLASS_UID = f"{IMPLEMENTATION_CLASS_UID_ROOT}.{__version__}"
@@ -282,6 +285,19 @@ class StoreClient:
         Without ``abort_on_timeout`` a timeout returns no events and leaves
         the association as it is (a caller polling several sources).
         """
+        data = self._receive(deadline, limit, waiting_for, patience, abort_on_timeout)
+        return [] if data is None else self._events(data)
+
+    def _receive(
+        self,
+        deadline: float,
+        limit: float,
+        waiting_for: str,
+        patience: float | None = None,
+        abort_on_timeout: bool = True,
+    ) -> bytes | None:
+        """The read of _read_events: bytes, b'' when the peer closed, None when a
+        timeout passed without ``abort_on_timeout``."""
         association, transport = self._association, self._transport
         if association is None or transport is None:
             raise AssociationAbortedError(f"association with {self.name} is closed")
@@ -296,7 +312,7 @@ class StoreClient:
             if wait < remaining:
                 raise _Impatient from None
             if not abort_on_timeout:
-                return []
+                return None
             self.abort()
             raise DimseTimeoutError(
                 f"no {waiting_for} from {self.name} within {limit:g} s; association aborted"
@@ -304,6 +320,12 @@ class StoreClient:
         except TransportError as exc:
             self._close()
             raise AssociationAbortedError(str(exc)) from exc
+        return data
+
+    def _events(self, data: bytes) -> list[Event]:
+        """Received bytes (b'': the peer closed) through the state machine, as events."""
+        association, transport = self._association, self._transport
+        assert association is not None and transport is not None
         events = association.receive_data(data) if data else association.connection_closed()
         try:
             self._flush()
@@ -330,11 +352,35 @@ class StoreClient:
         ``mapped`` then gives where the prefix would start in the map, so that
         the window arithmetic still lands on the mapped bytes sent.
         """
+        self._send_pdus(
+            presentation_context_id,
+            fragment_pdata(
+                command.encode(), presentation_context_id, True, self.peer_maximum_length
+            ),
+            dataset,
+            mapped,
+            prefix,
+        )
+
+    def _send_pdus(
+        self,
+        presentation_context_id: int,
+        command_pdus: Sequence[object] | _LazyCommand,
+        dataset: bytes | memoryview | None,
+        mapped: tuple[mmap.mmap, int] | None = None,
+        prefix: bytes | None = None,
+    ) -> None:
+        """_send_message with the command already in its P-DATA-TF PDUs (``command_pdus``,
+        buffers for sendmsg), or a _LazyCommand encoded here by the general encoder."""
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
-        buffers: list[object] = list(
-            fragment_pdata(command.encode(), presentation_context_id, True, maximum)
-        )
+        if isinstance(command_pdus, _LazyCommand):
+            # Encoded only now, after the data set is ready, as it always was:
+            # an encoding error comes after any error of the file's.
+            command_pdus = fragment_pdata(
+                command_pdus.command.encode(), presentation_context_id, True, maximum
+            )
+        buffers: list[object] = list(command_pdus)
         command_buffers = len(buffers)
         size = 0
         if dataset is not None:
@@ -410,7 +456,7 @@ class StoreClient:
                 if message_id in outstanding:
                     return message_id, self._responses.pop(message_id)
             try:
-                events = self._read_events(
+                data = self._receive(
                     deadline, self.peer.dimse_timeout, what, None if idle is None else IDLE_AFTER
                 )
             except _Impatient:
@@ -418,7 +464,16 @@ class StoreClient:
                 idle()
                 idle = None
                 continue
-            for event in events:
+            assert data is not None  # (a timeout aborts)
+            if data and assembler_is_idle(self._assembler):
+                # The usual answer: whole PDUs of whole command sets, read by
+                # the compiled hot path with no PDU, PDV or Command object.
+                assert self._association is not None
+                commands = self._association.receive_commands(data)
+                if commands is not None:
+                    self._take_responses(commands, outstanding, expected)
+                    continue
+            for event in self._events(data):
                 if isinstance(event, DataReceived):
                     try:
                         messages = self._assembler.feed(event.pdata.pdvs)
@@ -429,23 +484,15 @@ class StoreClient:
                         ) from exc
                     for message in messages:
                         command = message.command
-                        responded_to = command.get_int(TAG_MESSAGE_ID_BEING_RESPONDED_TO)
-                        if (
-                            command.command_field != expected
-                            or responded_to is None
-                            or responded_to not in outstanding
-                        ):
-                            self.abort()
-                            raise AssociationAbortedError(
-                                f"{self.name} answered with command "
-                                f"0x{command.command_field or 0:04x} for message {responded_to}, "
-                                f"which is not one of ours outstanding ({sorted(outstanding)})"
-                            )
-                        offending = command.elements.get(TAG_OFFENDING_ELEMENT, ())
-                        self._responses[responded_to] = Response(
-                            status=command.get_int(TAG_STATUS, 0xFFFF) or 0,
-                            error_comment=command.get_str(TAG_ERROR_COMMENT),
-                            offending_element=offending if isinstance(offending, tuple) else (),
+                        offending = command.elements.get(TAG_OFFENDING_ELEMENT)
+                        self._take_response(
+                            command.command_field,
+                            command.get_int(TAG_MESSAGE_ID_BEING_RESPONDED_TO),
+                            command.get_int(TAG_STATUS),
+                            command.get_str(TAG_ERROR_COMMENT),
+                            offending if isinstance(offending, tuple) else None,
+                            outstanding,
+                            expected,
                         )
                 elif isinstance(event, Aborted):
                     self._close()
@@ -455,6 +502,46 @@ class StoreClient:
                     raise AssociationAbortedError(
                         f"{self.name} asked to release while {what} was outstanding"
                     )
+
+    def _take_responses(
+        self, commands: list[CommandSummary], outstanding: Collection[int], expected: int
+    ) -> None:
+        """The responses among command sets decoded by the hot path (parse_command_pdus)."""
+        for _, command_field, responded_to, status, _, error_comment, offending in commands:
+            self._take_response(
+                command_field,
+                responded_to,
+                status,
+                error_comment or "",
+                offending,
+                outstanding,
+                expected,
+            )
+
+    def _take_response(
+        self,
+        command_field: int | None,
+        responded_to: int | None,
+        status: int | None,
+        error_comment: str,
+        offending: tuple[int, ...] | None,
+        outstanding: Collection[int],
+        expected: int,
+    ) -> None:
+        """Keep a response to one of ours outstanding; abort on anything else."""
+        if command_field != expected or responded_to is None or responded_to not in outstanding:
+            self.abort()
+            raise AssociationAbortedError(
+                f"{self.name} answered with command "
+                f"0x{command_field or 0:04x} for message {responded_to}, "
+                f"which is not one of ours outstanding ({sorted(outstanding)})"
+            )
+        self._responses[responded_to] = Response(
+            # A response without Status (0000,0900) reads as 0xFFFF, not success.
+            status=0xFFFF if status is None else status,
+            error_comment=error_comment,
+            offending_element=offending or (),
+        )
 
     def send_message(
         self, presentation_context_id: int, command: Command, dataset: bytes | None = None
@@ -542,13 +629,28 @@ class StoreClient:
         """
         message_id = self._next_message_id()
         self.changes.pop(message_id, None)  # a Message ID used before (they wrap at 65535)
-        command = c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
+        context_id = selection.presentation_context_id
+        # The command set in its P-DATA-TF PDU(s), from the compiled hot path;
+        # the general encoder for what it leaves (a UID outside ASCII raises there).
+        pdus = c_store_rq_pdus(
+            context_id,
+            message_id,
+            info.sop_class_uid,
+            info.sop_instance_uid,
+            Priority.MEDIUM,
+            self.peer_maximum_length,
+        )
+        command = (
+            [pdus]
+            if pdus is not None
+            else _LazyCommand(c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid))
+        )
         if content is not None and self.coercion is None:
             # (Coerced files take the path below, which builds their new head.)
             with memoryview(content) as whole, whole[info.dataset_offset :] as view:
                 dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
                 try:
-                    self._send_message(selection.presentation_context_id, command, dataset)
+                    self._send_pdus(context_id, command, dataset)
                 finally:
                     dataset = None
             return message_id
@@ -591,9 +693,7 @@ class StoreClient:
                             streamed = (mapped, start)
                         dataset = rest
                         changes = coerced.changes
-                self._send_message(
-                    selection.presentation_context_id, command, dataset, streamed, prefix
-                )
+                self._send_pdus(context_id, command, dataset, streamed, prefix)
                 if changes:
                     self.changes[message_id] = changes
             finally:
@@ -611,6 +711,18 @@ class StoreClient:
     def take_changes(self, message_id: int) -> tuple[Change, ...]:
         """What --coerce changed in the C-STORE with this Message ID (nothing: ())."""
         return self.changes.pop(message_id, ())
+
+
+class _LazyCommand:
+    """A command the hot path did not encode (c_store_rq_pdus gave None), for _send_pdus.
+
+    (A plain class: a dataclass costs an ``exec`` at import, see the README's start-up.)
+    """
+
+    __slots__ = ("command",)
+
+    def __init__(self, command: Command) -> None:
+        self.command = command
 
 
 class _Impatient(Exception):

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..errors import LocalProtocolError, PDUError
+from .hotpath import parse_command_pdus
 from .pdu import (
     PDU,
     AAbort,
@@ -35,6 +37,9 @@ from .pdu import (
     decode_pdu,
     encode,
 )
+
+if TYPE_CHECKING:
+    from .._pdu_py import CommandSummary
 
 
 class State(Enum):
@@ -361,6 +366,38 @@ class Association:
             self._problem = f"unexpected {type(pdu).__name__} in {self.state.value}"
             self._fire(_EVENT_FOR_PDU[type(pdu)])
         return self._take_events()
+
+    def receive_commands(self, data: bytes | bytearray | memoryview) -> list[CommandSummary] | None:
+        """Feed bytes that are whole P-DATA-TF PDUs of whole command sets; None if not.
+
+        The usual answer to a C-STORE, read without a PDU, PDV or Command
+        object: the compiled hot path (``parse_command_pdus``) decodes the
+        command sets. It takes only what ``receive_data`` would take and read
+        the same way, in Sta6; for anything else (a partial PDU, a data set,
+        another PDU, a malformed one) it returns None and has changed
+        nothing, and the caller gives the same bytes to ``receive_data``,
+        which reports what is wrong as it always has. The start of a PDU that
+        an earlier ``receive_data`` buffered counts as the start of ``data``
+        (a peer that writes the PDU header and the PDV apart, as DCMTK does,
+        is sometimes read in two parts).
+        """
+        if self.state is not State.STA6:
+            return None
+        pending = self._reader.buffered
+        if pending:
+            data = self._reader.pending() + data
+        commands = parse_command_pdus(data, self._reader.pdata_limit)
+        if commands is None:
+            return None
+        if pending:
+            self._reader.discard_pending()
+        # Each PDU is Evt10 (P-DATA-TF received), which in Sta6 is DT-2: a
+        # P-DATA indication, the commands here, and Sta6 again (PS3.8 Table
+        # 9-10). The table is asked rather than assumed.
+        action = TRANSITIONS["Evt10"][self.state]
+        if action != "DT-2":  # pragma: no cover - the table says DT-2
+            raise LocalProtocolError(f"Evt10 in {self.state.value} is {action}, not DT-2")
+        return commands
 
     def _take_events(self) -> list[Event]:
         events = self._events

@@ -525,3 +525,11 @@ class MessageAssembler:
                 complete.append(self._message)
                 self._message = None
         return complete
+
+
+def assembler_is_idle(assembler: MessageAssembler) -> bool:
+    """True when ``assembler`` holds no part of a message: no command fragment
+    and no command awaiting its data set. Only then may command sets be read
+    around it (the compiled path of ``StoreClient``), since the next PDV
+    starts a new message (PS3.8 E.2)."""
+    return assembler._message is None and not assembler._command_fragments

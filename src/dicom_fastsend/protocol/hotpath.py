@@ -60,6 +60,8 @@ fragment_pdata = impl.fragment_pdata
 fragment_pdata_prefixed = impl.fragment_pdata_prefixed
 parse_pdvs = impl.parse_pdvs
 scan_elements = impl.scan_elements
+c_store_rq_pdus = impl.c_store_rq_pdus
+parse_command_pdus = impl.parse_command_pdus
 
 __all__ = [
     "IMPLEMENTATION",
@@ -67,10 +69,12 @@ __all__ = [
     "MAX_UNLIMITED_PDU",
     "PDATA_HEADER_LENGTH",
     "PURE_PYTHON_ENV",
+    "c_store_rq_pdus",
     "fragment_pdata",
     "fragment_pdata_prefixed",
     "impl",
     "pack_pdata_header",
+    "parse_command_pdus",
     "parse_pdvs",
     "scan_elements",
 ]

@@ -681,12 +681,29 @@ class PDUReader:
     def buffered(self) -> int:
         return len(self._buffer) + len(self._data) - self._offset
 
+    def pending(self) -> bytes:
+        """The bytes fed and not yet framed: the start of a PDU the next feed completes."""
+        return bytes(self._buffer) + bytes(self._data[self._offset :])
+
+    def discard_pending(self) -> None:
+        """Forget the bytes ``pending`` returned: the caller framed them itself."""
+        self._buffer = bytearray()
+        self._data = memoryview(b"")
+        self._offset = 0
+
+    @property
+    def pdata_limit(self) -> int:
+        """The longest P-DATA-TF PDU-length taken: the announced Maximum Length.
+
+        0 means no limit; even then keep a hard cap (PS3.8 D.1 gives no upper bound).
+        """
+        return self.maximum_length or 64 << 20
+
     def _check(self, pdu_type: int, length: int) -> None:
         if pdu_type not in PDUType._value2member_map_:
             raise PDUError(f"unknown PDU type 0x{pdu_type:02x}")
         if pdu_type == PDUType.P_DATA_TF:
-            # 0 means no limit; even then keep a hard cap (PS3.8 D.1 gives no upper bound).
-            limit = self.maximum_length or 64 << 20
+            limit = self.pdata_limit
         else:
             limit = MAX_CONTROL_PDU_LENGTH
         if length > limit:

@@ -32,7 +32,6 @@ from dicom_fastsend.protocol.dimse import (
     DIMSEError,
     MessageAssembler,
     Priority,
-    assembler_is_idle,
     c_echo_rq,
     c_echo_rsp,
     c_store_rq,
@@ -206,7 +205,7 @@ def general_reading(data: bytes, maximum_length: int = 16384) -> Outcome:
         return f"error: {exc}"
     if reader.buffered:
         return "partial PDU"
-    if not assembler_is_idle(assembler):
+    if not assembler.idle:
         return "message incomplete"
     if not commands:
         return "nothing"

@@ -16,6 +16,11 @@ class PDUError(FastsendError, ValueError):
     """Bytes that do not form a valid PDU or PDV item (PS3.8 9.3)."""
 
 
+class UnrecognizedPDUError(PDUError):
+    """A PDU type PS3.8 9.3 does not define: the A-ABORT reason is "unrecognized PDU"
+    (PS3.8 9.3.8), not "invalid PDU parameter value"."""
+
+
 class ElementScanError(FastsendError, ValueError):
     """A data set whose element stream cannot be walked (PS3.5 7.1).
 

@@ -44,7 +44,6 @@ from ..protocol.dimse import (
     Message,
     MessageAssembler,
     Priority,
-    assembler_is_idle,
     c_echo_rq,
     c_store_rq,
 )
@@ -465,7 +464,7 @@ class StoreClient:
                 idle = None
                 continue
             assert data is not None  # (a timeout aborts)
-            if data and assembler_is_idle(self._assembler):
+            if data and self._assembler.idle:
                 # The usual answer: whole PDUs of whole command sets, read by
                 # the compiled hot path with no PDU, PDV or Command object.
                 assert self._association is not None

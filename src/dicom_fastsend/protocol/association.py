@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ..errors import LocalProtocolError, PDUError
+from ..errors import LocalProtocolError, PDUError, UnrecognizedPDUError
 from .hotpath import parse_command_pdus
 from .pdu import (
     PDU,
@@ -353,7 +353,7 @@ class Association:
                 self._problem = str(exc)
                 self._abort_reason = (
                     AbortReason.UNRECOGNIZED_PDU
-                    if "unknown PDU type" in str(exc)
+                    if isinstance(exc, UnrecognizedPDUError)
                     else AbortReason.INVALID_PDU_PARAMETER_VALUE
                 )
                 self._pdu = None

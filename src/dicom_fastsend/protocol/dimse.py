@@ -474,6 +474,14 @@ class MessageAssembler:
         self._message: Message | None = None
         self.dataset_bytes = 0
 
+    @property
+    def idle(self) -> bool:
+        """No part of a message held: no command fragment, no command awaiting its
+        data set. Only then may command sets be read around the assembler (the
+        compiled path of StoreClient), since the next PDV starts a new message
+        (PS3.8 E.2)."""
+        return self._message is None and not self._command_fragments
+
     def feed(self, pdvs: tuple[PDV, ...]) -> list[Message]:
         complete: list[Message] = []
         for pdv in pdvs:
@@ -525,11 +533,3 @@ class MessageAssembler:
                 complete.append(self._message)
                 self._message = None
         return complete
-
-
-def assembler_is_idle(assembler: MessageAssembler) -> bool:
-    """True when ``assembler`` holds no part of a message: no command fragment
-    and no command awaiting its data set. Only then may command sets be read
-    around it (the compiled path of ``StoreClient``), since the next PDV
-    starts a new message (PS3.8 E.2)."""
-    return assembler._message is None and not assembler._command_fragments

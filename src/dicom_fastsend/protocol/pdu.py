@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from ..errors import PDUError
+from ..errors import PDUError, UnrecognizedPDUError
 from .hotpath import parse_pdvs
 from .uids import APPLICATION_CONTEXT
 
@@ -634,7 +634,7 @@ def decode_pdu(pdu_type: int, body: memoryview) -> PDU:
         if pdu_type == PDUType.A_ABORT:
             return AAbort(body[2], body[3])
         return AReleaseRQ() if pdu_type == PDUType.A_RELEASE_RQ else AReleaseRP()
-    raise PDUError(f"unknown PDU type 0x{pdu_type:02x}")
+    raise UnrecognizedPDUError(f"unknown PDU type 0x{pdu_type:02x}")
 
 
 # Hard cap for PDUs other than P-DATA-TF: an A-ASSOCIATE-AC for 128 contexts
@@ -701,7 +701,7 @@ class PDUReader:
 
     def _check(self, pdu_type: int, length: int) -> None:
         if pdu_type not in PDUType._value2member_map_:
-            raise PDUError(f"unknown PDU type 0x{pdu_type:02x}")
+            raise UnrecognizedPDUError(f"unknown PDU type 0x{pdu_type:02x}")
         if pdu_type == PDUType.P_DATA_TF:
             limit = self.pdata_limit
         else:

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from .._record import replace as record_replace
 from ..errors import FastsendError
 from ..io.header import FileInfo
 from .inventory import Pending
@@ -191,7 +192,7 @@ class _TaskChannel:
         self.worker: Worker | None = None
         paths = {r.path for r in done}
         self._batches = deque(
-            replace(b, files=files)
+            record_replace(b, files=files)
             for b in task.batches
             if (files := tuple(f for f in b.files if f.path not in paths))
         )
@@ -428,7 +429,9 @@ class DaskBackend:
         task = ClusterTask(
             executor,
             (batch,),
-            replace(self._config, worker=executor, max_rate=self._max_rate, journal_path=None),
+            record_replace(
+                self._config, worker=executor, max_rate=self._max_rate, journal_path=None
+            ),
             self._topic,
             f"{self._prefix}-progress-{executor}",
             self._stop_name,

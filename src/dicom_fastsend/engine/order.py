@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Final
 
+from .._record import Record, Value, setfield
 from ..io.header import FileInfo, HeaderError, read_header
 from .inventory import Inventory, Pending
 
@@ -58,14 +58,27 @@ def read_priority_list(path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(entries))
 
 
-@dataclass(frozen=True, slots=True)
-class Study:
+class Study(Value):
     """What a header read says of the study a file belongs to."""
 
-    study_instance_uid: str = ""
-    accession_number: str = ""
-    study_date: str = ""  # DA, YYYYMMDD (PS3.5 6.2)
-    study_time: str = ""  # TM, HHMMSS.FFFFFF
+    study_instance_uid: str
+    accession_number: str
+    study_date: str  # DA, YYYYMMDD (PS3.5 6.2)
+    study_time: str  # TM, HHMMSS.FFFFFF
+    __slots__ = ("study_instance_uid", "accession_number", "study_date", "study_time")
+    _fields = __slots__
+
+    def __init__(
+        self,
+        study_instance_uid: str = "",
+        accession_number: str = "",
+        study_date: str = "",
+        study_time: str = "",
+    ) -> None:
+        setfield(self, "study_instance_uid", study_instance_uid)
+        setfield(self, "accession_number", accession_number)
+        setfield(self, "study_date", study_date)
+        setfield(self, "study_time", study_time)
 
     @classmethod
     def of(cls, info: FileInfo) -> Study:
@@ -85,20 +98,37 @@ class Study:
         return date + clock.ljust(6, "0")[:6] if clock.isdigit() else date + "000000"
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
+class Group(Value):
     """A directory of pending files and the studies its headers named."""
 
     directory: str
-    files: int = 0
-    studies: tuple[Study, ...] = ()
+    files: int
+    studies: tuple[Study, ...]
+    __slots__ = ("directory", "files", "studies")
+    _fields = __slots__
+
+    def __init__(self, directory: str, files: int = 0, studies: tuple[Study, ...] = ()) -> None:
+        setfield(self, "directory", directory)
+        setfield(self, "files", files)
+        setfield(self, "studies", studies)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Value):
     groups: tuple[Group, ...]
     prioritized: int  # how many of the groups come from the priority list
     unmatched: tuple[str, ...]  # priority entries no directory's study matched
+    __slots__ = ("groups", "prioritized", "unmatched")
+    _fields = __slots__
+
+    def __init__(
+        self,
+        groups: tuple[Group, ...],
+        prioritized: int,
+        unmatched: tuple[str, ...],
+    ) -> None:
+        setfield(self, "groups", groups)
+        setfield(self, "prioritized", prioritized)
+        setfield(self, "unmatched", unmatched)
 
 
 def plan_order(groups: Iterable[Group], order: Order, priority: Sequence[str] = ()) -> Plan:
@@ -184,12 +214,17 @@ def survey_groups(
     return groups, mixed
 
 
-@dataclass(slots=True)
-class StudyQueue:
+class StudyQueue(Record):
     """Hands out pending files directory by directory, in the plan's order."""
 
     directories: list[str]
-    _next: int = 0
+    _next: int
+    __slots__ = ("directories", "_next")
+    _fields = __slots__
+
+    def __init__(self, directories: list[str], _next: int = 0) -> None:
+        self.directories = directories
+        self._next = _next
 
     def take(self, inventory: Inventory, max_files: int, max_bytes: int) -> list[Pending]:
         """The next batch: from the current directory on, then whatever is left."""

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from .._record import Value, setfield
 
 # Files handed over per unit at most, so that the coordinator's loop stays
 # responsive in a directory of a hundred thousand files.
 STEP_FILES = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class MissingInput:
+class MissingInput(Value):
     """An input path that does not exist or cannot be listed."""
 
     path: str
     reason: str
+    __slots__ = ("path", "reason")
+    _fields = __slots__
+
+    def __init__(self, path: str, reason: str) -> None:
+        setfield(self, "path", path)
+        setfield(self, "reason", reason)
 
 
-@dataclass(frozen=True, slots=True)
-class UnsearchedSubdirectories:
+class UnsearchedSubdirectories(Value):
     """Subdirectories of a directory input whose files were not searched.
 
     Not a file's outcome: a note for the user, who may have forgotten ``-r``
@@ -31,7 +36,14 @@ class UnsearchedSubdirectories:
 
     path: str
     count: int
-    linked: bool = False
+    linked: bool
+    __slots__ = ("path", "count", "linked")
+    _fields = __slots__
+
+    def __init__(self, path: str, count: int, linked: bool = False) -> None:
+        setfield(self, "path", path)
+        setfield(self, "count", count)
+        setfield(self, "linked", linked)
 
     @property
     def hint(self) -> str:
@@ -54,23 +66,33 @@ class Entry(Protocol):
     def stat(self) -> os.stat_result: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Named:
+class Named(Value):
     """A file named as an input (or in --input-list), not met in a listing."""
 
     path: str
+    __slots__ = ("path",)
+    _fields = __slots__
+
+    def __init__(self, path: str) -> None:
+        setfield(self, "path", path)
 
     def stat(self) -> os.stat_result:
         return os.stat(self.path)
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
+class Unit(Value):
     """Files of one directory, sorted by name; ``listed``: from a listing of it."""
 
     directory: str
     entries: Sequence[Entry]
     listed: bool
+    __slots__ = ("directory", "entries", "listed")
+    _fields = __slots__
+
+    def __init__(self, directory: str, entries: Sequence[Entry], listed: bool) -> None:
+        setfield(self, "directory", directory)
+        setfield(self, "entries", entries)
+        setfield(self, "listed", listed)
 
 
 def discover(

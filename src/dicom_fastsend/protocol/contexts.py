@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+from .._record import Value, setfield
 from .pdu import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -113,12 +113,17 @@ def association_for(plans: Sequence[tuple[PresentationContextRQ, ...]], sop_clas
     raise KeyError(sop_class)
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(Value):
     """The accepted context a file is sent on, and whether it must be converted."""
 
     presentation_context_id: int
     transfer_syntax: str
+    __slots__ = ("presentation_context_id", "transfer_syntax")
+    _fields = __slots__
+
+    def __init__(self, presentation_context_id: int, transfer_syntax: str) -> None:
+        setfield(self, "presentation_context_id", presentation_context_id)
+        setfield(self, "transfer_syntax", transfer_syntax)
 
     def needs_conversion(self, file_transfer_syntax: str) -> bool:
         return self.transfer_syntax != file_transfer_syntax

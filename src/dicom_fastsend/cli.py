@@ -469,10 +469,9 @@ def _migration_controls(
     priority_list: Path | None, schedule: str | None, metrics_port: int | None
 ) -> tuple[str, ...]:
     """Check --schedule and --metrics-port, read --priority-list: usage errors before the run."""
-    from .engine.order import PriorityListError, read_priority_list
-    from .engine.schedule import ScheduleError, parse_schedule
-
     if schedule is not None:
+        from .engine.schedule import ScheduleError, parse_schedule
+
         try:
             parse_schedule(schedule)
         except ScheduleError as exc:
@@ -486,6 +485,8 @@ def _migration_controls(
         )
     if priority_list is None:
         return ()
+    from .engine.order import PriorityListError, read_priority_list
+
     try:
         return read_priority_list(priority_list)
     except PriorityListError as exc:

@@ -24,7 +24,6 @@ import select
 import selectors
 import signal
 import socket
-import tempfile
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
@@ -100,6 +99,8 @@ class LocalBackend:
         # Guarded by flock on this file rather than a multiprocessing lock,
         # which a SIGKILLed worker could leave held (see RateLimiter).
         self._shared_rate = self._context.RawValue("d", 0.0)
+        import tempfile  # only with --max-rate: start-up of the others
+
         lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
         os.close(lock_fd)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import html
 import json
 import math
 import sqlite3
@@ -702,8 +701,13 @@ footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
 
 
 def _e(value: object) -> str:
-    """Escaped for HTML text and attribute values (patient names are untrusted input)."""
-    return html.escape(str(value), quote=True)
+    """Escaped for HTML text and attribute values (patient names are untrusted input).
+
+    What html.escape(quote=True) does, without importing the html package (whose
+    table of entities is 1 ms of a send's start-up: this report ends every send).
+    """
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;").replace("'", "&#x27;")
 
 
 def _local(seconds: float) -> str:

@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 from collections.abc import Callable  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
-from ._record import Value, setfield  # noqa: E402
+import msgspec  # noqa: E402
+
 from .config import PeerConfig, SendConfig, TLSConfig  # noqa: E402
 from .engine.results import FileResult, Outcome, SendSummary, WorkerStats  # noqa: E402
 
@@ -76,17 +77,11 @@ def scan(config: SendConfig) -> ScanReport:
     return run(config)
 
 
-class EchoResult(Value):
+class EchoResult(msgspec.Struct, frozen=True):
     """The C-ECHO outcome: the peer's status, or why there was no answer."""
 
     status: int | None
-    problem: str
-    __slots__ = ("status", "problem")
-    _fields = __slots__
-
-    def __init__(self, status: int | None, problem: str = "") -> None:
-        setfield(self, "status", status)
-        setfield(self, "problem", problem)
+    problem: str = ""
 
     @property
     def ok(self) -> bool:

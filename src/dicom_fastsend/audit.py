@@ -40,8 +40,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from . import __version__
-from ._record import Value, setfield
 from .engine.inventory import InventoryReader, JournalError, read_consistently
 
 AUDIT_SCHEMA = Path(__file__).with_name("audit.schema.json")
@@ -177,19 +178,11 @@ SELECT * FROM (
 """
 
 
-class Reason(Value):
+class Reason(msgspec.Struct, frozen=True):
     outcome: str  # failed, skipped, warning or commit_failed
     reason: str
     status: int | None  # the DICOM status of the C-STORE, if the peer answered one
     files: int
-    __slots__ = ("outcome", "reason", "status", "files")
-    _fields = __slots__
-
-    def __init__(self, outcome: str, reason: str, status: int | None, files: int) -> None:
-        setfield(self, "outcome", outcome)
-        setfield(self, "reason", reason)
-        setfield(self, "status", status)
-        setfield(self, "files", files)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -204,7 +197,7 @@ class Reason(Value):
         return f"{self.outcome.replace('_', ' ')} {self.files}: {self.reason}{status}"
 
 
-class StudyRow(Value):
+class StudyRow(msgspec.Struct, frozen=True):
     """One study's line of the report (study_instance_uid '': files never read as DICOM)."""
 
     patient_id: str
@@ -216,40 +209,6 @@ class StudyRow(Value):
     status: StudyStatus
     counts: dict[str, int]
     reasons: list[Reason]
-    __slots__ = (
-        "patient_id",
-        "patient_name",
-        "study_instance_uid",
-        "accession_number",
-        "study_date",
-        "study_time",
-        "status",
-        "counts",
-        "reasons",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        patient_id: str,
-        patient_name: str,
-        study_instance_uid: str,
-        accession_number: str,
-        study_date: str,
-        study_time: str,
-        status: StudyStatus,
-        counts: dict[str, int],
-        reasons: list[Reason],
-    ) -> None:
-        setfield(self, "patient_id", patient_id)
-        setfield(self, "patient_name", patient_name)
-        setfield(self, "study_instance_uid", study_instance_uid)
-        setfield(self, "accession_number", accession_number)
-        setfield(self, "study_date", study_date)
-        setfield(self, "study_time", study_time)
-        setfield(self, "status", status)
-        setfield(self, "counts", counts)
-        setfield(self, "reasons", reasons)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -265,22 +224,15 @@ class StudyRow(Value):
         }
 
 
-class Throughput(Value):
+class Throughput(msgspec.Struct, frozen=True):
     """Files stored per time bin, from the time each row was last written (``last_at``)."""
 
     start: float | None  # the first bin's start (None: nothing stored)
     bin_seconds: float
     bins: list[int]
-    __slots__ = ("start", "bin_seconds", "bins")
-    _fields = __slots__
-
-    def __init__(self, start: float | None, bin_seconds: float, bins: list[int]) -> None:
-        setfield(self, "start", start)
-        setfield(self, "bin_seconds", bin_seconds)
-        setfield(self, "bins", bins)
 
 
-class AuditHeader(Value):
+class AuditHeader(msgspec.Struct, frozen=True):
     """Everything above the per-study rows: known before the first row is written."""
 
     journal: Path
@@ -294,49 +246,9 @@ class AuditHeader(Value):
     studies_by_status: dict[str, int]
     throughput: Throughput
     without_study_uid: StudyRow | None
-    __slots__ = (
-        "journal",
-        "destination",
-        "schema",
-        "read_at",
-        "session_id",
-        "session_count",
-        "totals",
-        "study_count",
-        "studies_by_status",
-        "throughput",
-        "without_study_uid",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        journal: Path,
-        destination: str | None,
-        schema: str | None,
-        read_at: float,
-        session_id: str,
-        session_count: int,
-        totals: dict[str, int],
-        study_count: int,
-        studies_by_status: dict[str, int],
-        throughput: Throughput,
-        without_study_uid: StudyRow | None,
-    ) -> None:
-        setfield(self, "journal", journal)
-        setfield(self, "destination", destination)
-        setfield(self, "schema", schema)
-        setfield(self, "read_at", read_at)
-        setfield(self, "session_id", session_id)
-        setfield(self, "session_count", session_count)
-        setfield(self, "totals", totals)
-        setfield(self, "study_count", study_count)
-        setfield(self, "studies_by_status", studies_by_status)
-        setfield(self, "throughput", throughput)
-        setfield(self, "without_study_uid", without_study_uid)
 
 
-class AuditFiles(Value):
+class AuditFiles(msgspec.Struct, frozen=True):
     """What `write_audit` wrote."""
 
     csv: Path
@@ -344,22 +256,6 @@ class AuditFiles(Value):
     html: Path
     header: AuditHeader
     studies: int  # study rows (files without a Study Instance UID not counted)
-    __slots__ = ("csv", "json", "html", "header", "studies")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        csv: Path,
-        json: Path,
-        html: Path,
-        header: AuditHeader,
-        studies: int,
-    ) -> None:
-        setfield(self, "csv", csv)
-        setfield(self, "json", json)
-        setfield(self, "html", html)
-        setfield(self, "header", header)
-        setfield(self, "studies", studies)
 
 
 def audit_paths(out_dir: Path, session_id: str) -> tuple[Path, Path, Path]:

@@ -52,8 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from msgspec.structs import replace as struct_replace
+
 from .. import __version__
-from .._record import replace as record_replace
 from ..errors import FastsendError
 from ..io.header import FileInfo
 from .inventory import Pending
@@ -192,7 +193,7 @@ class _TaskChannel:
         self.worker: Worker | None = None
         paths = {r.path for r in done}
         self._batches = deque(
-            record_replace(b, files=files)
+            struct_replace(b, files=files)
             for b in task.batches
             if (files := tuple(f for f in b.files if f.path not in paths))
         )
@@ -429,7 +430,7 @@ class DaskBackend:
         task = ClusterTask(
             executor,
             (batch,),
-            record_replace(
+            struct_replace(
                 self._config, worker=executor, max_rate=self._max_rate, journal_path=None
             ),
             self._topic,

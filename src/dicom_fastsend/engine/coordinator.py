@@ -29,7 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._record import Record
+import msgspec
+from msgspec import field
+
 from ..config import SendConfig, destination_key
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -107,60 +109,32 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class Hooks(Record):
+class Hooks(msgspec.Struct):
     """What the coordinator tells the outside world as it goes."""
 
-    result: Reporter
-    log: Callable[[str, str], None]
-    progress: Callable[[FileResult], None]
+    result: Reporter = lambda result: None
+    log: Callable[[str, str], None] = lambda level, message: None
+    progress: Callable[[FileResult], None] = lambda result: None
     # More files found by the walk, and files skipped as already stored.
-    found: Callable[[int], None]
-    already_stored: Callable[[int], None]
+    found: Callable[[int], None] = lambda files: None
+    already_stored: Callable[[int], None] = lambda count: None
     # A batch is about to go to an executor (for observers, and tests).
-    dispatched: Callable[[Batch], None]
-    _fields = ("result", "log", "progress", "found", "already_stored", "dispatched")
-
-    def __init__(
-        self,
-        result: Reporter = lambda result: None,
-        log: Callable[[str, str], None] = lambda level, message: None,
-        progress: Callable[[FileResult], None] = lambda result: None,
-        found: Callable[[int], None] = lambda files: None,
-        already_stored: Callable[[int], None] = lambda count: None,
-        dispatched: Callable[[Batch], None] = lambda batch: None,
-    ) -> None:
-        self.result = result
-        self.log = log
-        self.progress = progress
-        self.found = found
-        self.already_stored = already_stored
-        self.dispatched = dispatched
+    dispatched: Callable[[Batch], None] = lambda batch: None
 
 
-# repr=False: signal.signal() returns the SIGINT handler it replaces, our
-# bound method, after trying it as a signal.Handlers member, whose failure
-# formats repr() of the method; a generated repr would write out the summary
-# (every C-STORE latency), tens of MB and seconds at the end of a large run.
-class Coordinator(Record):
+# dict=True: __post_init__ sets the run's state as attributes beyond the fields.
+class Coordinator(msgspec.Struct, dict=True):
     config: SendConfig
-    hooks: Hooks
-    summary: SendSummary
-    interrupts: int
-    _fields = ("config", "hooks", "summary", "interrupts")
-    __repr__ = object.__repr__  # its fields hold the whole run
+    hooks: Hooks = field(default_factory=Hooks)
+    summary: SendSummary = field(default_factory=SendSummary)
+    interrupts: int = 0
 
-    def __init__(
-        self,
-        config: SendConfig,
-        hooks: Hooks | None = None,
-        summary: SendSummary | None = None,
-        interrupts: int = 0,
-    ) -> None:
-        self.config = config
-        self.hooks = Hooks() if hooks is None else hooks
-        self.summary = SendSummary() if summary is None else summary
-        self.interrupts = interrupts
-        self.__post_init__()
+    # object's repr: signal.signal() returns the SIGINT handler it replaces,
+    # our bound method, after trying it as a signal.Handlers member, whose
+    # failure formats repr() of the method; a generated repr would write out the
+    # summary (every C-STORE latency), tens of MB and seconds at the end of a
+    # large run.
+    __repr__ = object.__repr__
 
     def __post_init__(self) -> None:
         self._book = BatchBook()

@@ -35,7 +35,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
-from .._record import Value, setfield
+import msgspec
+
 from ..errors import FastsendError
 from ..io.header import FileInfo
 from .results import FileResult, Outcome
@@ -291,19 +292,12 @@ class JournalError(FastsendError):
     destination's ..."""
 
 
-class Known(Value):
+class Known(msgspec.Struct, frozen=True):
     """What the destination holds of a file the walk meets again: the version stored."""
 
     size: int
     mtime: float
     outcome: str  # stored or warning
-    __slots__ = ("size", "mtime", "outcome")
-    _fields = __slots__
-
-    def __init__(self, size: int, mtime: float, outcome: str) -> None:
-        setfield(self, "size", size)
-        setfield(self, "mtime", mtime)
-        setfield(self, "outcome", outcome)
 
     def unchanged(self, size: int, mtime: float) -> bool:
         """Same size and modification time as recorded (mtime to the microsecond)."""
@@ -322,7 +316,7 @@ class Pending(NamedTuple):
     mtime: float
 
 
-class Row(Value):
+class Row(msgspec.Struct, frozen=True):
     """One file's row, for reports (status, summaries)."""
 
     path: str
@@ -335,46 +329,9 @@ class Row(Value):
     attempts: int
     last_at: float
     session_id: str
-    __slots__ = (
-        "path",
-        "size",
-        "state",
-        "sop_instance_uid",
-        "study_instance_uid",
-        "status",
-        "reason",
-        "attempts",
-        "last_at",
-        "session_id",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        path: str,
-        size: int,
-        state: str,
-        sop_instance_uid: str,
-        study_instance_uid: str,
-        status: int | None,
-        reason: str,
-        attempts: int,
-        last_at: float,
-        session_id: str,
-    ) -> None:
-        setfield(self, "path", path)
-        setfield(self, "size", size)
-        setfield(self, "state", state)
-        setfield(self, "sop_instance_uid", sop_instance_uid)
-        setfield(self, "study_instance_uid", study_instance_uid)
-        setfield(self, "status", status)
-        setfield(self, "reason", reason)
-        setfield(self, "attempts", attempts)
-        setfield(self, "last_at", last_at)
-        setfield(self, "session_id", session_id)
 
 
-class HeldInstance(Value):
+class HeldInstance(msgspec.Struct, frozen=True):
     """An instance the journal says the destination holds: what verification checks."""
 
     path: str
@@ -383,34 +340,9 @@ class HeldInstance(Value):
     study_instance_uid: str
     series_instance_uid: str
     attempts: int
-    __slots__ = (
-        "path",
-        "sop_class_uid",
-        "sop_instance_uid",
-        "study_instance_uid",
-        "series_instance_uid",
-        "attempts",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        path: str,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        study_instance_uid: str,
-        series_instance_uid: str,
-        attempts: int,
-    ) -> None:
-        setfield(self, "path", path)
-        setfield(self, "sop_class_uid", sop_class_uid)
-        setfield(self, "sop_instance_uid", sop_instance_uid)
-        setfield(self, "study_instance_uid", study_instance_uid)
-        setfield(self, "series_instance_uid", series_instance_uid)
-        setfield(self, "attempts", attempts)
 
 
-class Verdict(Value):
+class Verdict(msgspec.Struct, frozen=True):
     """What one verification found of one instance, from every method that ran.
 
     ``find``/``commit``: None when that method did not reach the instance.
@@ -420,23 +352,9 @@ class Verdict(Value):
     """
 
     path: str
-    find: FindState | None
-    commit: CommitState | None
-    commit_reason: str
-    __slots__ = ("path", "find", "commit", "commit_reason")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        path: str,
-        find: FindState | None = None,
-        commit: CommitState | None = None,
-        commit_reason: str = "",
-    ) -> None:
-        setfield(self, "path", path)
-        setfield(self, "find", find)
-        setfield(self, "commit", commit)
-        setfield(self, "commit_reason", commit_reason)
+    find: FindState | None = None
+    commit: CommitState | None = None
+    commit_reason: str = ""
 
     @property
     def holds(self) -> bool | None:
@@ -1071,7 +989,7 @@ class Inventory:
 # ------------------------------------------------------------ reading, from outside a run
 
 
-class SessionRecord(Value):
+class SessionRecord(msgspec.Struct, frozen=True):
     """A row of the sessions table: one `send` (finished_at None: not finished, or running)."""
 
     session_id: str
@@ -1080,50 +998,18 @@ class SessionRecord(Value):
     pid: int
     host: str
     exit_code: int | None
-    __slots__ = ("session_id", "started_at", "finished_at", "pid", "host", "exit_code")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        session_id: str,
-        started_at: float,
-        finished_at: float | None,
-        pid: int,
-        host: str,
-        exit_code: int | None,
-    ) -> None:
-        setfield(self, "session_id", session_id)
-        setfield(self, "started_at", started_at)
-        setfield(self, "finished_at", finished_at)
-        setfield(self, "pid", pid)
-        setfield(self, "host", host)
-        setfield(self, "exit_code", exit_code)
 
 
-class StateTally(Value):
+class StateTally(msgspec.Struct, frozen=True):
     """Files in one state: in all sessions, and in the session asked about."""
 
     files: int
     session_files: int
     session_bytes: int  # their sizes
     session_recent: int  # of those, written (last_at) after ``since``
-    __slots__ = ("files", "session_files", "session_bytes", "session_recent")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        files: int,
-        session_files: int,
-        session_bytes: int,
-        session_recent: int,
-    ) -> None:
-        setfield(self, "files", files)
-        setfield(self, "session_files", session_files)
-        setfield(self, "session_bytes", session_bytes)
-        setfield(self, "session_recent", session_recent)
 
 
-class StudyTally(Value):
+class StudyTally(msgspec.Struct, frozen=True):
     """One study's files by state, whatever the session; study '' = no Study Instance UID."""
 
     study_instance_uid: str
@@ -1132,44 +1018,18 @@ class StudyTally(Value):
     failed: int
     skipped: int
     remaining: int  # pending or in flight
-    __slots__ = ("study_instance_uid", "files", "stored", "failed", "skipped", "remaining")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        study_instance_uid: str,
-        files: int,
-        stored: int,
-        failed: int,
-        skipped: int,
-        remaining: int,
-    ) -> None:
-        setfield(self, "study_instance_uid", study_instance_uid)
-        setfield(self, "files", files)
-        setfield(self, "stored", stored)
-        setfield(self, "failed", failed)
-        setfield(self, "skipped", skipped)
-        setfield(self, "remaining", remaining)
 
 
-class ReasonTally(Value):
+class ReasonTally(msgspec.Struct, frozen=True):
     """Failed files with one reason (and DICOM status), with the first path as an example."""
 
     reason: str
     status: int | None
     files: int
     example: str
-    __slots__ = ("reason", "status", "files", "example")
-    _fields = __slots__
-
-    def __init__(self, reason: str, status: int | None, files: int, example: str) -> None:
-        setfield(self, "reason", reason)
-        setfield(self, "status", status)
-        setfield(self, "files", files)
-        setfield(self, "example", example)
 
 
-class Overview(Value):
+class Overview(msgspec.Struct, frozen=True):
     """The whole inventory in aggregates, from one read transaction."""
 
     states: dict[str, StateTally]  # every State value, also those with no file
@@ -1182,43 +1042,6 @@ class Overview(Value):
     no_study: StudyTally | None  # rows without a Study Instance UID (not read yet, unreadable...)
     failure_reasons: list[ReasonTally]  # most files first
     failure_reason_count: int
-    __slots__ = (
-        "states",
-        "held_files",
-        "held_bytes",
-        "session_last_at",
-        "studies",
-        "study_count",
-        "complete_studies",
-        "no_study",
-        "failure_reasons",
-        "failure_reason_count",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        states: dict[str, StateTally],
-        held_files: int,
-        held_bytes: int,
-        session_last_at: float | None,
-        studies: list[StudyTally],
-        study_count: int,
-        complete_studies: int,
-        no_study: StudyTally | None,
-        failure_reasons: list[ReasonTally],
-        failure_reason_count: int,
-    ) -> None:
-        setfield(self, "states", states)
-        setfield(self, "held_files", held_files)
-        setfield(self, "held_bytes", held_bytes)
-        setfield(self, "session_last_at", session_last_at)
-        setfield(self, "studies", studies)
-        setfield(self, "study_count", study_count)
-        setfield(self, "complete_studies", complete_studies)
-        setfield(self, "no_study", no_study)
-        setfield(self, "failure_reasons", failure_reasons)
-        setfield(self, "failure_reason_count", failure_reason_count)
 
 
 # Counts per (study, state, session or not) in one scan of the files table,

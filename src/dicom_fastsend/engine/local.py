@@ -30,38 +30,25 @@ from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .._record import Record, replace
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
+
 from .messages import Assign, ExecutorLost, Finished, FromExecutor, Stop
 from .results import WorkerStats
 from .worker import WorkerConfig, worker_main
 
 
-class _Process(Record):
+class _Process(msgspec.Struct):
     worker: int
     process: BaseProcess
     conn: Connection
-    ended: bool
+    ended: bool = False
     # Connection.poll() builds and tears down a selector on every call (about
     # 40 us, once per message); a poll object made once answers in about 1 us.
     # A Connection reads whole messages and buffers nothing, so the pipe being
     # readable is the same as a message (or EOF) waiting.
-    readable: select.poll
-    _fields = ("worker", "process", "conn", "ended", "readable")
-
-    def __init__(
-        self,
-        worker: int,
-        process: BaseProcess,
-        conn: Connection,
-        ended: bool = False,
-        readable: select.poll | None = None,
-    ) -> None:
-        self.worker = worker
-        self.process = process
-        self.conn = conn
-        self.ended = ended
-        self.readable = select.poll() if readable is None else readable
-        self.__post_init__()
+    readable: select.poll = field(default_factory=select.poll)
 
     def __post_init__(self) -> None:
         self.readable.register(self.conn.fileno(), select.POLLIN)

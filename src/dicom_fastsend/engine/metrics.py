@@ -20,7 +20,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from .._record import Value, setfield
+import msgspec
+
 from ..io.transport import RequestServer, TransportError
 from .results import Outcome, SendSummary
 
@@ -58,7 +59,7 @@ class MetricsError(Exception):
     """The endpoint cannot be served: prometheus-client missing, or the port taken."""
 
 
-class Live(Value):
+class Live(msgspec.Struct, frozen=True):
     """What the summary does not hold: the coordinator's state now."""
 
     in_flight: int  # files in batches handed to executors and not reported
@@ -66,22 +67,6 @@ class Live(Value):
     paused: bool
     rate_limit_bytes: float  # 0: none
     finished: bool  # the run is over (the endpoint lingers)
-    __slots__ = ("in_flight", "remaining", "paused", "rate_limit_bytes", "finished")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        in_flight: int,
-        remaining: int,
-        paused: bool,
-        rate_limit_bytes: float,
-        finished: bool,
-    ) -> None:
-        setfield(self, "in_flight", in_flight)
-        setfield(self, "remaining", remaining)
-        setfield(self, "paused", paused)
-        setfield(self, "rate_limit_bytes", rate_limit_bytes)
-        setfield(self, "finished", finished)
 
 
 class SendCollector:

@@ -24,7 +24,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Final
 
-from .._record import Record, Value, setfield
+import msgspec
+
 from ..io.header import FileInfo, HeaderError, read_header
 from .inventory import Inventory, Pending
 
@@ -58,27 +59,13 @@ def read_priority_list(path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(entries))
 
 
-class Study(Value):
+class Study(msgspec.Struct, frozen=True):
     """What a header read says of the study a file belongs to."""
 
-    study_instance_uid: str
-    accession_number: str
-    study_date: str  # DA, YYYYMMDD (PS3.5 6.2)
-    study_time: str  # TM, HHMMSS.FFFFFF
-    __slots__ = ("study_instance_uid", "accession_number", "study_date", "study_time")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        study_instance_uid: str = "",
-        accession_number: str = "",
-        study_date: str = "",
-        study_time: str = "",
-    ) -> None:
-        setfield(self, "study_instance_uid", study_instance_uid)
-        setfield(self, "accession_number", accession_number)
-        setfield(self, "study_date", study_date)
-        setfield(self, "study_time", study_time)
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    study_date: str = ""  # DA, YYYYMMDD (PS3.5 6.2)
+    study_time: str = ""  # TM, HHMMSS.FFFFFF
 
     @classmethod
     def of(cls, info: FileInfo) -> Study:
@@ -98,37 +85,18 @@ class Study(Value):
         return date + clock.ljust(6, "0")[:6] if clock.isdigit() else date + "000000"
 
 
-class Group(Value):
+class Group(msgspec.Struct, frozen=True):
     """A directory of pending files and the studies its headers named."""
 
     directory: str
-    files: int
-    studies: tuple[Study, ...]
-    __slots__ = ("directory", "files", "studies")
-    _fields = __slots__
-
-    def __init__(self, directory: str, files: int = 0, studies: tuple[Study, ...] = ()) -> None:
-        setfield(self, "directory", directory)
-        setfield(self, "files", files)
-        setfield(self, "studies", studies)
+    files: int = 0
+    studies: tuple[Study, ...] = ()
 
 
-class Plan(Value):
+class Plan(msgspec.Struct, frozen=True):
     groups: tuple[Group, ...]
     prioritized: int  # how many of the groups come from the priority list
     unmatched: tuple[str, ...]  # priority entries no directory's study matched
-    __slots__ = ("groups", "prioritized", "unmatched")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        groups: tuple[Group, ...],
-        prioritized: int,
-        unmatched: tuple[str, ...],
-    ) -> None:
-        setfield(self, "groups", groups)
-        setfield(self, "prioritized", prioritized)
-        setfield(self, "unmatched", unmatched)
 
 
 def plan_order(groups: Iterable[Group], order: Order, priority: Sequence[str] = ()) -> Plan:
@@ -214,17 +182,11 @@ def survey_groups(
     return groups, mixed
 
 
-class StudyQueue(Record):
+class StudyQueue(msgspec.Struct):
     """Hands out pending files directory by directory, in the plan's order."""
 
     directories: list[str]
-    _next: int
-    __slots__ = ("directories", "_next")
-    _fields = __slots__
-
-    def __init__(self, directories: list[str], _next: int = 0) -> None:
-        self.directories = directories
-        self._next = _next
+    _next: int = 0
 
     def take(self, inventory: Inventory, max_files: int, max_bytes: int) -> list[Pending]:
         """The next batch: from the current directory on, then whatever is left."""

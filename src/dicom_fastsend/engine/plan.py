@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._record import Record, Value, replace, setfield
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
+
 from ..io.header import FileInfo
 from .inventory import Pending
 
@@ -44,7 +47,7 @@ def batch_files(pending: int, executors: int) -> int:
     return max(MIN_BATCH_FILES, min(BATCH_FILES, share))
 
 
-class Batch(Value):
+class Batch(msgspec.Struct, frozen=True):
     """A unit of work: files in send order.
 
     ``files`` are usually Pending (the executor reads their headers just
@@ -54,48 +57,23 @@ class Batch(Value):
 
     batch_id: int
     files: tuple[Pending | FileInfo, ...]
-    attempt: int  # 2: files handed back by an executor that died
-    __slots__ = ("batch_id", "files", "attempt")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        batch_id: int,
-        files: tuple[Pending | FileInfo, ...],
-        attempt: int = 1,
-    ) -> None:
-        setfield(self, "batch_id", batch_id)
-        setfield(self, "files", files)
-        setfield(self, "attempt", attempt)
+    attempt: int = 1  # 2: files handed back by an executor that died
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
 
-class _Held(Record):
+class _Held(msgspec.Struct):
     batch: Batch
-    reported: set[str]
-    by_path: dict[str, Pending | FileInfo]
-    __slots__ = ("batch", "reported", "by_path")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        batch: Batch,
-        reported: set[str] | None = None,
-        by_path: dict[str, Pending | FileInfo] | None = None,
-    ) -> None:
-        self.batch = batch
-        self.reported = set() if reported is None else reported
-        self.by_path = dict() if by_path is None else by_path
-        self.__post_init__()
+    reported: set[str] = field(default_factory=set)
+    by_path: dict[str, Pending | FileInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.by_path = {f.path: f for f in self.batch.files}
 
 
-class BatchBook(Record):
+class BatchBook(msgspec.Struct):
     """Which executor holds which batches, and which of their files have an outcome.
 
     An executor may hold more than one batch: a local worker asks for its
@@ -104,18 +82,8 @@ class BatchBook(Record):
     the order they were assigned.
     """
 
-    held: dict[int, list[_Held]]
-    retries: list[Batch]  # handed back, to go out first
-    __slots__ = ("held", "retries")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        held: dict[int, list[_Held]] | None = None,
-        retries: list[Batch] | None = None,
-    ) -> None:
-        self.held = dict() if held is None else held
-        self.retries = list() if retries is None else retries
+    held: dict[int, list[_Held]] = field(default_factory=dict)
+    retries: list[Batch] = field(default_factory=list)  # handed back, to go out first
 
     def assign(self, executor: int, batch: Batch) -> None:
         self.held.setdefault(executor, []).append(_Held(batch))

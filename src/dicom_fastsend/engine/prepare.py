@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from .._record import Record
+import msgspec
+from msgspec import field
+
 from ..io.discover import MissingInput, Unit, UnsearchedSubdirectories, discover
 from ..io.header import FileInfo, HeaderError, read_header_and_content
 from .inventory import Inventory, Known, Pending
@@ -30,30 +32,14 @@ from .results import Cause, FileResult, Outcome
 Reporter = Callable[[FileResult, FileInfo | None, Cause], None]
 
 
-class Walk(Record):
+class Walk(msgspec.Struct):
     """What the walk found so far."""
 
-    found: int  # files and missing inputs: each ends in exactly one outcome
-    pending: int  # of those, written as pending rows
-    already_stored: int
-    unsearched: list[UnsearchedSubdirectories]
-    done: bool
-    __slots__ = ("found", "pending", "already_stored", "unsearched", "done")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        found: int = 0,
-        pending: int = 0,
-        already_stored: int = 0,
-        unsearched: list[UnsearchedSubdirectories] | None = None,
-        done: bool = False,
-    ) -> None:
-        self.found = found
-        self.pending = pending
-        self.already_stored = already_stored
-        self.unsearched = list() if unsearched is None else unsearched
-        self.done = done
+    found: int = 0  # files and missing inputs: each ends in exactly one outcome
+    pending: int = 0  # of those, written as pending rows
+    already_stored: int = 0
+    unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
+    done: bool = False
 
 
 class Walker:

@@ -1,7 +1,8 @@
 """What happened: per-file results, per-worker statistics, the session summary.
 
-Small picklable dataclasses: workers send FileResults to the coordinator,
-which merges everything into one SendSummary.
+Small picklable records (FileResult a dataclass, the rest msgspec structs):
+workers send FileResults to the coordinator, which merges everything into one
+SendSummary.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any
 
-from .._record import Record
+import msgspec
+from msgspec import field
+
 from ..io.discover import UnsearchedSubdirectories
 
 if TYPE_CHECKING:
@@ -114,54 +117,17 @@ def _file_result(path: str, outcome: str, *rest: Any) -> FileResult:
     return FileResult(path, Outcome._value2member_map_[outcome], *rest)  # type: ignore[arg-type]
 
 
-class WorkerStats(Record):
+class WorkerStats(msgspec.Struct):
     worker: int
     pid: int
-    files: int
-    bytes_sent: int
-    cpu_user_seconds: float
-    cpu_system_seconds: float
-    peak_rss_bytes: int
-    associations_opened: int
-    exit: str  # "finished", "interrupted", "aborted" or "died (exit code N)"
-    host: str  # where it ran (--cluster: the Dask worker's host)
-    __slots__ = (
-        "worker",
-        "pid",
-        "files",
-        "bytes_sent",
-        "cpu_user_seconds",
-        "cpu_system_seconds",
-        "peak_rss_bytes",
-        "associations_opened",
-        "exit",
-        "host",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        worker: int,
-        pid: int,
-        files: int = 0,
-        bytes_sent: int = 0,
-        cpu_user_seconds: float = 0.0,
-        cpu_system_seconds: float = 0.0,
-        peak_rss_bytes: int = 0,
-        associations_opened: int = 0,
-        exit: str = "running",
-        host: str = "",
-    ) -> None:
-        self.worker = worker
-        self.pid = pid
-        self.files = files
-        self.bytes_sent = bytes_sent
-        self.cpu_user_seconds = cpu_user_seconds
-        self.cpu_system_seconds = cpu_system_seconds
-        self.peak_rss_bytes = peak_rss_bytes
-        self.associations_opened = associations_opened
-        self.exit = exit
-        self.host = host
+    files: int = 0
+    bytes_sent: int = 0
+    cpu_user_seconds: float = 0.0
+    cpu_system_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    associations_opened: int = 0
+    exit: str = "running"  # "finished", "interrupted", "aborted" or "died (exit code N)"
+    host: str = ""  # where it ran (--cluster: the Dask worker's host)
 
 
 class Cause(Enum):
@@ -174,40 +140,15 @@ class Cause(Enum):
     INTERRUPTED = "interrupted"  # not sent: the run was interrupted: skipped
 
 
-class CommitmentCounts(Record):
+class CommitmentCounts(msgspec.Struct):
     """send --commit: Storage Commitment (PS3.4 Annex J) of what the session stored."""
 
-    requested: int
-    committed: int
-    commit_failed: int
-    uncommitted: int
-    transactions: int
-    problems: list[str]
-    __slots__ = (
-        "requested",
-        "committed",
-        "commit_failed",
-        "uncommitted",
-        "transactions",
-        "problems",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        requested: int = 0,
-        committed: int = 0,
-        commit_failed: int = 0,
-        uncommitted: int = 0,
-        transactions: int = 0,
-        problems: list[str] | None = None,
-    ) -> None:
-        self.requested = requested
-        self.committed = committed
-        self.commit_failed = commit_failed
-        self.uncommitted = uncommitted
-        self.transactions = transactions
-        self.problems = list() if problems is None else problems
+    requested: int = 0
+    committed: int = 0
+    commit_failed: int = 0
+    uncommitted: int = 0
+    transactions: int = 0
+    problems: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -215,7 +156,7 @@ class CommitmentCounts(Record):
         return self.committed == self.requested and not self.problems
 
 
-class SendSummary(Record):
+class SendSummary(msgspec.Struct):
     """What a run did, accumulated as outcomes arrive (``add``).
 
     Memory follows the problems, not the archive: stored files are counted
@@ -225,124 +166,36 @@ class SendSummary(Record):
     a rerun of a finished migration of millions would list them all.
     """
 
-    session_id: str
+    session_id: str = ""
     # Every warned, failed and skipped file (not the "already stored" ones).
-    noted: list[FileResult]
-    counts: Counter[Outcome]
-    causes: Counter[Cause]  # skips and failures by cause
-    already_stored: int  # skipped without opening: the journal says the destination has it
-    coerced: int  # --coerce: instances stored with at least one element changed
-    bytes_sent: int
-    sop_classes_sent: Counter[str]
-    latencies: array[float]  # seconds, answered
-    workers: list[WorkerStats]
-    associations_opened: int
-    associations_rejected: int
-    associations_failed: int  # could not be made: refused, rejected, timed out
-    associations_aborted: int
-    retries: int  # attempts repeated after a transient failure
-    association_errors: list[str]
-    events: list[str]  # notable things: worker deaths, interrupts
+    noted: list[FileResult] = field(default_factory=list)
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    causes: Counter[Cause] = field(default_factory=Counter)  # skips and failures by cause
+    already_stored: int = 0  # skipped without opening: the journal says the destination has it
+    coerced: int = 0  # --coerce: instances stored with at least one element changed
+    bytes_sent: int = 0
+    sop_classes_sent: Counter[str] = field(default_factory=Counter)
+    latencies: array[float] = field(default_factory=lambda: array("f"))  # seconds, answered
+    workers: list[WorkerStats] = field(default_factory=list)
+    associations_opened: int = 0
+    associations_rejected: int = 0
+    associations_failed: int = 0  # could not be made: refused, rejected, timed out
+    associations_aborted: int = 0
+    retries: int = 0  # attempts repeated after a transient failure
+    association_errors: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # notable things: worker deaths, interrupts
     # Of those, what the console repeats at the end (worker deaths, failed cluster tasks).
-    problems: list[str]
-    interrupted: bool
-    error: str  # why the run could not start at all (e.g. no Dask scheduler): exit 3
-    nothing_to_send: str  # why the inputs held no DICOM instance at all: exit 4
+    problems: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    error: str = ""  # why the run could not start at all (e.g. no Dask scheduler): exit 3
+    nothing_to_send: str = ""  # why the inputs held no DICOM instance at all: exit 4
     # Subdirectories not searched: without -r, or links to directories.
-    unsearched: list[UnsearchedSubdirectories]
-    cluster: dict[str, Any] | None  # --cluster: scheduler, tasks, where each batch ran
-    commitment: CommitmentCounts | None  # --commit
-    pauses: list[Pause]  # --schedule pause windows, SIGUSR1
-    started: float
-    finished: float
-    __slots__ = (
-        "session_id",
-        "noted",
-        "counts",
-        "causes",
-        "already_stored",
-        "coerced",
-        "bytes_sent",
-        "sop_classes_sent",
-        "latencies",
-        "workers",
-        "associations_opened",
-        "associations_rejected",
-        "associations_failed",
-        "associations_aborted",
-        "retries",
-        "association_errors",
-        "events",
-        "problems",
-        "interrupted",
-        "error",
-        "nothing_to_send",
-        "unsearched",
-        "cluster",
-        "commitment",
-        "pauses",
-        "started",
-        "finished",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        session_id: str = "",
-        noted: list[FileResult] | None = None,
-        counts: Counter[Outcome] | None = None,
-        causes: Counter[Cause] | None = None,
-        already_stored: int = 0,
-        coerced: int = 0,
-        bytes_sent: int = 0,
-        sop_classes_sent: Counter[str] | None = None,
-        latencies: array[float] | None = None,
-        workers: list[WorkerStats] | None = None,
-        associations_opened: int = 0,
-        associations_rejected: int = 0,
-        associations_failed: int = 0,
-        associations_aborted: int = 0,
-        retries: int = 0,
-        association_errors: list[str] | None = None,
-        events: list[str] | None = None,
-        problems: list[str] | None = None,
-        interrupted: bool = False,
-        error: str = "",
-        nothing_to_send: str = "",
-        unsearched: list[UnsearchedSubdirectories] | None = None,
-        cluster: dict[str, Any] | None = None,
-        commitment: CommitmentCounts | None = None,
-        pauses: list[Pause] | None = None,
-        started: float = 0.0,
-        finished: float = 0.0,
-    ) -> None:
-        self.session_id = session_id
-        self.noted = list() if noted is None else noted
-        self.counts = Counter() if counts is None else counts
-        self.causes = Counter() if causes is None else causes
-        self.already_stored = already_stored
-        self.coerced = coerced
-        self.bytes_sent = bytes_sent
-        self.sop_classes_sent = Counter() if sop_classes_sent is None else sop_classes_sent
-        self.latencies = array("f") if latencies is None else latencies
-        self.workers = list() if workers is None else workers
-        self.associations_opened = associations_opened
-        self.associations_rejected = associations_rejected
-        self.associations_failed = associations_failed
-        self.associations_aborted = associations_aborted
-        self.retries = retries
-        self.association_errors = list() if association_errors is None else association_errors
-        self.events = list() if events is None else events
-        self.problems = list() if problems is None else problems
-        self.interrupted = interrupted
-        self.error = error
-        self.nothing_to_send = nothing_to_send
-        self.unsearched = list() if unsearched is None else unsearched
-        self.cluster = cluster
-        self.commitment = commitment
-        self.pauses = list() if pauses is None else pauses
-        self.started = started
-        self.finished = finished
+    unsearched: list[UnsearchedSubdirectories] = field(default_factory=list)
+    cluster: dict[str, Any] | None = None  # --cluster: scheduler, tasks, where each batch ran
+    commitment: CommitmentCounts | None = None  # --commit
+    pauses: list[Pause] = field(default_factory=list)  # --schedule pause windows, SIGUSR1
+    started: float = 0.0
+    finished: float = 0.0
 
     def add(self, result: FileResult, cause: Cause | None = None) -> None:
         """Account for one file's outcome."""

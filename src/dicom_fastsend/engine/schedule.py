@@ -28,7 +28,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Final
 
-from .._record import Record, Value, setfield
+import msgspec
+from msgspec import field
 
 DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MINUTES_PER_DAY: Final = 24 * 60
@@ -49,19 +50,12 @@ class ScheduleError(ValueError):
     """A --schedule that cannot be read: the message names the window and why."""
 
 
-class Setting(Value):
+class Setting(msgspec.Struct, frozen=True):
     """What holds during a window: a rate limit (MB/s, 0 = none) or a pause."""
 
-    rate_mb_s: float
-    paused: bool
-    window: str  # the window as written; "" outside every window
-    __slots__ = ("rate_mb_s", "paused", "window")
-    _fields = __slots__
-
-    def __init__(self, rate_mb_s: float = 0.0, paused: bool = False, window: str = "") -> None:
-        setfield(self, "rate_mb_s", rate_mb_s)
-        setfield(self, "paused", paused)
-        setfield(self, "window", window)
+    rate_mb_s: float = 0.0
+    paused: bool = False
+    window: str = ""  # the window as written; "" outside every window
 
     def describe(self) -> str:
         if self.paused:
@@ -69,41 +63,19 @@ class Setting(Value):
         return f"rate limit {self.rate_mb_s:g} MB/s" if self.rate_mb_s > 0 else "no rate limit"
 
 
-class Window(Value):
+class Window(msgspec.Struct, frozen=True):
     text: str
     days: tuple[int, ...]  # 0 = Monday, as datetime.weekday()
     start: int  # minutes after midnight
     end: int  # minutes after midnight; <= start: runs into the next day
     setting: Setting
-    __slots__ = ("text", "days", "start", "end", "setting")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        text: str,
-        days: tuple[int, ...],
-        start: int,
-        end: int,
-        setting: Setting,
-    ) -> None:
-        setfield(self, "text", text)
-        setfield(self, "days", days)
-        setfield(self, "start", start)
-        setfield(self, "end", end)
-        setfield(self, "setting", setting)
 
 
-class Schedule(Value):
+class Schedule(msgspec.Struct, frozen=True):
     """The windows of a week, first match wins."""
 
     windows: tuple[Window, ...]
-    text: str
-    __slots__ = ("windows", "text")
-    _fields = __slots__
-
-    def __init__(self, windows: tuple[Window, ...], text: str = "") -> None:
-        setfield(self, "windows", windows)
-        setfield(self, "text", text)
+    text: str = ""
 
     def _minute_settings(self, outside: Setting) -> list[Setting]:
         # One entry per minute of the week (10,080): simple, and obviously right
@@ -249,7 +221,7 @@ def clock_from_environment() -> Clock:
 # ---------------------------------------------------------------- the pacer
 
 
-class Pause(Record):
+class Pause(msgspec.Struct):
     """One pause of the run: why, and when it began and ended.
 
     ``paused_at``/``resumed_at`` are on the schedule's clock (for a window:
@@ -260,24 +232,8 @@ class Pause(Record):
     why: str
     paused_at: datetime
     started: float
-    resumed_at: datetime | None
-    ended: float | None
-    __slots__ = ("why", "paused_at", "started", "resumed_at", "ended")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        why: str,
-        paused_at: datetime,
-        started: float,
-        resumed_at: datetime | None = None,
-        ended: float | None = None,
-    ) -> None:
-        self.why = why
-        self.paused_at = paused_at
-        self.started = started
-        self.resumed_at = resumed_at
-        self.ended = ended
+    resumed_at: datetime | None = None
+    ended: float | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -300,7 +256,7 @@ def batch_bytes(rate_bytes_per_second: float, largest: int) -> int:
 PAUSE_LATENCY: Final = 1.0
 
 
-class Pacer(Record):
+class Pacer(msgspec.Struct):
     """Which setting holds now: the schedule's window, a manual pause, or --max-rate.
 
     ``update()`` is called by the coordinator's loop; it reads the schedule
@@ -308,52 +264,15 @@ class Pacer(Record):
     """
 
     schedule: Schedule | None
-    max_rate_mb_s: float
-    clock: Clock
-    wall: Callable[[], float]
-    manual: bool  # SIGUSR1 toggles it
-    setting: Setting
-    pauses: list[Pause]
-    _next_change: datetime | None
-    _started: bool
-    _manual_applied: bool
-    __slots__ = (
-        "schedule",
-        "max_rate_mb_s",
-        "clock",
-        "wall",
-        "manual",
-        "setting",
-        "pauses",
-        "_next_change",
-        "_started",
-        "_manual_applied",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        schedule: Schedule | None,
-        max_rate_mb_s: float = 0.0,
-        clock: Clock = system_clock,
-        wall: Callable[[], float] = time.time,
-        manual: bool = False,
-        setting: Setting | None = None,
-        pauses: list[Pause] | None = None,
-        _next_change: datetime | None = None,
-        _started: bool = False,
-        _manual_applied: bool = False,
-    ) -> None:
-        self.schedule = schedule
-        self.max_rate_mb_s = max_rate_mb_s
-        self.clock = clock
-        self.wall = wall
-        self.manual = manual
-        self.setting = Setting() if setting is None else setting
-        self.pauses = list() if pauses is None else pauses
-        self._next_change = _next_change
-        self._started = _started
-        self._manual_applied = _manual_applied
+    max_rate_mb_s: float = 0.0
+    clock: Clock = system_clock
+    wall: Callable[[], float] = time.time
+    manual: bool = False  # SIGUSR1 toggles it
+    setting: Setting = field(default_factory=Setting)
+    pauses: list[Pause] = field(default_factory=list)
+    _next_change: datetime | None = None
+    _started: bool = False
+    _manual_applied: bool = False
 
     @property
     def paused(self) -> bool:

@@ -42,7 +42,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._record import Value, setfield
+import msgspec
+
 from ..config import PeerConfig
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -102,73 +103,24 @@ class AbortRequested(BaseException):
     """Raised by the SIGUSR2 handler to leave a blocking send or receive at once."""
 
 
-class WorkerConfig(Value):
+class WorkerConfig(msgspec.Struct, frozen=True):
     worker: int
     peer: PeerConfig
-    max_rate: float  # bytes per second across all workers; 0 = unlimited
-    rate_lock_path: str | None  # the flock file that guards the shared budget
-    retries: int
-    retry_delay: float  # seconds before the first retry; doubles each time
-    transcode: bool
-    max_ops: int  # Asynchronous Operations Window to propose (PS3.7 D.3.3.3)
-    journal_path: Path | None  # the inventory; None: the coordinator keeps it
-    destination: str
-    session_id: str
-    resume: bool  # a duplicate of what earlier sessions stored is skipped
-    coerce: Coercion | None  # --coerce: the rules (io/coerce.py)
+    max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited
+    rate_lock_path: str | None = None  # the flock file that guards the shared budget
+    retries: int = 3
+    retry_delay: float = 0.5  # seconds before the first retry; doubles each time
+    transcode: bool = False
+    max_ops: int = 1  # Asynchronous Operations Window to propose (PS3.7 D.3.3.3)
+    journal_path: Path | None = None  # the inventory; None: the coordinator keeps it
+    destination: str = ""
+    session_id: str = ""
+    resume: bool = True  # a duplicate of what earlier sessions stored is skipped
+    coerce: Coercion | None = None  # --coerce: the rules (io/coerce.py)
     # A forked worker asks for its next batch while it sends one (see run).
     # Off under --schedule: a pause or a new rate must take effect when the
     # batch in hand is done, not after one more already in the pipe.
-    prefetch: bool
-    __slots__ = (
-        "worker",
-        "peer",
-        "max_rate",
-        "rate_lock_path",
-        "retries",
-        "retry_delay",
-        "transcode",
-        "max_ops",
-        "journal_path",
-        "destination",
-        "session_id",
-        "resume",
-        "coerce",
-        "prefetch",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        worker: int,
-        peer: PeerConfig,
-        max_rate: float = 0.0,
-        rate_lock_path: str | None = None,
-        retries: int = 3,
-        retry_delay: float = 0.5,
-        transcode: bool = False,
-        max_ops: int = 1,
-        journal_path: Path | None = None,
-        destination: str = "",
-        session_id: str = "",
-        resume: bool = True,
-        coerce: Coercion | None = None,
-        prefetch: bool = True,
-    ) -> None:
-        setfield(self, "worker", worker)
-        setfield(self, "peer", peer)
-        setfield(self, "max_rate", max_rate)
-        setfield(self, "rate_lock_path", rate_lock_path)
-        setfield(self, "retries", retries)
-        setfield(self, "retry_delay", retry_delay)
-        setfield(self, "transcode", transcode)
-        setfield(self, "max_ops", max_ops)
-        setfield(self, "journal_path", journal_path)
-        setfield(self, "destination", destination)
-        setfield(self, "session_id", session_id)
-        setfield(self, "resume", resume)
-        setfield(self, "coerce", coerce)
-        setfield(self, "prefetch", prefetch)
+    prefetch: bool = True
 
 
 class RateLimiter:

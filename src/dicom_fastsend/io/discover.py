@@ -6,27 +6,21 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from .._record import Value, setfield
+import msgspec
 
 # Files handed over per unit at most, so that the coordinator's loop stays
 # responsive in a directory of a hundred thousand files.
 STEP_FILES = 1000
 
 
-class MissingInput(Value):
+class MissingInput(msgspec.Struct, frozen=True):
     """An input path that does not exist or cannot be listed."""
 
     path: str
     reason: str
-    __slots__ = ("path", "reason")
-    _fields = __slots__
-
-    def __init__(self, path: str, reason: str) -> None:
-        setfield(self, "path", path)
-        setfield(self, "reason", reason)
 
 
-class UnsearchedSubdirectories(Value):
+class UnsearchedSubdirectories(msgspec.Struct, frozen=True):
     """Subdirectories of a directory input whose files were not searched.
 
     Not a file's outcome: a note for the user, who may have forgotten ``-r``
@@ -36,14 +30,7 @@ class UnsearchedSubdirectories(Value):
 
     path: str
     count: int
-    linked: bool
-    __slots__ = ("path", "count", "linked")
-    _fields = __slots__
-
-    def __init__(self, path: str, count: int, linked: bool = False) -> None:
-        setfield(self, "path", path)
-        setfield(self, "count", count)
-        setfield(self, "linked", linked)
+    linked: bool = False
 
     @property
     def hint(self) -> str:
@@ -66,33 +53,21 @@ class Entry(Protocol):
     def stat(self) -> os.stat_result: ...
 
 
-class Named(Value):
+class Named(msgspec.Struct, frozen=True):
     """A file named as an input (or in --input-list), not met in a listing."""
 
     path: str
-    __slots__ = ("path",)
-    _fields = __slots__
-
-    def __init__(self, path: str) -> None:
-        setfield(self, "path", path)
 
     def stat(self) -> os.stat_result:
         return os.stat(self.path)
 
 
-class Unit(Value):
+class Unit(msgspec.Struct, frozen=True):
     """Files of one directory, sorted by name; ``listed``: from a listing of it."""
 
     directory: str
     entries: Sequence[Entry]
     listed: bool
-    __slots__ = ("directory", "entries", "listed")
-    _fields = __slots__
-
-    def __init__(self, directory: str, entries: Sequence[Entry], listed: bool) -> None:
-        setfield(self, "directory", directory)
-        setfield(self, "entries", entries)
-        setfield(self, "listed", listed)
 
 
 def discover(

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from .._record import Value, setfield
+import msgspec
+
 from .pdu import (
     PresentationContextAC,
     PresentationContextRQ,
@@ -113,17 +114,11 @@ def association_for(plans: Sequence[tuple[PresentationContextRQ, ...]], sop_clas
     raise KeyError(sop_class)
 
 
-class Selection(Value):
+class Selection(msgspec.Struct, frozen=True):
     """The accepted context a file is sent on, and whether it must be converted."""
 
     presentation_context_id: int
     transfer_syntax: str
-    __slots__ = ("presentation_context_id", "transfer_syntax")
-    _fields = __slots__
-
-    def __init__(self, presentation_context_id: int, transfer_syntax: str) -> None:
-        setfield(self, "presentation_context_id", presentation_context_id)
-        setfield(self, "transfer_syntax", transfer_syntax)
 
     def needs_conversion(self, file_transfer_syntax: str) -> bool:
         return self.transfer_syntax != file_transfer_syntax

@@ -2,9 +2,9 @@
 
 Every PDU starts with a 6-byte header: PDU-type (1), reserved (1) and
 PDU-length (4, big endian), the length of the variable field that follows
-(PS3.8 9.3.1). The dataclasses here mirror the standard's names; ``encode``
-turns one into bytes and ``decode_pdu`` does the reverse for one complete
-PDU's type and variable field. P-DATA-TF on the send side is not built here:
+(PS3.8 9.3.1). The classes here (msgspec structs) mirror the standard's names;
+``encode`` turns one into bytes and ``decode_pdu`` does the reverse for one
+complete PDU's type and variable field. P-DATA-TF on the send side is not built here:
 the hot path (``hotpath.fragment_pdata``) writes its headers straight in front
 of memory-mapped file bytes.
 """
@@ -15,7 +15,9 @@ import struct
 from collections.abc import Iterator
 from enum import IntEnum
 
-from .._record import Value, setfield
+import msgspec
+from msgspec import field
+
 from ..errors import PDUError
 from .hotpath import parse_pdvs
 from .uids import APPLICATION_CONTEXT
@@ -80,7 +82,7 @@ def presentation_context_result_text(result: int) -> str:
 # --------------------------------------------------------------------------- items
 
 
-class PresentationContextRQ(Value):
+class PresentationContextRQ(msgspec.Struct, frozen=True):
     """Presentation Context Item in an A-ASSOCIATE-RQ (PS3.8 9.3.2.2).
 
     The ID is odd, 1 to 255, so at most 128 contexts fit in one association.
@@ -89,33 +91,14 @@ class PresentationContextRQ(Value):
     presentation_context_id: int
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
-    __slots__ = ("presentation_context_id", "abstract_syntax", "transfer_syntaxes")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        presentation_context_id: int,
-        abstract_syntax: str,
-        transfer_syntaxes: tuple[str, ...],
-    ) -> None:
-        setfield(self, "presentation_context_id", presentation_context_id)
-        setfield(self, "abstract_syntax", abstract_syntax)
-        setfield(self, "transfer_syntaxes", transfer_syntaxes)
 
 
-class PresentationContextAC(Value):
+class PresentationContextAC(msgspec.Struct, frozen=True):
     """Presentation Context Item in an A-ASSOCIATE-AC (PS3.8 9.3.3.2)."""
 
     presentation_context_id: int
     result: int
     transfer_syntax: str  # meaningful only when result is ACCEPTANCE
-    __slots__ = ("presentation_context_id", "result", "transfer_syntax")
-    _fields = __slots__
-
-    def __init__(self, presentation_context_id: int, result: int, transfer_syntax: str) -> None:
-        setfield(self, "presentation_context_id", presentation_context_id)
-        setfield(self, "result", result)
-        setfield(self, "transfer_syntax", transfer_syntax)
 
     @property
     def accepted(self) -> bool:
@@ -132,7 +115,7 @@ class UserIdentityType(IntEnum):
     JWT = 5
 
 
-class UserIdentity(Value):
+class UserIdentity(msgspec.Struct, frozen=True):
     """User Identity negotiation sub-item of an A-ASSOCIATE-RQ (PS3.7 D.3.3.7.1).
 
     The secondary field (the passcode) is kept out of repr() so it cannot
@@ -141,26 +124,18 @@ class UserIdentity(Value):
 
     identity_type: int
     primary_field: bytes
-    secondary_field: bytes
-    positive_response_requested: bool
-    __slots__ = ("identity_type", "primary_field", "secondary_field", "positive_response_requested")
-    _fields = __slots__
-    _repr_hidden = ("secondary_field",)
+    secondary_field: bytes = b""
+    positive_response_requested: bool = False
 
-    def __init__(
-        self,
-        identity_type: int,
-        primary_field: bytes,
-        secondary_field: bytes = b"",
-        positive_response_requested: bool = False,
-    ) -> None:
-        setfield(self, "identity_type", identity_type)
-        setfield(self, "primary_field", primary_field)
-        setfield(self, "secondary_field", secondary_field)
-        setfield(self, "positive_response_requested", positive_response_requested)
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(identity_type={self.identity_type!r},"
+            f" primary_field={self.primary_field!r},"
+            f" positive_response_requested={self.positive_response_requested!r})"
+        )
 
 
-class RoleSelection(Value):
+class RoleSelection(msgspec.Struct, frozen=True):
     """SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4).
 
     The roles are the association requestor's, in a request and in the
@@ -172,101 +147,37 @@ class RoleSelection(Value):
     sop_class_uid: str
     scu_role: bool
     scp_role: bool
-    __slots__ = ("sop_class_uid", "scu_role", "scp_role")
-    _fields = __slots__
-
-    def __init__(self, sop_class_uid: str, scu_role: bool, scp_role: bool) -> None:
-        setfield(self, "sop_class_uid", sop_class_uid)
-        setfield(self, "scu_role", scu_role)
-        setfield(self, "scp_role", scp_role)
 
 
-class UserInformation(Value):
+class UserInformation(msgspec.Struct, frozen=True):
     """User Information Item (PS3.8 9.3.2.3, Annex D; PS3.7 D.3.3).
 
     ``maximum_length`` is the largest P-DATA-TF variable field the sender of
     this item is willing to receive; 0 means no limit (PS3.8 D.1).
     """
 
-    maximum_length: int
-    implementation_class_uid: str
-    implementation_version_name: str
+    maximum_length: int = 0
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
     # PS3.7 D.3.3.3: (maximum number operations invoked, performed); None = not negotiated
-    asynchronous_operations_window: tuple[int, int] | None
-    user_identity: UserIdentity | None  # in an RQ (PS3.7 D.3.3.7.1)
-    server_response: bytes | None  # in an AC, when the acceptor sent one (D.3.3.7.2)
-    role_selections: tuple[RoleSelection, ...]  # PS3.7 D.3.3.4
-    __slots__ = (
-        "maximum_length",
-        "implementation_class_uid",
-        "implementation_version_name",
-        "asynchronous_operations_window",
-        "user_identity",
-        "server_response",
-        "role_selections",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        maximum_length: int = 0,
-        implementation_class_uid: str = "",
-        implementation_version_name: str = "",
-        asynchronous_operations_window: tuple[int, int] | None = None,
-        user_identity: UserIdentity | None = None,
-        server_response: bytes | None = None,
-        role_selections: tuple[RoleSelection, ...] = (),
-    ) -> None:
-        setfield(self, "maximum_length", maximum_length)
-        setfield(self, "implementation_class_uid", implementation_class_uid)
-        setfield(self, "implementation_version_name", implementation_version_name)
-        setfield(self, "asynchronous_operations_window", asynchronous_operations_window)
-        setfield(self, "user_identity", user_identity)
-        setfield(self, "server_response", server_response)
-        setfield(self, "role_selections", role_selections)
+    asynchronous_operations_window: tuple[int, int] | None = None
+    user_identity: UserIdentity | None = None  # in an RQ (PS3.7 D.3.3.7.1)
+    server_response: bytes | None = None  # in an AC, when the acceptor sent one (D.3.3.7.2)
+    role_selections: tuple[RoleSelection, ...] = ()  # PS3.7 D.3.3.4
 
 
-class AAssociateRQ(Value):
+class AAssociateRQ(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""
 
     called_ae_title: str
     calling_ae_title: str
     presentation_contexts: tuple[PresentationContextRQ, ...]
-    user_information: UserInformation
-    application_context_name: str
-    protocol_version: int
-    __slots__ = (
-        "called_ae_title",
-        "calling_ae_title",
-        "presentation_contexts",
-        "user_information",
-        "application_context_name",
-        "protocol_version",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        called_ae_title: str,
-        calling_ae_title: str,
-        presentation_contexts: tuple[PresentationContextRQ, ...],
-        user_information: UserInformation | None = None,
-        application_context_name: str = APPLICATION_CONTEXT,
-        protocol_version: int = PROTOCOL_VERSION,
-    ) -> None:
-        setfield(self, "called_ae_title", called_ae_title)
-        setfield(self, "calling_ae_title", calling_ae_title)
-        setfield(self, "presentation_contexts", presentation_contexts)
-        setfield(
-            self,
-            "user_information",
-            UserInformation() if user_information is None else user_information,
-        )
-        setfield(self, "application_context_name", application_context_name)
-        setfield(self, "protocol_version", protocol_version)
+    user_information: UserInformation = field(default_factory=UserInformation)
+    application_context_name: str = APPLICATION_CONTEXT
+    protocol_version: int = PROTOCOL_VERSION
 
 
-class AAssociateAC(Value):
+class AAssociateAC(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-AC PDU (PS3.8 9.3.3).
 
     The called and calling AE title fields are reserved in the AC but are
@@ -276,38 +187,9 @@ class AAssociateAC(Value):
     called_ae_title: str
     calling_ae_title: str
     presentation_contexts: tuple[PresentationContextAC, ...]
-    user_information: UserInformation
-    application_context_name: str
-    protocol_version: int
-    __slots__ = (
-        "called_ae_title",
-        "calling_ae_title",
-        "presentation_contexts",
-        "user_information",
-        "application_context_name",
-        "protocol_version",
-    )
-    _fields = __slots__
-
-    def __init__(
-        self,
-        called_ae_title: str,
-        calling_ae_title: str,
-        presentation_contexts: tuple[PresentationContextAC, ...],
-        user_information: UserInformation | None = None,
-        application_context_name: str = APPLICATION_CONTEXT,
-        protocol_version: int = PROTOCOL_VERSION,
-    ) -> None:
-        setfield(self, "called_ae_title", called_ae_title)
-        setfield(self, "calling_ae_title", calling_ae_title)
-        setfield(self, "presentation_contexts", presentation_contexts)
-        setfield(
-            self,
-            "user_information",
-            UserInformation() if user_information is None else user_information,
-        )
-        setfield(self, "application_context_name", application_context_name)
-        setfield(self, "protocol_version", protocol_version)
+    user_information: UserInformation = field(default_factory=UserInformation)
+    application_context_name: str = APPLICATION_CONTEXT
+    protocol_version: int = PROTOCOL_VERSION
 
 
 class RejectResult(IntEnum):
@@ -340,19 +222,12 @@ _REJECT_SOURCES = {
 }
 
 
-class AAssociateRJ(Value):
+class AAssociateRJ(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
 
     result: int
     source: int
     reason: int
-    __slots__ = ("result", "source", "reason")
-    _fields = __slots__
-
-    def __init__(self, result: int, source: int, reason: int) -> None:
-        setfield(self, "result", result)
-        setfield(self, "source", source)
-        setfield(self, "reason", reason)
 
     @property
     def transient(self) -> bool:
@@ -366,7 +241,7 @@ class AAssociateRJ(Value):
         return f"{result}, source: {source}, reason: {reason}"
 
 
-class PDV(Value):
+class PDV(msgspec.Struct, frozen=True):
     """One Presentation Data Value item of a received P-DATA-TF (PS3.8 9.3.5.1).
 
     ``data`` is a view into the received PDU, not a copy.
@@ -376,45 +251,20 @@ class PDV(Value):
     is_command: bool
     is_last: bool
     data: memoryview
-    __slots__ = ("presentation_context_id", "is_command", "is_last", "data")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        presentation_context_id: int,
-        is_command: bool,
-        is_last: bool,
-        data: memoryview,
-    ) -> None:
-        setfield(self, "presentation_context_id", presentation_context_id)
-        setfield(self, "is_command", is_command)
-        setfield(self, "is_last", is_last)
-        setfield(self, "data", data)
 
 
-class PDataTF(Value):
+class PDataTF(msgspec.Struct, frozen=True):
     """P-DATA-TF PDU (PS3.8 9.3.5)."""
 
     pdvs: tuple[PDV, ...]
-    __slots__ = ("pdvs",)
-    _fields = __slots__
-
-    def __init__(self, pdvs: tuple[PDV, ...]) -> None:
-        setfield(self, "pdvs", pdvs)
 
 
-class AReleaseRQ(Value):
+class AReleaseRQ(msgspec.Struct, frozen=True):
     """A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
 
-    __slots__ = ()
-    _fields = __slots__
 
-
-class AReleaseRP(Value):
+class AReleaseRP(msgspec.Struct, frozen=True):
     """A-RELEASE-RP PDU (PS3.8 9.3.7)."""
-
-    __slots__ = ()
-    _fields = __slots__
 
 
 class AbortSource(IntEnum):
@@ -443,21 +293,11 @@ _ABORT_REASONS = {
 }
 
 
-class AAbort(Value):
+class AAbort(msgspec.Struct, frozen=True):
     """A-ABORT PDU (PS3.8 9.3.8)."""
 
-    source: int
-    reason: int
-    __slots__ = ("source", "reason")
-    _fields = __slots__
-
-    def __init__(
-        self,
-        source: int = AbortSource.SERVICE_USER,
-        reason: int = AbortReason.NOT_SPECIFIED,
-    ) -> None:
-        setfield(self, "source", source)
-        setfield(self, "reason", reason)
+    source: int = AbortSource.SERVICE_USER
+    reason: int = AbortReason.NOT_SPECIFIED
 
     def describe(self) -> str:
         if self.source == AbortSource.SERVICE_USER:

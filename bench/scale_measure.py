@@ -198,7 +198,8 @@ class TreeSampler:
     Sampling rather than the kernel's high-water mark (ru_maxrss): a process
     forked from another starts with that one's mark, which would hide its own.
     The list of processes is refreshed less often than the memory (each scan
-    reads every /proc entry), often enough to see workers start.
+    reads every /proc entry) after the first second, often enough to see
+    workers start.
     """
 
     def __init__(self, pid: int, root_role: str) -> None:
@@ -254,7 +255,11 @@ class TreeSampler:
                             self.peaks[child.pid] = ProcessPeak(
                                 child.pid, self._role(child, root_command)
                             )
-                next_scan = now + (0.05 if now - started < 3 else 0.25)
+                # Every sample (10 ms) for the first second: a worker of a
+                # small run can start and end between two scans 50 ms apart
+                # now that the command starts in about 70 ms of CPU.
+                elapsed = now - started
+                next_scan = now + (0.0 if elapsed < 1 else 0.05 if elapsed < 3 else 0.25)
             gone = []
             for pid, process in processes.items():
                 peak = self.peaks[pid]

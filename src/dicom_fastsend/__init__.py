@@ -17,8 +17,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
+
+import msgspec  # noqa: E402
 
 from .config import PeerConfig, SendConfig, TLSConfig  # noqa: E402
 from .engine.results import FileResult, Outcome, SendSummary, WorkerStats  # noqa: E402
@@ -76,8 +77,7 @@ def scan(config: SendConfig) -> ScanReport:
     return run(config)
 
 
-@dataclass(frozen=True, slots=True)
-class EchoResult:
+class EchoResult(msgspec.Struct, frozen=True):
     """The C-ECHO outcome: the peer's status, or why there was no answer."""
 
     status: int | None

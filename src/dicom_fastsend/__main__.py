@@ -1,5 +1,5 @@
 """`python -m dicom_fastsend` is the `fastsend` command."""
 
-from dicom_fastsend.cli import main
+from dicom_fastsend.cli import run
 
-main()
+run()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
+from msgspec import field
 
 if TYPE_CHECKING:
     from .io.coerce import Coercion
@@ -24,8 +26,7 @@ DEFAULT_COMMIT_TIMEOUT = 120.0
 ORDERS = ("path", "newest-first", "oldest-first")  # --order
 
 
-@dataclass(frozen=True, slots=True)
-class TLSConfig:
+class TLSConfig(msgspec.Struct, frozen=True):
     """DICOM TLS (PS3.15 B.9, BCP 195): TLS 1.2 or newer, server verified by default."""
 
     ca_file: Path | None = None  # trust these CAs (default: the system's)
@@ -34,16 +35,18 @@ class TLSConfig:
     verify: bool = True  # False only on explicit request (--tls-no-verify)
 
 
-@dataclass(frozen=True, slots=True)
-class UserCredentials:
+class UserCredentials(msgspec.Struct, frozen=True):
     """User Identity negotiation (PS3.7 D.3.3.7); the password stays out of repr()."""
 
     username: str
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        # The password out of logs and tracebacks (a dataclass field's repr=False).
+        return f"{type(self).__name__}(username={self.username!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class PeerConfig:
+class PeerConfig(msgspec.Struct, frozen=True):
     """Where to send, and how long to wait at each protocol step."""
 
     host: str
@@ -67,8 +70,7 @@ class PeerConfig:
             raise ValueError("the maximum PDU length must be 0 (no limit) or at least 4096")
 
 
-@dataclass(frozen=True, slots=True)
-class CommitConfig:
+class CommitConfig(msgspec.Struct, frozen=True):
     """Storage Commitment Push Model (PS3.4 Annex J) as the SCU.
 
     The destination answers with an N-EVENT-REPORT on the association of the
@@ -92,8 +94,7 @@ class CommitConfig:
             raise ValueError("--commit-timeout must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyConfig:
+class VerifyConfig(msgspec.Struct, frozen=True):
     """A `fastsend verify` run: prove what the journal says the destination holds."""
 
     peer: PeerConfig
@@ -111,8 +112,7 @@ class VerifyConfig:
         return self.journal_path or default_journal_path(self.log_dir, self.peer)
 
 
-@dataclass(frozen=True, slots=True)
-class SendConfig:
+class SendConfig(msgspec.Struct, frozen=True):
     """A `fastsend send` run."""
 
     peer: PeerConfig

@@ -52,6 +52,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from msgspec.structs import replace as struct_replace
+
 from .. import __version__
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -191,7 +193,7 @@ class _TaskChannel:
         self.worker: Worker | None = None
         paths = {r.path for r in done}
         self._batches = deque(
-            replace(b, files=files)
+            struct_replace(b, files=files)
             for b in task.batches
             if (files := tuple(f for f in b.files if f.path not in paths))
         )
@@ -428,7 +430,9 @@ class DaskBackend:
         task = ClusterTask(
             executor,
             (batch,),
-            replace(self._config, worker=executor, max_rate=self._max_rate, journal_path=None),
+            struct_replace(
+                self._config, worker=executor, max_rate=self._max_rate, journal_path=None
+            ),
             self._topic,
             f"{self._prefix}-progress-{executor}",
             self._stop_name,

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import itertools
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from msgspec import field
 
 from ..config import SendConfig, destination_key
 from ..errors import FastsendError
@@ -50,8 +51,6 @@ from .messages import (
     Ready,
     Stop,
 )
-from .metrics import Live, MetricsError, MetricsServer, SendCollector
-from .order import Order, StudyQueue, plan_order, survey_groups
 from .plan import BATCH_BYTES, Batch, BatchBook, batch_files
 from .prepare import Walker, admit
 from .results import Cause, FileResult, Outcome, SendSummary, WorkerStats
@@ -63,6 +62,14 @@ from .schedule import (
     parse_schedule,
 )
 from .worker import INTERRUPTED_REASON, WorkerConfig
+
+if TYPE_CHECKING:
+    # Imported where used: a send without --order, --priority-list or
+    # --metrics-port needs neither, and `fastsend send` starts faster without.
+    import tempfile
+
+    from .metrics import Live, MetricsServer
+    from .order import StudyQueue
 
 Reporter = Callable[[FileResult], None]
 
@@ -102,8 +109,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class Hooks:
+class Hooks(msgspec.Struct):
     """What the coordinator tells the outside world as it goes."""
 
     result: Reporter = lambda result: None
@@ -116,16 +122,19 @@ class Hooks:
     dispatched: Callable[[Batch], None] = lambda batch: None
 
 
-# repr=False: signal.signal() returns the SIGINT handler it replaces, our
-# bound method, after trying it as a signal.Handlers member, whose failure
-# formats repr() of the method; a generated repr would write out the summary
-# (every C-STORE latency), tens of MB and seconds at the end of a large run.
-@dataclass(repr=False)
-class Coordinator:
+# dict=True: __post_init__ sets the run's state as attributes beyond the fields.
+class Coordinator(msgspec.Struct, dict=True):
     config: SendConfig
     hooks: Hooks = field(default_factory=Hooks)
     summary: SendSummary = field(default_factory=SendSummary)
     interrupts: int = 0
+
+    # object's repr: signal.signal() returns the SIGINT handler it replaces,
+    # our bound method, after trying it as a signal.Handlers member, whose
+    # failure formats repr() of the method; a generated repr would write out the
+    # summary (every C-STORE latency), tens of MB and seconds at the end of a
+    # large run.
+    __repr__ = object.__repr__
 
     def __post_init__(self) -> None:
         self._book = BatchBook()
@@ -148,7 +157,7 @@ class Coordinator:
         self._stored_by: Counter[int] = Counter()  # files stored per executor
         self._client: Any = None  # a distributed.Client with --cluster
         # Migration controls: --order, --schedule, SIGUSR1, --metrics-port.
-        self._ordered = self.config.order != Order.PATH.value or bool(self.config.priority_list)
+        self._ordered = self.config.order != "path" or bool(self.config.priority_list)
         self._queue: StudyQueue | None = None  # the order, once the pre-pass made it
         self._pacer = Pacer(None, self.config.max_rate_mb_s)
         self._pause_toggles = 0  # SIGUSR1s received
@@ -180,10 +189,9 @@ class Coordinator:
         scratch: tempfile.TemporaryDirectory[str] | None = None
         backend: Backend | None = None
         try:
-            try:
-                self._start_controls()
-            except (ScheduleError, MetricsError) as exc:
-                return self._cannot_start(FastsendError(str(exc)))
+            problem = self._start_controls()
+            if problem is not None:
+                return self._cannot_start(FastsendError(problem))
             if self.config.cluster is not None:
                 # Before the walk, which can take long: an unreachable cluster
                 # should stop the run at once, naming the address.
@@ -196,6 +204,8 @@ class Coordinator:
             path = self.config.journal
             if path is None:
                 # No log directory: the run still needs its inventory, for a while.
+                import tempfile
+
                 scratch = tempfile.TemporaryDirectory(prefix="fastsend-")
                 path = Path(scratch.name) / "inventory.sqlite"
             try:
@@ -527,21 +537,35 @@ class Coordinator:
 
     # ------------------------------------------------------------ migration controls
 
-    def _start_controls(self) -> None:
-        """Read --schedule and open --metrics-port, before the walk: a mistake stops the run."""
+    def _start_controls(self) -> str | None:
+        """Read --schedule and open --metrics-port, before the walk: a mistake stops the run.
+
+        Returns what is wrong, if something is.
+        """
         config = self.config
         if config.schedule is not None:
-            self._pacer = Pacer(
-                parse_schedule(config.schedule), config.max_rate_mb_s, clock_from_environment()
-            )
+            try:
+                self._pacer = Pacer(
+                    parse_schedule(config.schedule), config.max_rate_mb_s, clock_from_environment()
+                )
+            except ScheduleError as exc:
+                return str(exc)
         self.summary.pauses = self._pacer.pauses
         if config.metrics_port is not None:
-            collector = SendCollector(self.summary, self._live_state)
-            self._metrics = MetricsServer(config.metrics_address, config.metrics_port, collector)
+            from .metrics import MetricsError, MetricsServer, SendCollector
+
+            try:
+                collector = SendCollector(self.summary, self._live_state)
+                self._metrics = MetricsServer(
+                    config.metrics_address, config.metrics_port, collector
+                )
+            except MetricsError as exc:
+                return str(exc)
             self.hooks.log(
                 "info",
                 f"metrics: http://{config.metrics_address}:{self._metrics.port}/metrics",
             )
+        return None
 
     def _control(self, backend: Backend, walking: bool) -> None:
         """Once per loop: the schedule and SIGUSR1, the rate, the order's pre-pass, metrics."""
@@ -592,6 +616,8 @@ class Coordinator:
                 self._metrics.serve()
             return self.interrupts == interrupts  # Ctrl-C: the loop stops the run
 
+        from .order import Order, StudyQueue, plan_order, survey_groups
+
         groups, mixed = survey_groups(directories, between)
         if self.interrupts != interrupts:
             return
@@ -622,6 +648,8 @@ class Coordinator:
         walker = self._walker
         in_flight = self._book.outstanding
         found = 0 if walker is None else walker.walk.found
+        from .metrics import Live
+
         return Live(
             in_flight=in_flight,
             remaining=max(0, found - self.summary.found),

@@ -31,10 +31,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
+
+import msgspec
 
 from ..errors import FastsendError
 from ..io.header import FileInfo
@@ -314,8 +315,7 @@ class Pending(NamedTuple):
     mtime: float
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(msgspec.Struct, frozen=True):
     """One file's row, for reports (status, summaries)."""
 
     path: str
@@ -330,8 +330,7 @@ class Row:
     session_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class HeldInstance:
+class HeldInstance(msgspec.Struct, frozen=True):
     """An instance the journal says the destination holds: what verification checks."""
 
     path: str
@@ -342,8 +341,7 @@ class HeldInstance:
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True):
     """What one verification found of one instance, from every method that ran.
 
     ``find``/``commit``: None when that method did not reach the instance.
@@ -990,8 +988,7 @@ class Inventory:
 # ------------------------------------------------------------ reading, from outside a run
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(msgspec.Struct, frozen=True):
     """A row of the sessions table: one `send` (finished_at None: not finished, or running)."""
 
     session_id: str
@@ -1002,8 +999,7 @@ class SessionRecord:
     exit_code: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class StateTally:
+class StateTally(msgspec.Struct, frozen=True):
     """Files in one state: in all sessions, and in the session asked about."""
 
     files: int
@@ -1012,8 +1008,7 @@ class StateTally:
     session_recent: int  # of those, written (last_at) after ``since``
 
 
-@dataclass(frozen=True, slots=True)
-class StudyTally:
+class StudyTally(msgspec.Struct, frozen=True):
     """One study's files by state, whatever the session; study '' = no Study Instance UID."""
 
     study_instance_uid: str
@@ -1024,8 +1019,7 @@ class StudyTally:
     remaining: int  # pending or in flight
 
 
-@dataclass(frozen=True, slots=True)
-class ReasonTally:
+class ReasonTally(msgspec.Struct, frozen=True):
     """Failed files with one reason (and DICOM status), with the first path as an example."""
 
     reason: str
@@ -1034,8 +1028,7 @@ class ReasonTally:
     example: str
 
 
-@dataclass(frozen=True, slots=True)
-class Overview:
+class Overview(msgspec.Struct, frozen=True):
     """The whole inventory in aggregates, from one read transaction."""
 
     states: dict[str, StateTally]  # every State value, also those with no file

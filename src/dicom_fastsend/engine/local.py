@@ -24,21 +24,22 @@ import select
 import selectors
 import signal
 import socket
-import tempfile
 import threading
-from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
 
 from .messages import Assign, ExecutorLost, Finished, FromExecutor, Stop
 from .results import WorkerStats
 from .worker import WorkerConfig, worker_main
 
 
-@dataclass
-class _Process:
+class _Process(msgspec.Struct):
     worker: int
     process: BaseProcess
     conn: Connection
@@ -85,6 +86,8 @@ class LocalBackend:
         # Guarded by flock on this file rather than a multiprocessing lock,
         # which a SIGKILLed worker could leave held (see RateLimiter).
         self._shared_rate = self._context.RawValue("d", 0.0)
+        import tempfile  # only with --max-rate: start-up of the others
+
         lock_fd, self._rate_lock = tempfile.mkstemp(prefix="fastsend-rate-", suffix=".lock")
         os.close(lock_fd)
 

@@ -18,8 +18,9 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
 
 from ..io.transport import RequestServer, TransportError
 from .results import Outcome, SendSummary
@@ -58,8 +59,7 @@ class MetricsError(Exception):
     """The endpoint cannot be served: prometheus-client missing, or the port taken."""
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
+class Live(msgspec.Struct, frozen=True):
     """What the summary does not hold: the coordinator's state now."""
 
     in_flight: int  # files in batches handed to executors and not reported

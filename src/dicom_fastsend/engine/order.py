@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 from ..io.header import FileInfo, HeaderError, read_header
 from .inventory import Inventory, Pending
@@ -58,8 +59,7 @@ def read_priority_list(path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(entries))
 
 
-@dataclass(frozen=True, slots=True)
-class Study:
+class Study(msgspec.Struct, frozen=True):
     """What a header read says of the study a file belongs to."""
 
     study_instance_uid: str = ""
@@ -85,8 +85,7 @@ class Study:
         return date + clock.ljust(6, "0")[:6] if clock.isdigit() else date + "000000"
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
+class Group(msgspec.Struct, frozen=True):
     """A directory of pending files and the studies its headers named."""
 
     directory: str
@@ -94,8 +93,7 @@ class Group:
     studies: tuple[Study, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     groups: tuple[Group, ...]
     prioritized: int  # how many of the groups come from the priority list
     unmatched: tuple[str, ...]  # priority entries no directory's study matched
@@ -184,8 +182,7 @@ def survey_groups(
     return groups, mixed
 
 
-@dataclass(slots=True)
-class StudyQueue:
+class StudyQueue(msgspec.Struct):
     """Hands out pending files directory by directory, in the plan's order."""
 
     directories: list[str]

@@ -16,8 +16,11 @@ at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Final
+
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
 
 from ..io.header import FileInfo
 from .inventory import Pending
@@ -44,8 +47,7 @@ def batch_files(pending: int, executors: int) -> int:
     return max(MIN_BATCH_FILES, min(BATCH_FILES, share))
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(msgspec.Struct, frozen=True):
     """A unit of work: files in send order.
 
     ``files`` are usually Pending (the executor reads their headers just
@@ -62,8 +64,7 @@ class Batch:
         return sum(f.size for f in self.files)
 
 
-@dataclass(slots=True)
-class _Held:
+class _Held(msgspec.Struct):
     batch: Batch
     reported: set[str] = field(default_factory=set)
     by_path: dict[str, Pending | FileInfo] = field(default_factory=dict)
@@ -72,8 +73,7 @@ class _Held:
         self.by_path = {f.path: f for f in self.batch.files}
 
 
-@dataclass(slots=True)
-class BatchBook:
+class BatchBook(msgspec.Struct):
     """Which executor holds which batches, and which of their files have an outcome.
 
     An executor may hold more than one batch: a local worker asks for its

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
+from msgspec import field
 
 from ..io.discover import MissingInput, Unit, UnsearchedSubdirectories, discover
 from ..io.header import FileInfo, HeaderError, read_header_and_content
@@ -30,8 +32,7 @@ from .results import Cause, FileResult, Outcome
 Reporter = Callable[[FileResult, FileInfo | None, Cause], None]
 
 
-@dataclass(slots=True)
-class Walk:
+class Walk(msgspec.Struct):
     """What the walk found so far."""
 
     found: int = 0  # files and missing inputs: each ends in exactly one outcome

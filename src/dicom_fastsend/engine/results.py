@@ -1,7 +1,8 @@
 """What happened: per-file results, per-worker statistics, the session summary.
 
-Small picklable dataclasses: workers send FileResults to the coordinator,
-which merges everything into one SendSummary.
+Small picklable records (FileResult a dataclass, the rest msgspec structs):
+workers send FileResults to the coordinator, which merges everything into one
+SendSummary.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import field
 
 from ..io.discover import UnsearchedSubdirectories
 
@@ -113,8 +117,7 @@ def _file_result(path: str, outcome: str, *rest: Any) -> FileResult:
     return FileResult(path, Outcome._value2member_map_[outcome], *rest)  # type: ignore[arg-type]
 
 
-@dataclass(slots=True)
-class WorkerStats:
+class WorkerStats(msgspec.Struct):
     worker: int
     pid: int
     files: int = 0
@@ -137,8 +140,7 @@ class Cause(Enum):
     INTERRUPTED = "interrupted"  # not sent: the run was interrupted: skipped
 
 
-@dataclass(slots=True)
-class CommitmentCounts:
+class CommitmentCounts(msgspec.Struct):
     """send --commit: Storage Commitment (PS3.4 Annex J) of what the session stored."""
 
     requested: int = 0
@@ -154,8 +156,7 @@ class CommitmentCounts:
         return self.committed == self.requested and not self.problems
 
 
-@dataclass(slots=True)
-class SendSummary:
+class SendSummary(msgspec.Struct):
     """What a run did, accumulated as outcomes arrive (``add``).
 
     Memory follows the problems, not the archive: stored files are counted

@@ -25,9 +25,11 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
+
+import msgspec
+from msgspec import field
 
 DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MINUTES_PER_DAY: Final = 24 * 60
@@ -48,8 +50,7 @@ class ScheduleError(ValueError):
     """A --schedule that cannot be read: the message names the window and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(msgspec.Struct, frozen=True):
     """What holds during a window: a rate limit (MB/s, 0 = none) or a pause."""
 
     rate_mb_s: float = 0.0
@@ -62,8 +63,7 @@ class Setting:
         return f"rate limit {self.rate_mb_s:g} MB/s" if self.rate_mb_s > 0 else "no rate limit"
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(msgspec.Struct, frozen=True):
     text: str
     days: tuple[int, ...]  # 0 = Monday, as datetime.weekday()
     start: int  # minutes after midnight
@@ -71,8 +71,7 @@ class Window:
     setting: Setting
 
 
-@dataclass(frozen=True, slots=True)
-class Schedule:
+class Schedule(msgspec.Struct, frozen=True):
     """The windows of a week, first match wins."""
 
     windows: tuple[Window, ...]
@@ -222,8 +221,7 @@ def clock_from_environment() -> Clock:
 # ---------------------------------------------------------------- the pacer
 
 
-@dataclass(slots=True)
-class Pause:
+class Pause(msgspec.Struct):
     """One pause of the run: why, and when it began and ended.
 
     ``paused_at``/``resumed_at`` are on the schedule's clock (for a window:
@@ -258,8 +256,7 @@ def batch_bytes(rate_bytes_per_second: float, largest: int) -> int:
 PAUSE_LATENCY: Final = 1.0
 
 
-@dataclass(slots=True)
-class Pacer:
+class Pacer(msgspec.Struct):
     """Which setting holds now: the schedule's window, a manual pause, or --max-rate.
 
     ``update()`` is called by the coordinator's loop; it reads the schedule

@@ -37,11 +37,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from ..config import PeerConfig
 from ..errors import FastsendError
@@ -102,8 +103,7 @@ class AbortRequested(BaseException):
     """Raised by the SIGUSR2 handler to leave a blocking send or receive at once."""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
+class WorkerConfig(msgspec.Struct, frozen=True):
     worker: int
     peer: PeerConfig
     max_rate: float = 0.0  # bytes per second across all workers; 0 = unlimited

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
+
+import msgspec
 
 # Files handed over per unit at most, so that the coordinator's loop stays
 # responsive in a directory of a hundred thousand files.
 STEP_FILES = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class MissingInput:
+class MissingInput(msgspec.Struct, frozen=True):
     """An input path that does not exist or cannot be listed."""
 
     path: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnsearchedSubdirectories:
+class UnsearchedSubdirectories(msgspec.Struct, frozen=True):
     """Subdirectories of a directory input whose files were not searched.
 
     Not a file's outcome: a note for the user, who may have forgotten ``-r``
@@ -58,8 +57,7 @@ class Entry(Protocol):
     def stat(self) -> os.stat_result: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Named:
+class Named(msgspec.Struct, frozen=True):
     """A file named as an input (or in --input-list), not met in a listing."""
 
     path: str
@@ -72,8 +70,7 @@ class Named:
         return os.stat(self.path)
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
+class Unit(msgspec.Struct, frozen=True):
     """Files of one directory, sorted by name; ``listed``: from a listing of it."""
 
     directory: str

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from .pdu import (
     PresentationContextAC,
@@ -113,8 +114,7 @@ def association_for(plans: Sequence[tuple[PresentationContextRQ, ...]], sop_clas
     raise KeyError(sop_class)
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(msgspec.Struct, frozen=True):
     """The accepted context a file is sent on, and whether it must be converted."""
 
     presentation_context_id: int

@@ -2,9 +2,9 @@
 
 Every PDU starts with a 6-byte header: PDU-type (1), reserved (1) and
 PDU-length (4, big endian), the length of the variable field that follows
-(PS3.8 9.3.1). The dataclasses here mirror the standard's names; ``encode``
-turns one into bytes and ``decode_pdu`` does the reverse for one complete
-PDU's type and variable field. P-DATA-TF on the send side is not built here:
+(PS3.8 9.3.1). The classes here (msgspec structs) mirror the standard's names;
+``encode`` turns one into bytes and ``decode_pdu`` does the reverse for one
+complete PDU's type and variable field. P-DATA-TF on the send side is not built here:
 the hot path (``hotpath.fragment_pdata``) writes its headers straight in front
 of memory-mapped file bytes.
 """
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from enum import IntEnum
+
+import msgspec
+from msgspec import field
 
 from ..errors import PDUError, UnrecognizedPDUError
 from .hotpath import parse_pdvs
@@ -80,8 +82,7 @@ def presentation_context_result_text(result: int) -> str:
 # --------------------------------------------------------------------------- items
 
 
-@dataclass(frozen=True, slots=True)
-class PresentationContextRQ:
+class PresentationContextRQ(msgspec.Struct, frozen=True):
     """Presentation Context Item in an A-ASSOCIATE-RQ (PS3.8 9.3.2.2).
 
     The ID is odd, 1 to 255, so at most 128 contexts fit in one association.
@@ -92,8 +93,7 @@ class PresentationContextRQ:
     transfer_syntaxes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PresentationContextAC:
+class PresentationContextAC(msgspec.Struct, frozen=True):
     """Presentation Context Item in an A-ASSOCIATE-AC (PS3.8 9.3.3.2)."""
 
     presentation_context_id: int
@@ -115,8 +115,7 @@ class UserIdentityType(IntEnum):
     JWT = 5
 
 
-@dataclass(frozen=True, slots=True)
-class UserIdentity:
+class UserIdentity(msgspec.Struct, frozen=True):
     """User Identity negotiation sub-item of an A-ASSOCIATE-RQ (PS3.7 D.3.3.7.1).
 
     The secondary field (the passcode) is kept out of repr() so it cannot
@@ -125,12 +124,18 @@ class UserIdentity:
 
     identity_type: int
     primary_field: bytes
-    secondary_field: bytes = field(default=b"", repr=False)
+    secondary_field: bytes = b""
     positive_response_requested: bool = False
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(identity_type={self.identity_type!r},"
+            f" primary_field={self.primary_field!r},"
+            f" positive_response_requested={self.positive_response_requested!r})"
+        )
 
-@dataclass(frozen=True, slots=True)
-class RoleSelection:
+
+class RoleSelection(msgspec.Struct, frozen=True):
     """SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4).
 
     The roles are the association requestor's, in a request and in the
@@ -144,8 +149,7 @@ class RoleSelection:
     scp_role: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UserInformation:
+class UserInformation(msgspec.Struct, frozen=True):
     """User Information Item (PS3.8 9.3.2.3, Annex D; PS3.7 D.3.3).
 
     ``maximum_length`` is the largest P-DATA-TF variable field the sender of
@@ -162,8 +166,7 @@ class UserInformation:
     role_selections: tuple[RoleSelection, ...] = ()  # PS3.7 D.3.3.4
 
 
-@dataclass(frozen=True, slots=True)
-class AAssociateRQ:
+class AAssociateRQ(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""
 
     called_ae_title: str
@@ -174,8 +177,7 @@ class AAssociateRQ:
     protocol_version: int = PROTOCOL_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class AAssociateAC:
+class AAssociateAC(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-AC PDU (PS3.8 9.3.3).
 
     The called and calling AE title fields are reserved in the AC but are
@@ -220,8 +222,7 @@ _REJECT_SOURCES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class AAssociateRJ:
+class AAssociateRJ(msgspec.Struct, frozen=True):
     """A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
 
     result: int
@@ -240,8 +241,7 @@ class AAssociateRJ:
         return f"{result}, source: {source}, reason: {reason}"
 
 
-@dataclass(frozen=True, slots=True)
-class PDV:
+class PDV(msgspec.Struct, frozen=True):
     """One Presentation Data Value item of a received P-DATA-TF (PS3.8 9.3.5.1).
 
     ``data`` is a view into the received PDU, not a copy.
@@ -253,20 +253,17 @@ class PDV:
     data: memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class PDataTF:
+class PDataTF(msgspec.Struct, frozen=True):
     """P-DATA-TF PDU (PS3.8 9.3.5)."""
 
     pdvs: tuple[PDV, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class AReleaseRQ:
+class AReleaseRQ(msgspec.Struct, frozen=True):
     """A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
 
 
-@dataclass(frozen=True, slots=True)
-class AReleaseRP:
+class AReleaseRP(msgspec.Struct, frozen=True):
     """A-RELEASE-RP PDU (PS3.8 9.3.7)."""
 
 
@@ -296,8 +293,7 @@ _ABORT_REASONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class AAbort:
+class AAbort(msgspec.Struct, frozen=True):
     """A-ABORT PDU (PS3.8 9.3.8)."""
 
     source: int = AbortSource.SERVICE_USER

@@ -119,13 +119,16 @@ def admit(
     resume: bool,
     report: Reporter,
     contents: dict[str, bytes] | None = None,
+    heads: dict[str, tuple[FileInfo, bytes | None]] | None = None,
 ) -> list[FileInfo]:
     """Read the headers of a batch and claim its instances; return what to send.
 
     Files that are not DICOM or cannot be read, and duplicates of an instance
     the destination holds or another worker sends, are reported here. With
     ``contents``, the bytes of each file small enough to be read whole with
-    its header go there, by path, for the sender.
+    its header go there, by path, for the sender. ``heads``: headers already
+    read (by the worker's look-ahead, with read_header_and_content), by
+    path; each one used is taken out.
     """
     infos: list[FileInfo] = []
     for item in files:
@@ -133,7 +136,8 @@ def admit(
             infos.append(item)
             continue
         try:
-            info, content = read_header_and_content(item.path)
+            head = heads.pop(item.path, None) if heads else None
+            info, content = head if head is not None else read_header_and_content(item.path)
             infos.append(info)
             if content is not None and contents is not None:
                 contents[info.path] = content

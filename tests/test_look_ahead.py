@@ -1,0 +1,79 @@
+"""The worker's look-ahead: the next batch's headers are read while a C-STORE is out.
+
+A forked worker has its next batch in its pipe while it sends the current
+one; Worker._look_ahead takes it early and reads its headers during the
+waits for the responses, so that the batch's admission only claims them.
+These tests drive a Worker in this process over a real pipe, with no peer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from dicom_fastsend.config import PeerConfig
+from dicom_fastsend.engine.inventory import Pending
+from dicom_fastsend.engine.messages import Assign, Outcomes, Stop
+from dicom_fastsend.engine.plan import Batch
+from dicom_fastsend.engine.worker import LOOK_AHEAD, RateLimiter, Worker, WorkerConfig
+from dicom_fastsend.synth import write_archive
+
+
+def pending(paths: list[Path]) -> tuple[Pending, ...]:
+    return tuple(Pending(str(p), p.stat().st_size, p.stat().st_mtime) for p in paths)
+
+
+def make_worker() -> tuple[Worker, Connection]:
+    coordinator, worker_end = multiprocessing.Pipe(duplex=True)
+    config = WorkerConfig(0, PeerConfig("127.0.0.1", 9, "NOBODY"))
+    return Worker(config, worker_end, RateLimiter(None, None, 0.0)), coordinator
+
+
+def test_the_next_batch_is_read_ahead_and_its_admission_uses_what_was_read(
+    tmp_path: Path,
+) -> None:
+    files = sorted(write_archive(tmp_path / "a", studies=1, instances_per_study=5))
+    not_dicom = tmp_path / "a" / "notes.txt"
+    not_dicom.write_text("not DICOM")
+    worker, coordinator = make_worker()
+    worker._look_ahead()  # nothing in the pipe yet: nothing to do
+    assert worker._early is None and not worker._heads
+
+    batch = Batch(7, (*pending(files), *pending([not_dicom])))
+    coordinator.send(Assign(batch))
+    worker._look_ahead()
+    assert worker._early == Assign(batch)
+    assert list(worker._heads) == [str(p) for p in files[:LOOK_AHEAD]]
+    while worker._ahead:
+        worker._look_ahead()
+    assert set(worker._heads) == {str(p) for p in files}  # the unreadable one is left to admit
+
+    # What was read ahead is what admission takes: the files are gone from
+    # the disk now, and still admitted with the headers read before.
+    for path in files:
+        os.remove(path)
+    infos = worker._admit(batch)
+    assert [info.path for info in infos] == [str(p) for p in files]
+    assert not worker._heads
+    # The file the look-ahead could not read is read again and reported.
+    report = coordinator.recv()
+    assert isinstance(report, Outcomes)
+    assert [done.result.path for done in report.done] == [str(not_dicom)]
+
+
+def test_a_stop_taken_early_reads_nothing_ahead(tmp_path: Path) -> None:
+    worker, coordinator = make_worker()
+    coordinator.send(Stop())
+    worker._look_ahead()
+    assert worker._early == Stop() and worker._ahead == [] and not worker._heads
+
+
+def test_a_worker_stopping_reads_nothing_ahead(tmp_path: Path) -> None:
+    files = write_archive(tmp_path / "a", studies=1, instances_per_study=2)
+    worker, coordinator = make_worker()
+    coordinator.send(Assign(Batch(1, pending(sorted(files)))))
+    worker.stopping = True
+    worker._look_ahead()
+    assert worker._early is None and not worker._heads

@@ -218,6 +218,29 @@ def test_the_walk_and_admission_sort_every_file_by_cause_without_processes(
     }
 
 
+def test_a_rerun_given_the_directory_with_a_trailing_slash_finds_what_is_held(
+    tmp_path: Path,
+) -> None:
+    """ "dir/" and "dir" are one directory: the rows of its own files are found either
+    way, so a rerun skips them after one stat instead of reading every header again."""
+    archive, _ = messy_archive(tmp_path / "archive")
+    root = tmp_path / "flat"
+    root.mkdir()
+    held = root / "held.dcm"
+    os.rename(archive.files[1], held)
+    inventory = Inventory(tmp_path / "inventory.sqlite", "X@h:104", "s1")
+    status = os.stat(held)
+    inventory.record(FileResult(str(held), Outcome.STORED), status.st_size, status.st_mtime)
+
+    def walk(given: str) -> int:
+        walker = Walker((given,), True, inventory, True, lambda *_: None)
+        while walker.step():
+            pass
+        return walker.walk.already_stored
+
+    assert walk(str(root) + os.sep) == walk(str(root)) == 1
+
+
 # ---------------------------------------------------------------- every outcome in the journal
 
 

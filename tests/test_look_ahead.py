@@ -13,7 +13,10 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import pytest
+
 from dicom_fastsend.config import PeerConfig
+from dicom_fastsend.engine import worker as worker_module
 from dicom_fastsend.engine.inventory import Pending
 from dicom_fastsend.engine.messages import Assign, Outcomes, Stop
 from dicom_fastsend.engine.plan import Batch
@@ -77,3 +80,25 @@ def test_a_worker_stopping_reads_nothing_ahead(tmp_path: Path) -> None:
     worker.stopping = True
     worker._look_ahead()
     assert worker._early is None and not worker._heads
+
+
+def test_any_error_of_a_file_read_ahead_is_left_to_admission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a HeaderError: a C-STORE-RSP is outstanding while the look-ahead reads,
+    and nothing of the next batch may end the file in flight."""
+    files = sorted(write_archive(tmp_path / "a", studies=1, instances_per_study=3))
+    broken = str(files[1])
+    real = worker_module.read_header_and_content
+
+    def read(path: str) -> object:
+        if path == broken:
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(worker_module, "read_header_and_content", read)
+    worker, coordinator = make_worker()
+    coordinator.send(Assign(Batch(1, pending(files))))
+    while worker._ahead is None or worker._ahead:
+        worker._look_ahead()
+    assert set(worker._heads) == {str(files[0]), str(files[2])}

@@ -46,7 +46,7 @@ import msgspec
 
 from ..config import PeerConfig
 from ..errors import FastsendError
-from ..io.header import FileInfo, HeaderError, read_header_and_content
+from ..io.header import FileInfo, read_header_and_content
 from ..io.transport import ConnectError, TLSError, TransportError
 from ..protocol.contexts import NoAcceptableContext, association_for, plan_associations
 from ..protocol.dimse import StatusCategory, status_category, status_text
@@ -324,7 +324,10 @@ class Worker:
             path = self._ahead.pop()
             try:
                 self._heads[path] = read_header_and_content(path)
-            except HeaderError:
+            except Exception:  # noqa: BLE001 - whatever it is, admit meets it again
+                # A C-STORE-RSP is outstanding here: no error of a file of the
+                # next batch may end this one; admission reads it again and
+                # reports why it cannot be sent, as it does without look-ahead.
                 pass
 
     def _idle(self) -> Callable[[], None] | None:
@@ -584,6 +587,7 @@ class Worker:
             self._report(info, FileResult.of(info, Outcome.FAILED, _file_error(exc), attempts=1))
             return
         self.outstanding[message_id] = (info, started)
+        self._look_ahead()  # (while the peer stores it: see store)
 
     def _collect_one(self, index: int, unavailable: dict[int, str]) -> None:
         try:

@@ -91,7 +91,9 @@ def discover(
     named in a note; symlinked files are sent.
     """
     for root in inputs:
-        path = os.fspath(root)
+        # "dir/" and "dir" are one directory: its files' rows are kept under
+        # "dir", and a rerun given "dir/" must find them there.
+        path = os.fspath(root).rstrip(os.sep) or os.sep
         if os.path.isfile(path):
             yield Unit(os.path.dirname(path), [Named(path)], listed=False)
             continue

@@ -20,7 +20,10 @@ from dicom_fastsend.engine import worker as worker_module
 from dicom_fastsend.engine.inventory import Pending
 from dicom_fastsend.engine.messages import Assign, Outcomes, Stop
 from dicom_fastsend.engine.plan import Batch
+from dicom_fastsend.engine.results import Outcome
 from dicom_fastsend.engine.worker import LOOK_AHEAD, RateLimiter, Worker, WorkerConfig
+from dicom_fastsend.io.header import HEAD_LENGTH
+from dicom_fastsend.sink import Sink
 from dicom_fastsend.synth import write_archive
 
 
@@ -102,3 +105,36 @@ def test_any_error_of_a_file_read_ahead_is_left_to_admission(
     while worker._ahead is None or worker._ahead:
         worker._look_ahead()
     assert set(worker._heads) == {str(files[0]), str(files[2])}
+
+
+def test_a_file_rewritten_at_the_same_size_after_its_header_was_read_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    """The look-ahead reads a batch's headers up to a batch early: a file rewritten
+    since (same size, new mtime) must not go out under the claim of the old one."""
+    files = sorted(write_archive(tmp_path / "a", studies=1, instances_per_study=2, rows=128))
+    assert all(p.stat().st_size > HEAD_LENGTH for p in files)  # the mapped path
+    with Sink(ae_title="SINK") as sink:
+        coordinator, worker_end = multiprocessing.Pipe(duplex=True)
+        config = WorkerConfig(0, PeerConfig("127.0.0.1", sink.port, "SINK"))
+        worker = Worker(config, worker_end, RateLimiter(None, None, 0.0))
+        batch = Batch(1, pending(files))
+        coordinator.send(Assign(batch))
+        while worker._ahead is None or worker._ahead:
+            worker._look_ahead()
+        rewritten = files[0]
+        status = rewritten.stat()
+        os.utime(rewritten, (status.st_atime, status.st_mtime + 60))
+        worker.send_batch(batch)
+        worker._report_queued()
+        worker.client.release()
+        outcomes = {}
+        while coordinator.poll(1):
+            message = coordinator.recv()
+            if isinstance(message, Outcomes):
+                outcomes.update({d.result.path: d.result for d in message.done})
+    assert outcomes[str(files[1])].outcome is Outcome.STORED
+    changed = outcomes[str(rewritten)]
+    assert changed.outcome is Outcome.FAILED
+    assert "modified since its header was read" in changed.reason
+    assert sink.stats.instances == 1

@@ -654,9 +654,19 @@ class StoreClient:
                     dataset = None
             return message_id
         # os.open, not open(): a buffered file object costs an ioctl, an lseek
-        # and an fstat more per file, and mmap checks the size itself.
+        # and an fstat more per file; mmap checks the size below.
         descriptor = os.open(info.path, os.O_RDONLY)
         try:
+            # What is sent must be the version whose header was read and
+            # claimed (its SOP Instance UID, transfer syntax, data-set offset),
+            # up to a batch earlier (the worker's look-ahead): a rewrite of
+            # the same size shows in the mtime.
+            status = os.fstat(descriptor)
+            if status.st_mtime != info.mtime and status.st_size == info.size:
+                raise FileChangedError(
+                    "modified since its header was read (mtime changed, same size); "
+                    "not sent: a rerun sends the new version"
+                )
             mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
         except ValueError:  # "cannot mmap an empty file"
             raise FileChangedError(

@@ -299,10 +299,11 @@ class Worker:
         one (see run), so the next Assign is usually in the pipe already:
         taken early, its files' headers are read during the waits for the
         C-STORE-RSPs, and its admission then only claims them. Without this
-        the association idled while each batch's headers were read, about a
-        tenth of a -P 1 run of 0.5 MB files. A header that cannot be read is
-        left to admit, which reads it again and reports why; the claim, and
-        the check that a file has not changed size, come as before.
+        the association idled while each batch's headers were read (20,000
+        small files at -P 1: 2.67 s, with it 2.43 s). A header that cannot be
+        read is left to admit, which reads it again and reports why; the
+        claim, and the check at send time that a file is the version read
+        (StoreClient.begin_store), come as before.
         """
         if self._pipe is None or self.stopping:
             return

@@ -269,22 +269,11 @@ class StoreClient:
             self._transport.send(data)
 
     def _read_events(
-        self,
-        deadline: float,
-        limit: float,
-        waiting_for: str,
-        patience: float | None = None,
-        abort_on_timeout: bool = True,
+        self, deadline: float, limit: float, waiting_for: str, abort_on_timeout: bool = True
     ) -> list[Event]:
-        """One read from the socket before ``deadline``, turned into events.
-
-        ``limit`` is the configured timeout the deadline came from, for the
-        message; the read itself gets whatever time is left, or ``patience``
-        if shorter: _Impatient then says that it passed with nothing read.
-        Without ``abort_on_timeout`` a timeout returns no events and leaves
-        the association as it is (a caller polling several sources).
-        """
-        data = self._receive(deadline, limit, waiting_for, patience, abort_on_timeout)
+        """One read from the socket before ``deadline`` (see _receive), turned into events;
+        none when it timed out without ``abort_on_timeout``."""
+        data = self._receive(deadline, limit, waiting_for, abort_on_timeout=abort_on_timeout)
         return [] if data is None else self._events(data)
 
     def _receive(
@@ -295,8 +284,14 @@ class StoreClient:
         patience: float | None = None,
         abort_on_timeout: bool = True,
     ) -> bytes | None:
-        """The read of _read_events: bytes, b'' when the peer closed, None when a
-        timeout passed without ``abort_on_timeout``."""
+        """One read from the socket before ``deadline``: bytes, b'' when the peer closed.
+
+        ``limit`` is the configured timeout the deadline came from, for the
+        message; the read itself gets whatever time is left, or ``patience``
+        if shorter: _Impatient then says that it passed with nothing read.
+        Without ``abort_on_timeout`` a timeout returns None and leaves the
+        association as it is (a caller polling several sources).
+        """
         association, transport = self._association, self._transport
         if association is None or transport is None:
             raise AssociationAbortedError(f"association with {self.name} is closed")
@@ -337,49 +332,31 @@ class StoreClient:
     def _send_message(
         self,
         presentation_context_id: int,
-        command: Command,
+        command: Command | bytes,
         dataset: bytes | memoryview | None,
         mapped: tuple[mmap.mmap, int] | None = None,
         prefix: bytes | None = None,
     ) -> None:
         """Send a DIMSE message; ``mapped`` is (the map, the data set's offset in it).
 
-        A large data set from a mapped file goes in windows of STREAM_WINDOW
-        bytes, and each window's pages leave this process once the kernel has
-        copied them, so a worker's memory does not grow with the file.
-        ``prefix`` (--coerce) goes before ``dataset``, the two as one data set;
-        ``mapped`` then gives where the prefix would start in the map, so that
-        the window arithmetic still lands on the mapped bytes sent.
+        ``command``: the command set, or its P-DATA-TF PDU(s) already encoded
+        by the hot path (c_store_rq_pdus). A command set is encoded here,
+        after the data set is ready, so an encoding error comes after any
+        error of the file's. A large data set from a mapped file goes in
+        windows of STREAM_WINDOW bytes, and each window's pages leave this
+        process once the kernel has copied them, so a worker's memory does
+        not grow with the file. ``prefix`` (--coerce) goes before
+        ``dataset``, the two as one data set; ``mapped`` then gives where the
+        prefix would start in the map, so that the window arithmetic still
+        lands on the mapped bytes sent.
         """
-        self._send_pdus(
-            presentation_context_id,
-            fragment_pdata(
-                command.encode(), presentation_context_id, True, self.peer_maximum_length
-            ),
-            dataset,
-            mapped,
-            prefix,
-        )
-
-    def _send_pdus(
-        self,
-        presentation_context_id: int,
-        command_pdus: Sequence[object] | _LazyCommand,
-        dataset: bytes | memoryview | None,
-        mapped: tuple[mmap.mmap, int] | None = None,
-        prefix: bytes | None = None,
-    ) -> None:
-        """_send_message with the command already in its P-DATA-TF PDUs (``command_pdus``,
-        buffers for sendmsg), or a _LazyCommand encoded here by the general encoder."""
         assert self._association is not None and self._transport is not None
         maximum = self.peer_maximum_length
-        if isinstance(command_pdus, _LazyCommand):
-            # Encoded only now, after the data set is ready, as it always was:
-            # an encoding error comes after any error of the file's.
-            command_pdus = fragment_pdata(
-                command_pdus.command.encode(), presentation_context_id, True, maximum
-            )
-        buffers: list[object] = list(command_pdus)
+        buffers: list[object] = (
+            list(fragment_pdata(command.encode(), presentation_context_id, True, maximum))
+            if isinstance(command, Command)
+            else [command]
+        )
         command_buffers = len(buffers)
         size = 0
         if dataset is not None:
@@ -639,17 +616,17 @@ class StoreClient:
             Priority.MEDIUM,
             self.peer_maximum_length,
         )
-        command = (
-            [pdus]
+        command: Command | bytes = (
+            pdus
             if pdus is not None
-            else _LazyCommand(c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid))
+            else c_store_rq(message_id, info.sop_class_uid, info.sop_instance_uid)
         )
         if content is not None and self.coercion is None:
             # (Coerced files take the path below, which builds their new head.)
             with memoryview(content) as whole, whole[info.dataset_offset :] as view:
                 dataset: bytes | memoryview | None = _dataset_to_send(info, selection, view)
                 try:
-                    self._send_pdus(context_id, command, dataset)
+                    self._send_message(context_id, command, dataset)
                 finally:
                     dataset = None
             return message_id
@@ -702,7 +679,7 @@ class StoreClient:
                             streamed = (mapped, start)
                         dataset = rest
                         changes = coerced.changes
-                self._send_pdus(context_id, command, dataset, streamed, prefix)
+                self._send_message(context_id, command, dataset, streamed, prefix)
                 if changes:
                     self.changes[message_id] = changes
             finally:
@@ -720,18 +697,6 @@ class StoreClient:
     def take_changes(self, message_id: int) -> tuple[Change, ...]:
         """What --coerce changed in the C-STORE with this Message ID (nothing: ())."""
         return self.changes.pop(message_id, ())
-
-
-class _LazyCommand:
-    """A command the hot path did not encode (c_store_rq_pdus gave None), for _send_pdus.
-
-    (A plain class: a dataclass costs an ``exec`` at import, see the README's start-up.)
-    """
-
-    __slots__ = ("command",)
-
-    def __init__(self, command: Command) -> None:
-        self.command = command
 
 
 class _Impatient(Exception):

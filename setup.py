@@ -1,4 +1,4 @@
-"""Build the compiled hot path (src/dicom_fastsend/_pdu.pyx) with Cython.
+"""Build the compiled modules (src/dicom_fastsend/_pdu.pyx, _walk.pyx) with Cython.
 
 Metadata lives in pyproject.toml; this file only declares the extension.
 FASTSEND_CYTHON_TRACE=1 builds with line tracing so the hot path can be
@@ -15,11 +15,13 @@ macros = [("CYTHON_TRACE_NOGIL", "1")] if trace else []
 
 extensions = [
     Extension(
-        "dicom_fastsend._pdu",
-        ["src/dicom_fastsend/_pdu.pyx"],
+        f"dicom_fastsend.{name}",
+        [f"src/dicom_fastsend/{name}.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
     )
+    # _pdu: PDU framing and parsing (the send path); _walk: the walk's stat loop.
+    for name in ("_pdu", "_walk")
 ]
 
 setup(

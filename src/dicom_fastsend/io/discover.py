@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from operator import attrgetter
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import msgspec
+
+from .._twins import select
+
+if TYPE_CHECKING:
+    from .._walk_py import stat_names as stat_names
+else:
+    # The walk's stat loop, compiled unless FASTSEND_PURE_PYTHON=1 (_walk.pyx).
+    stat_names = select("_walk")[0].stat_names
 
 # Files handed over per unit at most, so that the coordinator's loop stays
 # responsive in a directory of a hundred thousand files.
@@ -45,36 +52,12 @@ class UnsearchedSubdirectories(msgspec.Struct, frozen=True):
         return f"{self.path}: {self.count} subdirector{plural} not searched; add -r to descend"
 
 
-class Entry(Protocol):
-    """A file the walk met: an os.DirEntry, or a Named input."""
-
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def name(self) -> str: ...
-
-    def stat(self) -> os.stat_result: ...
-
-
-class Named(msgspec.Struct, frozen=True):
-    """A file named as an input (or in --input-list), not met in a listing."""
-
-    path: str
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    def stat(self) -> os.stat_result:
-        return os.stat(self.path)
-
-
 class Unit(msgspec.Struct, frozen=True):
-    """Files of one directory, sorted by name; ``listed``: from a listing of it."""
+    """Files of one directory, by name, sorted; ``listed``: from a listing of it
+    (else one file named as an input, by the directory and name of its path)."""
 
     directory: str
-    entries: Sequence[Entry]
+    names: Sequence[str]
     listed: bool
 
 
@@ -95,7 +78,8 @@ def discover(
         # "dir", and a rerun given "dir/" must find them there.
         path = os.fspath(root).rstrip(os.sep) or os.sep
         if os.path.isfile(path):
-            yield Unit(os.path.dirname(path), [Named(path)], listed=False)
+            directory, name = os.path.split(path)
+            yield Unit(directory, [name], listed=False)
             continue
         if not os.path.exists(path):
             yield MissingInput(path, "no such file or directory")
@@ -106,27 +90,30 @@ def discover(
         stack = [path]
         while stack:
             directory = stack.pop()
+            files: list[str] = []
+            subdirectories: list[str] = []
+            links = 0
             try:
                 with os.scandir(directory) as listing:
-                    entries = sorted(listing, key=attrgetter("name"))
+                    for entry in listing:
+                        # The type comes with the listing (d_type): no stat here.
+                        try:
+                            is_directory = entry.is_dir()
+                            linked = is_directory and entry.is_symlink()
+                        except OSError:
+                            is_directory = linked = False
+                        if not is_directory:
+                            files.append(entry.name)
+                        elif linked:
+                            links += 1
+                        else:
+                            subdirectories.append(entry.path)
             except OSError as exc:
                 yield MissingInput(directory, f"cannot list directory: {exc.strerror or exc}")
                 continue
-            files: list[os.DirEntry[str]] = []
-            subdirectories: list[str] = []
-            links = 0
-            for entry in entries:
-                try:
-                    is_directory = entry.is_dir()
-                    linked = is_directory and entry.is_symlink()
-                except OSError:
-                    is_directory = linked = False
-                if not is_directory:
-                    files.append(entry)
-                elif linked:
-                    links += 1
-                else:
-                    subdirectories.append(entry.path)
+            # Sorting names, not DirEntry objects by a key: a third of the cost.
+            files.sort()
+            subdirectories.sort()
             for start in range(0, len(files), STEP_FILES):
                 yield Unit(directory, files[start : start + STEP_FILES], listed=True)
             if links:

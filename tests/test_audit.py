@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -188,6 +189,72 @@ def test_the_report_of_a_send_adds_up_to_its_summary(migration: Migration) -> No
             for u, r in by_uid.items()} == expected  # fmt: skip
     assert by_uid[migration.hostile_study]["patient_name"] == HOSTILE_NAME
     assert "0xC000" in by_uid[refused_study]["reasons"]
+
+
+def test_a_rerun_that_changes_nothing_names_the_report_that_still_holds(
+    tmp_path: Path, storescp: Any
+) -> None:
+    """A rerun that finds everything stored writes no new report: it names the last one,
+    which says what a new one would. Any change to the inventory (a file sent again, a
+    verification from another process) or a report file gone, and a new one is written."""
+    from dicom_fastsend.engine.inventory import FindState
+
+    archive = make_archive(tmp_path / "archive", explicit_studies=2, instances_per_study=3)
+    logs = tmp_path / "logs"
+    args = [*send_args(LOOPBACK, storescp.port, storescp.aet, str(archive.root))]
+    args += ["--log-dir", str(logs)]
+
+    def send() -> tuple[Run, dict[str, Any]]:
+        run = fastsend(*args)
+        assert run.returncode == 0, run.output
+        return run, summary_of(run)
+
+    first, first_summary = send()
+    written = audit_paths(logs, first_summary["session_id"])
+    assert f"audit: {written[2]}\n" in first.stderr
+    on_disk_before = {p: p.stat().st_mtime_ns for p in written}
+
+    rerun, rerun_summary = send()
+    assert rerun_summary["counts"]["skipped"] == len(archive.files)
+    assert not any(p.exists() for p in audit_paths(logs, rerun_summary["session_id"]))
+    first_id = first_summary["session_id"]
+    assert (
+        f"audit: {written[2]} (still holds: nothing changed since session {first_id})"
+        in rerun.stderr
+    )
+    assert {p: p.stat().st_mtime_ns for p in written} == on_disk_before
+    log = (logs / f"fastsend_{rerun_summary['session_id']}.log").read_text(encoding="utf-8")
+    assert f"audit report {written[2]} (and its .csv, .json) still holds" in log
+    # What holds is what a new report says, but for the header (sessions, time read).
+    fresh = fastsend("audit", "--journal", rerun_summary["journal"], "--out", str(tmp_path / "n"))
+    assert fresh.returncode == 0, fresh.output
+    [fresh_json] = (tmp_path / "n").glob("*.json")
+    old, new = audit_json(written[1]), audit_json(fresh_json)
+    for key in ("totals", "studies", "without_study_uid", "throughput", "studies_by_status"):
+        assert old[key] == new[key], key
+
+    # A file changed since: sent again, so a new report.
+    changed = sorted(archive.files)[0]
+    os.utime(changed, ns=(1_000_000_000, 1_000_000_000))
+    third, third_summary = send()
+    assert third_summary["counts"]["stored"] == 1
+    assert all(p.exists() for p in audit_paths(logs, third_summary["session_id"]))
+    assert "still holds" not in third.stderr
+
+    # A verification written by another process changes rows: a new report again.
+    destination = f"{storescp.aet}@{LOOPBACK}:{storescp.port}"
+    Inventory(Path(third_summary["journal"]), destination, "v").record_find(
+        [(str(changed), FindState.FOUND)]
+    )
+    _, fourth_summary = send()
+    fourth = audit_paths(logs, fourth_summary["session_id"])
+    assert all(p.exists() for p in fourth)
+    assert audit_json(fourth[1])["totals"]["found"] == 1
+
+    # The report that would hold is gone (one of its three files): a new one.
+    fourth[0].unlink()
+    _, fifth_summary = send()
+    assert all(p.exists() for p in audit_paths(logs, fifth_summary["session_id"]))
 
 
 def test_verification_states_in_the_inventory_are_counted(migration: Migration) -> None:

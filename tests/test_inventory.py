@@ -292,3 +292,39 @@ def test_coercions_are_recorded_with_the_stored_outcome_and_replaced_on_resend(
     inventory.record(again, 10, 1.0)
     assert inventory.coercions("/a/1.dcm") == {"PatientBirthDate": ("19700101", None)}
     inventory.close()
+
+
+def revision_of(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_the_revision_counts_transactions_that_change_rows_and_no_other(tmp_path: Path) -> None:
+    """What lets a rerun know that the last audit report still holds (audit.report_that_holds)."""
+    from dicom_fastsend.engine.inventory import FindState
+
+    path = tmp_path / "i.sqlite"
+    inventory = Inventory(path, DEST, "s1")
+    inventory.begin_session()
+    start = revision_of(path)
+    # Nothing to write, nothing taken, a claim of nothing: no change, no new revision.
+    inventory.add_pending([])
+    assert inventory.take_pending(10, 10**9) == []
+    assert inventory.claim([]) == {}
+    assert revision_of(path) == start
+    inventory.add_pending([Pending("/a/1.dcm", 100, 1.0), Pending("/a/2.dcm", 100, 1.0)])
+    assert revision_of(path) == start + 1
+    assert len(inventory.take_pending(10, 10**9)) == 2
+    assert revision_of(path) == start + 2
+    inventory.claim([info("/a/1.dcm", "1.1"), info("/a/2.dcm", "1.2")])
+    assert revision_of(path) == start + 3
+    stored = [FileResult(f"/a/{n}.dcm", Outcome.STORED, sop_instance_uid=f"1.{n}") for n in (1, 2)]
+    inventory.record_many([(r, 100, 1.0) for r in stored])
+    assert revision_of(path) == start + 4
+    # A verification writes rows too, from any connection.
+    Inventory(path, DEST, "verify").record_find([("/a/1.dcm", FindState.FOUND)])
+    assert revision_of(path) == start + 5
+    # The session's own row is not what an audit report counts files from.
+    inventory.end_session(0)
+    assert revision_of(path) == start + 5

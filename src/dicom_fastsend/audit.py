@@ -43,7 +43,14 @@ from typing import Any, Final
 import msgspec
 
 from . import __version__
-from .engine.inventory import InventoryReader, JournalError, read_consistently
+from .engine.inventory import (
+    AUDIT_KEY,
+    REVISION_KEY,
+    InventoryReader,
+    JournalError,
+    read_consistently,
+    record_meta,
+)
 
 AUDIT_SCHEMA = Path(__file__).with_name("audit.schema.json")
 
@@ -256,6 +263,57 @@ class AuditFiles(msgspec.Struct, frozen=True):
     html: Path
     header: AuditHeader
     studies: int  # study rows (files without a Study Instance UID not counted)
+    revision: int  # the inventory's revision the report was read at (Inventory._commit)
+
+
+class HeldReport(msgspec.Struct, frozen=True):
+    """The audit report a send wrote last, as the inventory's meta row ``audit`` keeps it."""
+
+    session_id: str
+    revision: int
+    csv: str
+    json: str
+    html: str
+
+
+def remember_report(journal: Path, written: AuditFiles) -> None:
+    """Keep in the inventory which report a send wrote, and the revision it read.
+
+    Raises sqlite3.Error if the journal cannot be written.
+    """
+    held = HeldReport(
+        written.header.session_id,
+        written.revision,
+        str(written.csv.resolve()),
+        str(written.json.resolve()),
+        str(written.html.resolve()),
+    )
+    record_meta(journal, AUDIT_KEY, msgspec.json.encode(held).decode())
+
+
+def report_that_holds(journal: Path) -> HeldReport | None:
+    """The report a send wrote last, if it still says what the inventory records.
+
+    It does when no transaction has changed a file's row since it was read
+    (the inventory's revision is the one it read) and its three files are
+    still there. A rerun that finds everything stored changes no row, so it
+    need not read the whole inventory again for a report with the same rows;
+    only its header would differ (the sessions counted, the time it was read).
+    """
+    reader = InventoryReader(journal)
+    try:
+        meta = reader.meta
+    finally:
+        reader.close()
+    try:
+        held = msgspec.json.decode(meta.get(AUDIT_KEY, ""), type=HeldReport)
+    except msgspec.DecodeError:
+        return None  # none kept yet (or written by a version that kept another form)
+    if str(held.revision) != meta.get(REVISION_KEY, "0"):
+        return None
+    if not all(Path(path).is_file() for path in (held.csv, held.json, held.html)):
+        return None
+    return held
 
 
 def audit_paths(out_dir: Path, session_id: str) -> tuple[Path, Path, Path]:
@@ -314,6 +372,8 @@ def _write(
     columns = _columns(db)
     db.execute("BEGIN")  # one snapshot: the totals, the chart and the rows agree
     try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (REVISION_KEY,)).fetchone()
+        revision = 0 if row is None else int(row[0])
         for table in ("audit_study", "audit_reason"):
             db.execute(f"DROP TABLE IF EXISTS temp.{table}")
         db.execute(_STUDY_COUNTS.format(**columns))
@@ -328,7 +388,7 @@ def _write(
         for table in ("audit_study", "audit_reason"):
             db.execute(f"DROP TABLE IF EXISTS temp.{table}")
         db.execute("COMMIT")
-    return AuditFiles(*paths, header=header, studies=studies)
+    return AuditFiles(*paths, header=header, studies=studies, revision=revision)
 
 
 def _columns(db: sqlite3.Connection) -> dict[str, str]:

@@ -402,7 +402,6 @@ def send(
             f"--cluster needs Dask's distributed package, which is not installed. "
             f"Install it with: {INSTALL_HINT}"
         )
-    from .audit import audit_paths
     from .report import ConsoleReporter, ProgressBar, summarize
     from .sender import send as run_send
     from .sender import session_paths
@@ -446,9 +445,13 @@ def send(
             f"failures: {failures} (resend them with: fastsend send --input-list {failures} ...)",
             err=True,
         )
-    audit_html = audit_paths(log_dir, summary.session_id)[2]
-    if audit_html.exists():
-        click.echo(f"audit: {audit_html}", err=True)
+    if summary.audit_report is not None:
+        since = summary.audit_unchanged_since
+        click.echo(
+            f"audit: {summary.audit_report}"
+            + (f" (still holds: nothing changed since session {since})" if since else ""),
+            err=True,
+        )
     sys.exit(summary.exit_code)
 
 

@@ -92,7 +92,7 @@ def send(
         if failures_path is not None and summary.count(Outcome.FAILED):
             write_failures(failures_path, summary)
         if config.log_dir is not None:
-            _audit(config, config.log_dir, summary.session_id, log)
+            _audit(config, config.log_dir, summary, log)
         counts = ", ".join(f"{outcome.value} {summary.count(outcome)}" for outcome in Outcome)
         log.write(
             "info", f"session {summary.session_id} finished: {counts}, exit {summary.exit_code}"
@@ -101,21 +101,45 @@ def send(
     return summary
 
 
-def _audit(config: SendConfig, log_dir: Path, session_id: str, log: SessionLog) -> None:
+def _audit(config: SendConfig, log_dir: Path, summary: SendSummary, log: SessionLog) -> None:
     """The audit report of the whole inventory, beside the session's log; a report that
-    cannot be written is logged, and changes nothing of the run's outcome."""
+    cannot be written is logged, and changes nothing of the run's outcome.
+
+    When nothing the inventory records has changed since the report a send
+    wrote last (a rerun that found everything stored), that report still
+    holds: it is named, not written again (report_that_holds).
+    """
     journal = config.journal
     if journal is None or not journal.exists():
         return  # the run stopped before it opened a journal
-    from .audit import write_audit
+    import sqlite3
+
+    from .audit import remember_report, report_that_holds, write_audit
     from .engine.inventory import JournalError
 
     try:
-        written = write_audit(journal, log_dir, session_id)
+        held = report_that_holds(journal)
+        if held is not None:
+            summary.audit_report = Path(held.html)
+            summary.audit_unchanged_since = held.session_id
+            log.write(
+                "info",
+                f"audit report {held.html} (and its .csv, .json) still holds: nothing the"
+                f" journal records has changed since session {held.session_id} wrote it;"
+                " `fastsend audit` writes a new one",
+            )
+            return
+        written = write_audit(journal, log_dir, summary.session_id)
     except (JournalError, OSError) as exc:
         log.write("warning", f"no audit report written: {exc}")
         return
+    summary.audit_report = written.html
     log.write("info", f"audit report written to {written.html}, {written.csv}, {written.json}")
+    try:
+        remember_report(journal, written)
+    except sqlite3.Error as exc:
+        # The report is written; only the next rerun cannot know that it still holds.
+        log.write("warning", f"cannot note the audit report in the journal {journal}: {exc}")
 
 
 def commit_session(

@@ -402,6 +402,17 @@ _RECORD_VERDICT = """
 """
 
 
+# The revision of the inventory: counted up by each transaction that changes
+# rows (Inventory._commit), read by the audit report (audit.py).
+REVISION_KEY: Final = "revision"
+# The audit report a send wrote last, and the revision it read (audit.HeldReport).
+AUDIT_KEY: Final = "audit"
+_NEXT_REVISION = (
+    f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+
+
 def split(path: str) -> tuple[str, str]:
     """(directory, name): the inventory's key for a path."""
     directory, name = os.path.split(path)
@@ -433,6 +444,7 @@ class Inventory:
             self._db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(_cannot_use(shown_as or path, exc)) from exc
+        self._changes = 0  # total_changes at the start of the transaction (_begin)
         deadline = time.monotonic() + BUSY_SECONDS
         while True:
             try:
@@ -492,7 +504,7 @@ class Inventory:
 
     def _adopt(self) -> None:
         """Make a new file (or a journal of an earlier version) this destination's."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin("IMMEDIATE")
         try:
             if self._meta("destination") is None:
                 self._migrate_journal()
@@ -503,7 +515,7 @@ class Inventory:
         except BaseException:
             self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._commit()
 
     def _migrate_journal(self) -> None:
         """Bring this destination's rows over from the journal table of earlier versions."""
@@ -608,7 +620,7 @@ class Inventory:
         ``alone``: a first row larger than ``max_bytes`` is taken by itself
         (else nothing is taken). One IMMEDIATE transaction.
         """
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin("IMMEDIATE")
         try:
             taken: list[Pending] = []
             total = 0
@@ -628,7 +640,7 @@ class Inventory:
         except BaseException:
             self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._commit()
         return taken
 
     # ------------------------------------------------------------ --order (order.py)
@@ -696,7 +708,7 @@ class Inventory:
         duplicates: dict[str, str] = {}
         now = time.time()
         studies: dict[str, FileInfo] = {}
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin("IMMEDIATE")
         try:
             # One query for the batch's UIDs, not one per file.
             holders = self._holders({i.sop_instance_uid for i in infos}, resume)
@@ -748,7 +760,7 @@ class Inventory:
         except BaseException:
             self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._commit()
         return duplicates
 
     def _holders(self, uids: set[str], resume: bool) -> dict[str, list[tuple[str, str]]]:
@@ -788,7 +800,7 @@ class Inventory:
                 self._transaction(_RECORD, rows)
                 return
             # One transaction: the outcome and what was changed in it go together.
-            self._db.execute("BEGIN")
+            self._begin()
             try:
                 self._db.executemany(_RECORD, rows)
                 self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in held])
@@ -803,7 +815,7 @@ class Inventory:
             except BaseException:
                 self._rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._commit()
 
     def coercions(self, path: str) -> dict[str, tuple[str | None, str | None]]:
         """What --coerce changed in the file last stored from ``path``: keyword -> (old, new)."""
@@ -841,12 +853,28 @@ class Inventory:
     ) -> None:
         if not rows:
             return
-        self._db.execute("BEGIN")
+        self._begin()
         try:
             self._db.executemany(sql, rows)
         except BaseException:
             self._rollback()
             raise
+        self._commit()
+
+    def _begin(self, mode: str = "") -> None:
+        self._changes = self._db.total_changes
+        self._db.execute(f"BEGIN {mode}")
+
+    def _commit(self) -> None:
+        """COMMIT; a transaction that changed rows also counts up the revision.
+
+        Every change to what the inventory records of the files comes through
+        here (the sessions table, written outside transactions, does not), so
+        an audit report that records the revision it read can later be known
+        to still hold: see audit.report_that_holds.
+        """
+        if self._db.total_changes != self._changes:
+            self._db.execute(_NEXT_REVISION)
         self._db.execute("COMMIT")
 
     def _rollback(self) -> None:
@@ -1119,7 +1147,8 @@ class InventoryReader:
         except sqlite3.Error as exc:
             raise JournalError(self._unreadable(exc)) from exc
         try:
-            self.destination, self.schema = self._check()
+            self.meta = self._check()
+            self.destination, self.schema = self.meta.get("destination"), self.meta.get("schema")
         except BaseException:
             self._db.close()
             raise
@@ -1131,8 +1160,9 @@ class InventoryReader:
             " its --log-dir)"
         )
 
-    def _check(self) -> tuple[str | None, str | None]:
-        """(destination, schema version) of a journal of this version; else JournalError."""
+    def _check(self) -> dict[str, str]:
+        """The meta rows (destination, schema version...) of a journal of this version;
+        else JournalError."""
         try:
             tables = {
                 name
@@ -1158,10 +1188,13 @@ class InventoryReader:
                     " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite"
                     " in its --log-dir)"
                 )
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            meta = {
+                str(key): str(value)
+                for key, value in self._db.execute("SELECT key, value FROM meta")
+            }
         except sqlite3.Error as exc:
             raise JournalError(self._unreadable(exc)) from exc
-        return meta.get("destination"), meta.get("schema")
+        return meta
 
     @property
     def overtaken(self) -> bool:
@@ -1267,6 +1300,16 @@ class InventoryReader:
 
     def close(self) -> None:
         self._db.close()
+
+
+def record_meta(path: Path, key: str, value: str) -> None:
+    """Write one meta row of the inventory at ``path``, in a connection of its own
+    (the run's is closed by then); it changes no file's row, so no revision."""
+    db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+    try:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    finally:
+        db.close()
 
 
 def outcome_state(outcome: Outcome) -> State:

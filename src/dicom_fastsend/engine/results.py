@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -196,6 +197,9 @@ class SendSummary(msgspec.Struct):
     pauses: list[Pause] = field(default_factory=list)  # --schedule pause windows, SIGUSR1
     started: float = 0.0
     finished: float = 0.0
+    # The audit report beside the log: written by this session, or one that still holds.
+    audit_report: Path | None = None
+    audit_unchanged_since: str = ""  # the session that wrote it, if not this one
 
     def add(self, result: FileResult, cause: Cause | None = None) -> None:
         """Account for one file's outcome."""

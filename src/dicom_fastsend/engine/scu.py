@@ -157,6 +157,11 @@ class StoreClient:
         self._association: Association | None = None
         self._transport: Transport | None = None
         self._message_id = 0
+        self._read_buffer = bytearray()  # data sets read to be sent (_read_dataset)
+        # The next file's data set, read during a wait (prefetch), and which
+        # file and version it is: (path, size, mtime, data-set offset).
+        self._spare_buffer = bytearray()
+        self._prefetched: tuple[str, int, float, int] | None = None
 
     @property
     def name(self) -> str:
@@ -630,40 +635,57 @@ class StoreClient:
                 finally:
                     dataset = None
             return message_id
-        # os.open, not open(): a buffered file object costs an ioctl, an lseek
-        # and an fstat more per file; mmap checks the size below.
-        descriptor = os.open(info.path, os.O_RDONLY)
-        try:
-            # What is sent must be the version whose header was read and
-            # claimed (its SOP Instance UID, transfer syntax, data-set offset),
-            # up to a batch earlier (the worker's look-ahead): a rewrite of
-            # the same size shows in the mtime.
-            status = os.fstat(descriptor)
-            if status.st_mtime != info.mtime and status.st_size == info.size:
+        mapped: mmap.mmap | None = None
+        # Read during the wait for the previous response (prefetch), with the
+        # same checks: its bytes are the version whose header was read.
+        prefetched = self._take_prefetched(info)
+        if prefetched is not None:
+            view = prefetched
+        else:
+            # os.open, not open(): a buffered file object costs an ioctl, an
+            # lseek and an fstat more per file; mmap checks the size below.
+            descriptor = os.open(info.path, os.O_RDONLY)
+            try:
+                # What is sent must be the version whose header was read and
+                # claimed (its SOP Instance UID, transfer syntax, data-set offset),
+                # up to a batch earlier (the worker's look-ahead): a rewrite of
+                # the same size shows in the mtime.
+                status = os.fstat(descriptor)
+                if status.st_mtime != info.mtime and status.st_size == info.size:
+                    raise FileChangedError(
+                        "modified since its header was read (mtime changed, same size); "
+                        "not sent: a rerun sends the new version"
+                    )
+                if status.st_size == info.size and info.size - info.dataset_offset <= READ_UP_TO:
+                    # Read into this client's buffer, then sent from it: cheaper
+                    # than mapping the file (see READ_UP_TO).
+                    view = self._read_dataset(descriptor, info)
+                else:
+                    mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+            except ValueError:  # "cannot mmap an empty file"
                 raise FileChangedError(
-                    "modified since its header was read (mtime changed, same size); "
-                    "not sent: a rerun sends the new version"
-                )
-            mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
-        except ValueError:  # "cannot mmap an empty file"
-            raise FileChangedError(
-                f"size changed from {info.size} to 0 bytes since it was read"
-            ) from None
-        finally:
-            os.close(descriptor)
+                    f"size changed from {info.size} to 0 bytes since it was read"
+                ) from None
+            finally:
+                os.close(descriptor)
         try:
-            if len(mapped) != info.size:
-                raise FileChangedError(
-                    f"size changed from {info.size} to {len(mapped)} bytes since it was read"
-                )
-            if len(mapped) > STREAM_WINDOW and hasattr(mapped, "madvise"):
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)[info.dataset_offset :]
+            if mapped is not None:
+                if len(mapped) != info.size:
+                    raise FileChangedError(
+                        f"size changed from {info.size} to {len(mapped)} bytes since it was read"
+                    )
+                if len(mapped) > STREAM_WINDOW and hasattr(mapped, "madvise"):
+                    mapped.madvise(mmap.MADV_SEQUENTIAL)
+                view = memoryview(mapped)[info.dataset_offset :]
             rest: memoryview | None = None
             try:
                 dataset = _dataset_to_send(info, selection, view)
                 # Windows apply only when the data set is the mapped file itself.
-                streamed = (mapped, info.dataset_offset) if dataset is view else None
+                streamed = (
+                    (mapped, info.dataset_offset)
+                    if mapped is not None and dataset is view
+                    else None
+                )
                 prefix = None
                 changes: tuple[Change, ...] = ()
                 if self.coercion is not None:
@@ -676,7 +698,7 @@ class StoreClient:
                             # Where the head would start if it replaced the
                             # mapped bytes in place: see _send_windows.
                             start = info.dataset_offset + coerced.resume_at - len(prefix)
-                            streamed = (mapped, start)
+                            streamed = (streamed[0], start)
                         dataset = rest
                         changes = coerced.changes
                 self._send_message(context_id, command, dataset, streamed, prefix)
@@ -688,11 +710,89 @@ class StoreClient:
                     rest.release()
                 view.release()
         finally:
-            try:
-                mapped.close()
-            except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
-                pass
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # pragma: no cover - a view still alive; GC unmaps it
+                    pass
         return message_id
+
+    def prefetch(self, info: FileInfo) -> None:
+        """Read the data set of the file to be sent next, while a response is awaited.
+
+        The worker calls this after a C-STORE-RQ has gone: the read (an open,
+        an fstat, a copy of up to READ_UP_TO bytes from the page cache) then
+        happens while the peer stores the previous file, not between its
+        response and the next request. The checks are begin_store's: the
+        file must still have the size and mtime its header was read with;
+        if anything differs or fails, nothing is kept and begin_store reads
+        the file again, checks it and says why it cannot be sent.
+        """
+        self._prefetched = None
+        if info.size - info.dataset_offset > READ_UP_TO:
+            return
+        try:
+            descriptor = os.open(info.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            status = os.fstat(descriptor)
+            if status.st_size != info.size or status.st_mtime != info.mtime:
+                return
+            self._read_dataset(descriptor, info, spare=True).release()
+        except (OSError, FileChangedError):
+            return
+        finally:
+            os.close(descriptor)
+        self._prefetched = (info.path, info.size, info.mtime, info.dataset_offset)
+
+    def _take_prefetched(self, info: FileInfo) -> memoryview | None:
+        """The data set prefetch read for this file (a view to release), or None."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched != (info.path, info.size, info.mtime, info.dataset_offset):
+            return None
+        # The spare buffer holds it: it becomes the one being sent from.
+        self._read_buffer, self._spare_buffer = self._spare_buffer, self._read_buffer
+        return memoryview(self._read_buffer)[: info.size - info.dataset_offset]
+
+    def _read_dataset(self, descriptor: int, info: FileInfo, spare: bool = False) -> memoryview:
+        """The file's data set read into this client's buffer (a view to release);
+        ``spare``: into the other one, for prefetch.
+
+        The buffer is reused from file to file: its pages stay in this process,
+        so a read costs one copy from the page cache and no page faults, where
+        a fresh mapping faults its pages in and unmapping them flushes the TLB.
+        It grows to the largest data set read (at most READ_UP_TO); the
+        kernel has copied a data set before the send returns (sendmsg, or
+        TLS's sendall), so the next file can overwrite it.
+        """
+        length = info.size - info.dataset_offset
+        buffer = self._spare_buffer if spare else self._read_buffer
+        if len(buffer) < length:
+            # A new one rather than a resize: a view of the old one that
+            # something still holds must keep its bytes.
+            buffer = bytearray(length)
+            if spare:
+                self._spare_buffer = buffer
+            else:
+                self._read_buffer = buffer
+        view = memoryview(buffer)[:length]
+        done = 0
+        try:
+            while done < length:
+                got = os.preadv(descriptor, [view[done:]], info.dataset_offset + done)
+                if got == 0:
+                    # fstat found the size the header was read at: the file was
+                    # cut short since, and nothing of it has been sent.
+                    raise FileChangedError(
+                        f"size changed from {info.size} to {info.dataset_offset + done} "
+                        "bytes since it was read (it ended while being read)"
+                    )
+                done += got
+        except BaseException:
+            view.release()
+            raise
+        return view
 
     def take_changes(self, message_id: int) -> tuple[Change, ...]:
         """What --coerce changed in the C-STORE with this Message ID (nothing: ())."""
@@ -709,6 +809,15 @@ IDLE_AFTER = 0.25
 # Data sets larger than this are sent in windows of about this many bytes,
 # each dropped from the worker's memory once sent (see _send_windows).
 STREAM_WINDOW = 16 * 1024 * 1024
+
+# Data sets of at most this many bytes (and more than the 16 KB read with
+# the header) are read into a buffer of the client's and sent from it (two
+# buffers: the next file's is read during the wait, StoreClient.prefetch);
+# larger ones are mapped and streamed in windows, so a worker's memory stays
+# bounded. Measured on 0.5 MB CT data sets to a local peer (sender CPU per
+# file): the buffer 75-90 us, a fresh mapping 120-155 us, os.sendfile in
+# 128 KB PDUs 135-210 us; from 24 KB to 2 MB the buffer was never worse.
+READ_UP_TO = 4 * 1024 * 1024
 
 
 def _coerce(

@@ -12,8 +12,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from .. import __version__
 from ..config import PeerConfig, UserCredentials
@@ -89,8 +90,7 @@ class DimseTimeoutError(AssociationAbortedError):
     """No DIMSE response in time; the association was aborted."""
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     """The parts of a DIMSE response the sender reports."""
 
     status: int

@@ -16,9 +16,10 @@ the way the table says, usually with an A-ABORT (AA-8).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from ..errors import LocalProtocolError, PDUError, UnrecognizedPDUError
 from .hotpath import parse_command_pdus
@@ -68,46 +69,39 @@ class Role(Enum):
 # ---------------------------------------------------------------- events out
 
 
-@dataclass(frozen=True, slots=True)
-class AssociationRequested:
+class AssociationRequested(msgspec.Struct, frozen=True):
     """A-ASSOCIATE indication: the peer asks for an association (acceptor side)."""
 
     request: AAssociateRQ
 
 
-@dataclass(frozen=True, slots=True)
-class AssociationAccepted:
+class AssociationAccepted(msgspec.Struct, frozen=True):
     """A-ASSOCIATE confirmation (accept)."""
 
     accept: AAssociateAC
 
 
-@dataclass(frozen=True, slots=True)
-class AssociationRejected:
+class AssociationRejected(msgspec.Struct, frozen=True):
     """A-ASSOCIATE confirmation (reject)."""
 
     reject: AAssociateRJ
 
 
-@dataclass(frozen=True, slots=True)
-class DataReceived:
+class DataReceived(msgspec.Struct, frozen=True):
     """P-DATA indication."""
 
     pdata: PDataTF
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseRequested:
+class ReleaseRequested(msgspec.Struct, frozen=True):
     """A-RELEASE indication: the peer asks to release."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseConfirmed:
+class ReleaseConfirmed(msgspec.Struct, frozen=True):
     """A-RELEASE confirmation: the association is released."""
 
 
-@dataclass(frozen=True, slots=True)
-class Aborted:
+class Aborted(msgspec.Struct, frozen=True):
     """A-ABORT or A-P-ABORT indication.
 
     ``abort`` is the peer's A-ABORT PDU when it sent one; otherwise the

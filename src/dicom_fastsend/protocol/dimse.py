@@ -8,8 +8,10 @@ Command Group Length (0000,0000).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+
+import msgspec
+from msgspec import field
 
 from ..errors import FastsendError
 from .pdu import PDV
@@ -90,8 +92,7 @@ _VR: dict[int, str] = {
 CommandValue = int | str | tuple[int, ...]
 
 
-@dataclass(slots=True)
-class Command:
+class Command(msgspec.Struct):
     """A decoded or to-be-encoded command set: tag -> value.
 
     US/UL values are ints, UI/AE/LO values strings, AT a tuple of tags.
@@ -441,8 +442,7 @@ def status_text(status: int) -> str:
 # ------------------------------------------------------------------ reassembly
 
 
-@dataclass(slots=True)
-class Message:
+class Message(msgspec.Struct):
     """A complete DIMSE message: its command and, if any, its data set fragments."""
 
     presentation_context_id: int

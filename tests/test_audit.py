@@ -219,10 +219,18 @@ def test_a_rerun_that_changes_nothing_names_the_report_that_still_holds(
     assert not any(p.exists() for p in audit_paths(logs, rerun_summary["session_id"]))
     first_id = first_summary["session_id"]
     assert (
-        f"audit: {written[2]} (still holds: nothing changed since session {first_id})"
-        in rerun.stderr
+        f"audit: {written[2]} (still holds: written by session {first_id}; the journal has"
+        " not changed since)" in rerun.stderr
     )
     assert {p: p.stat().st_mtime_ns for p in written} == on_disk_before
+    assert rerun_summary["audit_report"] == {
+        "html": str(written[2]),
+        "written_by_session": first_id,
+    }
+    assert first_summary["audit_report"] == {
+        "html": str(written[2]),
+        "written_by_session": first_id,
+    }
     log = (logs / f"fastsend_{rerun_summary['session_id']}.log").read_text(encoding="utf-8")
     assert f"audit report {written[2]} (and its .csv, .json) still holds" in log
     # What holds is what a new report says, but for the header (sessions, time read).
@@ -255,6 +263,26 @@ def test_a_rerun_that_changes_nothing_names_the_report_that_still_holds(
     fourth[0].unlink()
     _, fifth_summary = send()
     assert all(p.exists() for p in audit_paths(logs, fifth_summary["session_id"]))
+
+    # A run with a log directory of its own gets a report there.
+    other_logs = tmp_path / "other_logs"
+    journal_args = ["--journal", fifth_summary["journal"], "--log-dir", str(other_logs)]
+    sixth = fastsend(*args[:-2], *journal_args)
+    assert sixth.returncode == 0, sixth.output
+    sixth_id = summary_of(sixth)["session_id"]
+    assert all(p.exists() for p in audit_paths(other_logs, sixth_id))
+
+    # A session of an earlier fastsend (which does not count the revision) wrote
+    # the journal meanwhile: what it changed cannot show, so a new report.
+    with sqlite3.connect(fifth_summary["journal"]) as db:
+        db.execute(
+            "INSERT INTO sessions (session_id, started_at, pid, host) VALUES ('old', 0, 1, 'h')"
+        )
+    db.close()
+    _, seventh_summary = send()
+    assert all(p.exists() for p in audit_paths(logs, seventh_summary["session_id"]))
+    _, eighth_summary = send()  # and then that one holds again
+    assert not any(p.exists() for p in audit_paths(logs, eighth_summary["session_id"]))
 
 
 def test_verification_states_in_the_inventory_are_counted(migration: Migration) -> None:

@@ -98,3 +98,26 @@ def test_mtimes_are_the_same_double_as_os_stat_s(
     expected = (3, os.stat(path).st_mtime)
     assert _walk.stat_names(str(folder), ["f.dcm"]) == [expected]
     assert _walk_py.stat_names(str(folder), ["f.dcm"]) == [expected]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory: needs a plain user")
+def test_a_file_named_in_a_directory_that_cannot_be_listed_is_found(tmp_path: Path) -> None:
+    """A drop box (mode 0311): its files can be stat()ed by path, the directory not
+    opened. A file named as an input is stat()ed by its whole path (prepare.Walker)."""
+    from dicom_fastsend.engine.inventory import Inventory
+    from dicom_fastsend.engine.prepare import Walker
+
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "x.dcm").write_bytes(b"x" * 10)
+    box.chmod(0o311)
+    try:
+        inventory = Inventory(tmp_path / "i.sqlite", "A@h:1", "s")
+        failed: list[object] = []
+        walker = Walker([box / "x.dcm"], False, inventory, True, lambda *a: failed.append(a))
+        while walker.step():
+            pass
+        assert failed == []
+        assert walker.walk.pending == 1
+    finally:
+        box.chmod(0o755)

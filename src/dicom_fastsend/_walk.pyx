@@ -48,6 +48,7 @@ def stat_names(str directory, names):
     cdef int failed
     cdef stat status
     cdef bytes encoded
+    cdef const char *path
     cdef list out = []
     cdef double mtime
     if directory:
@@ -58,9 +59,16 @@ def stat_names(str directory, names):
     try:
         for name in names:
             encoded = _encoded(name)
-            failed = fstatat(fd, encoded, &status, 0)
+            path = encoded
+            # The GIL is let go as os.stat does: on a slow network file
+            # system one stat can take long, and other threads (the Dask
+            # client's, under --cluster) must go on meanwhile.
+            with nogil:
+                failed = fstatat(fd, path, &status, 0)
+                if failed:
+                    failed = errno  # read before anything else can set it
             if failed:
-                out.append(errno)
+                out.append(failed)
                 continue
             mtime = <double>status.st_mtim.tv_sec + <double>status.st_mtim.tv_nsec * 1e-9
             out.append((status.st_size, mtime))

@@ -45,6 +45,7 @@ import msgspec
 from . import __version__
 from .engine.inventory import (
     AUDIT_KEY,
+    COUNTING_KEY,
     REVISION_KEY,
     InventoryReader,
     JournalError,
@@ -264,6 +265,7 @@ class AuditFiles(msgspec.Struct, frozen=True):
     header: AuditHeader
     studies: int  # study rows (files without a Study Instance UID not counted)
     revision: int  # the inventory's revision the report was read at (Inventory._commit)
+    uncounted: int  # sessions then that did not count the revision (COUNTING_KEY)
 
 
 class HeldReport(msgspec.Struct, frozen=True):
@@ -271,6 +273,8 @@ class HeldReport(msgspec.Struct, frozen=True):
 
     session_id: str
     revision: int
+    uncounted: int
+    version: str  # fastsend's, which wrote it: another version writes another report
     csv: str
     json: str
     html: str
@@ -284,6 +288,8 @@ def remember_report(journal: Path, written: AuditFiles) -> None:
     held = HeldReport(
         written.header.session_id,
         written.revision,
+        written.uncounted,
+        __version__,
         str(written.csv.resolve()),
         str(written.json.resolve()),
         str(written.html.resolve()),
@@ -291,25 +297,40 @@ def remember_report(journal: Path, written: AuditFiles) -> None:
     record_meta(journal, AUDIT_KEY, msgspec.json.encode(held).decode())
 
 
-def report_that_holds(journal: Path) -> HeldReport | None:
-    """The report a send wrote last, if it still says what the inventory records.
+def report_that_holds(journal: Path, out_dir: Path) -> HeldReport | None:
+    """The report a send wrote last into ``out_dir``, if it still says what the
+    inventory records.
 
     It does when no transaction has changed a file's row since it was read
-    (the inventory's revision is the one it read) and its three files are
-    still there. A rerun that finds everything stored changes no row, so it
-    need not read the whole inventory again for a report with the same rows;
-    only its header would differ (the sessions counted, the time it was read).
+    (the inventory's revision is the one it read), every session since
+    counted the revision (none was an earlier fastsend's), this version wrote
+    it, and its three files are still there. A rerun that finds everything
+    stored changes no row, so it need not read the whole inventory again for
+    a report with the same rows; only its header would differ (the sessions
+    counted, the time it was read).
     """
     reader = InventoryReader(journal)
     try:
-        meta = reader.meta
+        db = reader.connection
+        db.execute("BEGIN")  # one snapshot: the meta rows and the sessions agree
+        try:
+            meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
+            (sessions,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        finally:
+            db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal {journal}: {exc}") from exc
     finally:
         reader.close()
     try:
         held = msgspec.json.decode(meta.get(AUDIT_KEY, ""), type=HeldReport)
     except msgspec.DecodeError:
         return None  # none kept yet (or written by a version that kept another form)
-    if str(held.revision) != meta.get(REVISION_KEY, "0"):
+    if str(held.revision) != meta.get(REVISION_KEY, "0") or held.version != __version__:
+        return None
+    if held.uncounted != sessions - int(meta.get(COUNTING_KEY, "0")):
+        return None
+    if Path(held.html).parent != out_dir.resolve():
         return None
     if not all(Path(path).is_file() for path in (held.csv, held.json, held.html)):
         return None
@@ -372,8 +393,10 @@ def _write(
     columns = _columns(db)
     db.execute("BEGIN")  # one snapshot: the totals, the chart and the rows agree
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (REVISION_KEY,)).fetchone()
-        revision = 0 if row is None else int(row[0])
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        revision = int(meta.get(REVISION_KEY, 0))
+        (session_rows,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        uncounted = session_rows - int(meta.get(COUNTING_KEY, 0))
         for table in ("audit_study", "audit_reason"):
             db.execute(f"DROP TABLE IF EXISTS temp.{table}")
         db.execute(_STUDY_COUNTS.format(**columns))
@@ -388,7 +411,9 @@ def _write(
         for table in ("audit_study", "audit_reason"):
             db.execute(f"DROP TABLE IF EXISTS temp.{table}")
         db.execute("COMMIT")
-    return AuditFiles(*paths, header=header, studies=studies, revision=revision)
+    return AuditFiles(
+        *paths, header=header, studies=studies, revision=revision, uncounted=uncounted
+    )
 
 
 def _columns(db: sqlite3.Connection) -> dict[str, str]:

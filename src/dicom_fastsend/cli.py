@@ -407,6 +407,7 @@ def send(
     from .sender import send as run_send
     from .sender import session_paths
 
+    gc.freeze()  # and what the send's own imports made (see run)
     config = SendConfig(
         peer=_peer(**peer),
         inputs=_all_inputs(inputs, input_list),
@@ -450,7 +451,11 @@ def send(
         since = summary.audit_unchanged_since
         click.echo(
             f"audit: {summary.audit_report}"
-            + (f" (still holds: nothing changed since session {since})" if since else ""),
+            + (
+                f" (still holds: written by session {since}; the journal has not changed since)"
+                if since
+                else ""
+            ),
             err=True,
         )
     sys.exit(summary.exit_code)

@@ -211,6 +211,12 @@ def summary_dict(summary: SendSummary, config: SendConfig, hot_path: str) -> dic
         "sop_classes_sent": dict(summary.sop_classes_sent),
         "retries": summary.retries,
         "journal": None if config.journal is None else str(config.journal),
+        "audit_report": None
+        if summary.audit_report is None
+        else {
+            "html": str(summary.audit_report),
+            "written_by_session": summary.audit_unchanged_since or summary.session_id,
+        },
         "interrupted": summary.interrupted,
         "exit_code": summary.exit_code,
         "error": summary.error or None,

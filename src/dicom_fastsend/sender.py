@@ -86,13 +86,14 @@ def send(
         progress.close()
         if summary.finished == 0.0:
             summary.finished = time.time()
+        # The audit report first, so that the summary names it.
+        if config.log_dir is not None:
+            _audit(config, config.log_dir, summary, log)
         if summary_path is not None:
             write_summary(summary_path, summary_dict(summary, config, IMPLEMENTATION))
             log.write("info", f"summary written to {summary_path}")
         if failures_path is not None and summary.count(Outcome.FAILED):
             write_failures(failures_path, summary)
-        if config.log_dir is not None:
-            _audit(config, config.log_dir, summary, log)
         counts = ", ".join(f"{outcome.value} {summary.count(outcome)}" for outcome in Outcome)
         log.write(
             "info", f"session {summary.session_id} finished: {counts}, exit {summary.exit_code}"
@@ -118,7 +119,7 @@ def _audit(config: SendConfig, log_dir: Path, summary: SendSummary, log: Session
     from .engine.inventory import JournalError
 
     try:
-        held = report_that_holds(journal)
+        held = report_that_holds(journal, log_dir)
         if held is not None:
             summary.audit_report = Path(held.html)
             summary.audit_unchanged_since = held.session_id

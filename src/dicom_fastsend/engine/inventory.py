@@ -407,6 +407,14 @@ _RECORD_VERDICT = """
 REVISION_KEY: Final = "revision"
 # The audit report a send wrote last, and the revision it read (audit.HeldReport).
 AUDIT_KEY: Final = "audit"
+# Sessions of a version that counts the revision: the sessions table minus
+# this is how many did not (an earlier fastsend on the same journal), whose
+# changes the revision cannot show.
+COUNTING_KEY: Final = "counting_sessions"
+_NEXT_COUNTING = (
+    f"INSERT INTO meta (key, value) VALUES ('{COUNTING_KEY}', '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
 _NEXT_REVISION = (
     f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1')"
     " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
@@ -556,6 +564,7 @@ class Inventory:
                 " VALUES (?, ?, ?, ?)",
                 (self.session_id, time.time(), os.getpid(), socket.gethostname()),
             )
+            self._db.execute(_NEXT_COUNTING)
         except sqlite3.Error as exc:
             raise JournalError(_cannot_use(self.shown_as, exc)) from exc
 
@@ -1305,7 +1314,10 @@ class InventoryReader:
 def record_meta(path: Path, key: str, value: str) -> None:
     """Write one meta row of the inventory at ``path``, in a connection of its own
     (the run's is closed by then); it changes no file's row, so no revision."""
-    db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+    # mode=rw: a journal removed meanwhile is an error, not a new empty file.
+    db = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_SECONDS, isolation_level=None
+    )
     try:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
     finally:

@@ -96,7 +96,14 @@ class Walker:
         self.walk.found += len(names)
         # One stat a file, compiled (see _walk_py): at a million files on a
         # rerun, this loop is most of the time before the run can end.
-        for name, status in zip(names, stat_names(directory, names), strict=True):
+        if unit.listed:
+            statuses = stat_names(directory, names)
+        else:
+            # Named inputs: by their whole path, as os.stat. Opening their
+            # directory would need read permission on it, where a stat needs
+            # only search permission (a drop box of mode 0311).
+            statuses = stat_names("", [os.path.join(directory, name) for name in names])
+        for name, status in zip(names, statuses, strict=True):
             if isinstance(status, int):
                 path = os.path.join(directory, name)
                 reason = f"cannot read file: {os.strerror(status)}"

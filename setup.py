@@ -14,14 +14,24 @@ trace = os.environ.get("FASTSEND_CYTHON_TRACE") == "1"
 macros = [("CYTHON_TRACE_NOGIL", "1")] if trace else []
 
 extensions = [
+    # PDU framing and parsing: the send path.
     Extension(
-        f"dicom_fastsend.{name}",
-        [f"src/dicom_fastsend/{name}.pyx"],
+        "dicom_fastsend._pdu",
+        ["src/dicom_fastsend/_pdu.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
-    )
-    # _pdu: PDU framing and parsing (the send path); _walk: the walk's stat loop.
-    for name in ("_pdu", "_walk")
+    ),
+    # The walk's stat loop. Its mtime must be the double os.stat makes, to the
+    # bit: no fused multiply-add (-ffp-contract=off) where a target has one.
+    # Optional: where it cannot be built (no fstatat or st_mtim), the walk
+    # uses the pure-Python twin, with a warning (_twins.select).
+    Extension(
+        "dicom_fastsend._walk",
+        ["src/dicom_fastsend/_walk.pyx"],
+        define_macros=macros,
+        extra_compile_args=["-O3", "-ffp-contract=off"],
+        optional=True,
+    ),
 ]
 
 setup(

@@ -25,6 +25,7 @@ from dicom_fastsend.engine.worker import LOOK_AHEAD, RateLimiter, Worker, Worker
 from dicom_fastsend.io.header import HEAD_LENGTH
 from dicom_fastsend.sink import Sink
 from dicom_fastsend.synth import write_archive
+from outcomes import received_outcomes
 
 
 def pending(paths: list[Path]) -> tuple[Pending, ...]:
@@ -128,11 +129,7 @@ def test_a_file_rewritten_at_the_same_size_after_its_header_was_read_is_not_sent
         worker.send_batch(batch)
         worker._report_queued()
         worker.client.release()
-        outcomes = {}
-        while coordinator.poll(1):
-            message = coordinator.recv()
-            if isinstance(message, Outcomes):
-                outcomes.update({d.result.path: d.result for d in message.done})
+        outcomes = received_outcomes(coordinator)
     assert outcomes[str(files[1])].outcome is Outcome.STORED
     changed = outcomes[str(rewritten)]
     assert changed.outcome is Outcome.FAILED

@@ -22,7 +22,7 @@ import pytest
 from dicom_fastsend.config import PeerConfig
 from dicom_fastsend.engine import scu as scu_module
 from dicom_fastsend.engine.inventory import Pending
-from dicom_fastsend.engine.messages import Assign, Outcomes
+from dicom_fastsend.engine.messages import Assign
 from dicom_fastsend.engine.plan import Batch
 from dicom_fastsend.engine.results import Outcome
 from dicom_fastsend.engine.scu import READ_UP_TO, StoreClient
@@ -31,6 +31,7 @@ from dicom_fastsend.io.header import FileInfo, read_header
 from dicom_fastsend.protocol.contexts import plan_associations
 from dicom_fastsend.sink import Sink
 from dicom_fastsend.synth import write_archive
+from outcomes import received_outcomes
 from peers import StoreSCP, dataset_bytes
 
 
@@ -161,11 +162,7 @@ def test_a_file_cut_short_while_it_is_read_fails_named_and_the_association_goes_
         opened = worker.client  # still the first association
         assert opened.is_open
         opened.release()
-        outcomes = {}
-        while coordinator.poll(1):
-            message = coordinator.recv()
-            if isinstance(message, Outcomes):
-                outcomes.update({d.result.path: d.result for d in message.done})
+        outcomes = received_outcomes(coordinator)
     assert outcomes[str(files[0])].outcome is Outcome.STORED
     short = outcomes[str(cut)]
     assert short.outcome is Outcome.FAILED
@@ -190,11 +187,7 @@ def run_batch(worker: Worker, coordinator: Any, files: list[Path]) -> dict[str, 
 def collect(worker: Worker, coordinator: Any) -> dict[str, Any]:
     worker._report_queued()
     worker.client.release()
-    outcomes = {}
-    while coordinator.poll(1):
-        message = coordinator.recv()
-        if isinstance(message, Outcomes):
-            outcomes.update({d.result.path: d.result for d in message.done})
+    outcomes = received_outcomes(coordinator)
     return outcomes
 
 

@@ -312,10 +312,10 @@ def report_that_holds(journal: Path, out_dir: Path) -> HeldReport | None:
     reader = InventoryReader(journal)
     try:
         db = reader.connection
-        db.execute("BEGIN")  # one snapshot: the meta rows and the sessions agree
+        db.execute("BEGIN")  # one snapshot: the report kept and the counters agree
         try:
-            meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
-            (sessions,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (AUDIT_KEY,)).fetchone()
+            now = _revision(db)
         finally:
             db.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -323,18 +323,29 @@ def report_that_holds(journal: Path, out_dir: Path) -> HeldReport | None:
     finally:
         reader.close()
     try:
-        held = msgspec.json.decode(meta.get(AUDIT_KEY, ""), type=HeldReport)
+        held = msgspec.json.decode("" if row is None else row[0], type=HeldReport)
     except msgspec.DecodeError:
         return None  # none kept yet (or written by a version that kept another form)
-    if str(held.revision) != meta.get(REVISION_KEY, "0") or held.version != __version__:
-        return None
-    if held.uncounted != sessions - int(meta.get(COUNTING_KEY, "0")):
+    if (held.revision, held.uncounted) != now or held.version != __version__:
         return None
     if Path(held.html).parent != out_dir.resolve():
         return None
     if not all(Path(path).is_file() for path in (held.csv, held.json, held.html)):
         return None
     return held
+
+
+def _revision(db: sqlite3.Connection) -> tuple[int, int]:
+    """(the inventory's revision, the sessions that did not count it), in the read
+    transaction in hand."""
+    counters = dict(
+        db.execute(
+            "SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN (?, ?)",
+            (REVISION_KEY, COUNTING_KEY),
+        ).fetchall()
+    )
+    (sessions,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+    return counters.get(REVISION_KEY, 0), sessions - counters.get(COUNTING_KEY, 0)
 
 
 def audit_paths(out_dir: Path, session_id: str) -> tuple[Path, Path, Path]:
@@ -393,10 +404,7 @@ def _write(
     columns = _columns(db)
     db.execute("BEGIN")  # one snapshot: the totals, the chart and the rows agree
     try:
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        revision = int(meta.get(REVISION_KEY, 0))
-        (session_rows,) = db.execute("SELECT COUNT(*) FROM sessions").fetchone()
-        uncounted = session_rows - int(meta.get(COUNTING_KEY, 0))
+        revision, uncounted = _revision(db)
         for table in ("audit_study", "audit_reason"):
             db.execute(f"DROP TABLE IF EXISTS temp.{table}")
         db.execute(_STUDY_COUNTS.format(**columns))

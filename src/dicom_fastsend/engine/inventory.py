@@ -411,12 +411,9 @@ AUDIT_KEY: Final = "audit"
 # this is how many did not (an earlier fastsend on the same journal), whose
 # changes the revision cannot show.
 COUNTING_KEY: Final = "counting_sessions"
-_NEXT_COUNTING = (
-    f"INSERT INTO meta (key, value) VALUES ('{COUNTING_KEY}', '1')"
-    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-)
-_NEXT_REVISION = (
-    f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1')"
+# One up, for a counter kept in meta (REVISION_KEY, COUNTING_KEY).
+_COUNT_UP = (
+    "INSERT INTO meta (key, value) VALUES (?, '1')"
     " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
 )
 
@@ -564,7 +561,7 @@ class Inventory:
                 " VALUES (?, ?, ?, ?)",
                 (self.session_id, time.time(), os.getpid(), socket.gethostname()),
             )
-            self._db.execute(_NEXT_COUNTING)
+            self._db.execute(_COUNT_UP, (COUNTING_KEY,))
         except sqlite3.Error as exc:
             raise JournalError(_cannot_use(self.shown_as, exc)) from exc
 
@@ -582,8 +579,10 @@ class Inventory:
         held as this run would send them: (name, size, mtime) each.
 
         The walk skips a file whose (name, size, mtime) from its one stat is in
-        here. Equality is exact: the size and mtime recorded are those of the
-        walk's own stat of the file, and SQLite keeps a REAL as the same double.
+        here. Equality is exact: the size and mtime recorded are os.stat's or
+        os.fstat's (the walk's, or the header read's), the walk's compiled stat
+        computes st_mtime as CPython does (_walk.pyx), and SQLite keeps a REAL
+        as the same double.
         A set built by SQLite's cursor costs no Python per row, which a rerun
         of a million files pays a million times. A file held under other
         --coerce rules (or coerced then, not now, or the reverse) is left out:
@@ -883,7 +882,7 @@ class Inventory:
         to still hold: see audit.report_that_holds.
         """
         if self._db.total_changes != self._changes:
-            self._db.execute(_NEXT_REVISION)
+            self._db.execute(_COUNT_UP, (REVISION_KEY,))
         self._db.execute("COMMIT")
 
     def _rollback(self) -> None:
@@ -1156,8 +1155,7 @@ class InventoryReader:
         except sqlite3.Error as exc:
             raise JournalError(self._unreadable(exc)) from exc
         try:
-            self.meta = self._check()
-            self.destination, self.schema = self.meta.get("destination"), self.meta.get("schema")
+            self.destination, self.schema = self._check()
         except BaseException:
             self._db.close()
             raise
@@ -1169,9 +1167,8 @@ class InventoryReader:
             " its --log-dir)"
         )
 
-    def _check(self) -> dict[str, str]:
-        """The meta rows (destination, schema version...) of a journal of this version;
-        else JournalError."""
+    def _check(self) -> tuple[str | None, str | None]:
+        """(destination, schema version) of a journal of this version; else JournalError."""
         try:
             tables = {
                 name
@@ -1197,13 +1194,10 @@ class InventoryReader:
                     " journal a `fastsend send` wrote (fastsend_journal_<AE>_<host>_<port>.sqlite"
                     " in its --log-dir)"
                 )
-            meta = {
-                str(key): str(value)
-                for key, value in self._db.execute("SELECT key, value FROM meta")
-            }
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
             raise JournalError(self._unreadable(exc)) from exc
-        return meta
+        return meta.get("destination"), meta.get("schema")
 
     @property
     def overtaken(self) -> bool:

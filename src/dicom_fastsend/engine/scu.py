@@ -646,20 +646,9 @@ class StoreClient:
             # lseek and an fstat more per file; mmap checks the size below.
             descriptor = os.open(info.path, os.O_RDONLY)
             try:
-                # What is sent must be the version whose header was read and
-                # claimed (its SOP Instance UID, transfer syntax, data-set offset),
-                # up to a batch earlier (the worker's look-ahead): a rewrite of
-                # the same size shows in the mtime.
-                status = os.fstat(descriptor)
-                if status.st_mtime != info.mtime and status.st_size == info.size:
-                    raise FileChangedError(
-                        "modified since its header was read (mtime changed, same size); "
-                        "not sent: a rerun sends the new version"
-                    )
-                if status.st_size == info.size and info.size - info.dataset_offset <= READ_UP_TO:
-                    # Read into this client's buffer, then sent from it: cheaper
-                    # than mapping the file (see READ_UP_TO).
-                    view = self._read_dataset(descriptor, info)
+                read = self._read_checked(descriptor, info)
+                if read is not None:
+                    view = read
                 else:
                     mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
             except ValueError:  # "cannot mmap an empty file"
@@ -736,15 +725,39 @@ class StoreClient:
         except OSError:
             return
         try:
-            status = os.fstat(descriptor)
-            if status.st_size != info.size or status.st_mtime != info.mtime:
-                return
-            self._read_dataset(descriptor, info, spare=True).release()
+            read = self._read_checked(descriptor, info, spare=True)
+            if read is None:
+                return  # its size changed: begin_store says by how much
+            read.release()
         except (OSError, FileChangedError):
             return
         finally:
             os.close(descriptor)
         self._prefetched = (info.path, info.size, info.mtime, info.dataset_offset)
+
+    def _read_checked(
+        self, descriptor: int, info: FileInfo, spare: bool = False
+    ) -> memoryview | None:
+        """The open file's data set read into a buffer (_read_dataset), if it is still
+        the version whose header was read; None when it is to be mapped instead
+        (larger than READ_UP_TO, or of another size, which the mapping reports).
+
+        What is sent must be the version whose header was read and claimed
+        (its SOP Instance UID, transfer syntax, data-set offset), up to a batch
+        earlier (the worker's look-ahead): a rewrite of the same size shows in
+        the mtime, and fails here (FileChangedError).
+        """
+        status = os.fstat(descriptor)
+        if status.st_mtime != info.mtime and status.st_size == info.size:
+            raise FileChangedError(
+                "modified since its header was read (mtime changed, same size); "
+                "not sent: a rerun sends the new version"
+            )
+        if status.st_size == info.size and info.size - info.dataset_offset <= READ_UP_TO:
+            # Read into this client's buffer, then sent from it: cheaper than
+            # mapping the file (see READ_UP_TO).
+            return self._read_dataset(descriptor, info, spare)
+        return None
 
     def _take_prefetched(self, info: FileInfo) -> memoryview | None:
         """The data set prefetch read for this file (a view to release), or None."""

@@ -334,6 +334,12 @@ class Worker:
                 # reports why it cannot be sent, as it does without look-ahead.
                 pass
 
+    def _while_the_peer_stores(self) -> None:
+        """The reads done after a C-STORE-RQ has gone, out of the round trip: the next
+        batch's headers (_look_ahead) and the next file's data set (_prefetch_next)."""
+        self._look_ahead()
+        self._prefetch_next()
+
     def _prefetch_next(self) -> None:
         """Read the next file's data set while the peer stores this one.
 
@@ -606,8 +612,7 @@ class Worker:
             self._report(info, FileResult.of(info, Outcome.FAILED, _file_error(exc), attempts=1))
             return
         self.outstanding[message_id] = (info, started)
-        self._look_ahead()  # (while the peer stores it: see store)
-        self._prefetch_next()
+        self._while_the_peer_stores()
 
     def _collect_one(self, index: int, unavailable: dict[int, str]) -> None:
         try:
@@ -760,8 +765,7 @@ class Worker:
         # work then costs nothing in the round trip. (Outside the try: a
         # broken pipe to the coordinator is not this file's failure.)
         self._report_due()
-        self._look_ahead()
-        self._prefetch_next()
+        self._while_the_peer_stores()
         try:
             response = self.client.finish_store({message_id}, self._idle())[1]
         except AssociationAbortedError as exc:

@@ -24,22 +24,25 @@ if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then have_ort
 # Chromium renders the audit report's HTML page in tests/test_audit.py (headless).
 have_chromium=no
 if command -v chromium >/dev/null 2>&1; then have_chromium=yes; fi
+# tmux shows what a person sees in a terminal (the progress bar) in tests/test_terminal.py.
+have_tmux=no
+if command -v tmux >/dev/null 2>&1; then have_tmux=yes; fi
 
 if [ "$have_dcmtk" = no ] || [ "$have_orthanc" = no ] || [ "$have_chromium" = no ] \
-    || ! command -v dcmsend >/dev/null 2>&1; then
+    || [ "$have_tmux" = no ] || ! command -v dcmsend >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
         SUDO=()
     elif command -v sudo >/dev/null 2>&1; then
         SUDO=(sudo)
     else
-        echo "tests/run.sh: dcmtk, orthanc or chromium is missing and neither root nor sudo is available" >&2
+        echo "tests/run.sh: dcmtk, orthanc, chromium or tmux is missing and neither root nor sudo is available" >&2
         exit 1
     fi
     "${SUDO[@]}" apt-get update
     # The orthanc package may start its own service on 4242/8042; the tests
     # use their own config and free ports, so that does not matter.
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends dcmtk orthanc chromium
+        apt-get install -y --no-install-recommends dcmtk orthanc chromium tmux
 fi
 
 # An editable install builds the Cython extension; PEP 660 needs setuptools>=64.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dicom_fastsend.engine.inventory import (
     HOT_QUERIES,
@@ -16,6 +19,8 @@ from dicom_fastsend.engine.inventory import (
     Known,
     Pending,
     State,
+    join,
+    split,
 )
 from dicom_fastsend.engine.results import FileResult, Outcome
 from dicom_fastsend.io.header import FileInfo
@@ -53,6 +58,33 @@ def test_pending_files_are_taken_in_path_order_within_the_limits(tmp_path: Path)
     other = Inventory(tmp_path / "i.sqlite", DEST, "s2")
     assert other.take_pending(10, 10**9) == []
     assert list(inventory.pending()) == [files[4]]
+
+
+_PATHS = st.text(alphabet="/ab.\u00e9", max_size=12)
+
+
+@given(_PATHS, _PATHS)
+@example("/", "a")
+@example("", "a")
+@example("//", "a")
+@example("a//b//", "c")
+@example("a", "/b")
+def test_the_inventory_key_of_a_path_is_what_os_path_gives(first: str, second: str) -> None:
+    # split and join are written out for speed: they must be posixpath's.
+    assert split(first) == os.path.split(first)
+    assert join(first, second) == os.path.join(first, second)
+
+
+def test_the_walk_records_a_directory_s_files_as_add_pending_does(tmp_path: Path) -> None:
+    by_paths = Inventory(tmp_path / "a.sqlite", DEST, "s1")
+    by_names = Inventory(tmp_path / "b.sqlite", DEST, "s1")
+    found = [(f"{n:02d}.dcm", 10 + n, 1.5 + n) for n in range(3)]
+    for directory in ("/data/study", "/", "relative"):
+        by_paths.add_pending([Pending(join(directory, n), s, m) for n, s, m in found])
+        by_names.add_pending_in(directory, found)
+    taken = by_names.take_pending(100, 10**9)
+    assert taken == by_paths.take_pending(100, 10**9)
+    assert {p.path for p in taken} >= {"/data/study/00.dcm", "/00.dcm", "relative/02.dcm"}
 
 
 def test_known_rows_tell_a_rerun_what_is_held_and_unchanged(tmp_path: Path) -> None:
@@ -291,6 +323,10 @@ def test_coercions_are_recorded_with_the_stored_outcome_and_replaced_on_resend(
     again = replace(first, coerced=(("PatientBirthDate", "19700101", None),))
     inventory.record(again, 10, 1.0)
     assert inventory.coercions("/a/1.dcm") == {"PatientBirthDate": ("19700101", None)}
+    # Stored again without --coerce: the destination now holds the file as it
+    # is, and what an earlier send changed in it is forgotten.
+    inventory.record(replace(first, coerced=()), 10, 1.0)
+    assert inventory.coercions("/a/1.dcm") == {}
     inventory.close()
 
 

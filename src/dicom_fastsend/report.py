@@ -62,6 +62,11 @@ class ProgressBar:
         self.stream = stream
         self.bar: Any = None
         self._bytes = 0
+        # Files done and not yet shown: the bar is redrawn at most every
+        # REDRAW_SECONDS, not once per file (its rate and postfix cost more
+        # than the coordinator's own work for a small file).
+        self._unshown = 0
+        self._shown = 0.0
 
     def grow(self, files: int) -> None:
         """More files found: the walk runs while files are sent, so the total grows."""
@@ -82,20 +87,36 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.update(files)
 
+    REDRAW_SECONDS = 0.1
+
     def update(self, result: FileResult) -> None:
         if self.bar is None:
             return
         self._bytes += result.bytes_sent
-        self.bar.update(1)
+        self._unshown += 1
+        now = time.monotonic()
+        if now - self._shown >= self.REDRAW_SECONDS:
+            self._shown = now
+            self._show()
+
+    def _show(self) -> None:
         elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
         megabytes = self._bytes / 1e6
         self.bar.set_postfix_str(
             f"{megabytes:.0f} MB, {megabytes / elapsed:.1f} MB/s", refresh=False
         )
+        self.bar.update(self._unshown)
+        self._unshown = 0
 
     def close(self) -> None:
         if self.bar is not None:
+            if self._unshown:
+                self._show()
             self.bar.close()
+
+
+# A line's level as written, padded to the longest ("WARNING").
+_LEVELS = {level: f"{level.upper():<7}" for level in ("info", "warning", "error")}
 
 
 class SessionLog:
@@ -112,6 +133,11 @@ class SessionLog:
         self.path = path
         self._file: TextIO | None = None
         self._flushed = time.monotonic()
+        # The timestamp of the last line, and its millisecond: lines come in
+        # bursts of many a millisecond (a line per file), and formatting a
+        # datetime costs more than the rest of the line.
+        self._millisecond = -1
+        self._stamp = ""
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
@@ -119,8 +145,13 @@ class SessionLog:
     def write(self, level: str, message: str) -> None:
         if self._file is None:
             return
-        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        self._file.write(f"{stamp} {level.upper():<7} {message}\n")
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond != self._millisecond:
+            self._millisecond = millisecond
+            self._stamp = dt.datetime.fromtimestamp(millisecond / 1000, dt.UTC).isoformat(
+                timespec="milliseconds"
+            )
+        self._file.write(f"{self._stamp} {_LEVELS.get(level) or f'{level.upper():<7}'} {message}\n")
         now = time.monotonic()
         if level != "info" or now - self._flushed >= self.FLUSH_INTERVAL:
             self._file.flush()

@@ -443,16 +443,9 @@ class Coordinator(msgspec.Struct, dict=True):
     def _handle(self, message: FromExecutor) -> None:
         if isinstance(message, Outcomes):
             for done in message.done:
-                self._handle(done)
+                self._file_done(done)
         elif isinstance(message, FileDone):
-            if message.cause is Cause.INTERRUPTED:
-                # The executor stopped when told to; the run knows why.
-                message.result.reason = self._unsent_reason()
-            item = self._book.file_done(message.executor, message.result.path)
-            size_mtime = None if item is None else (item.size, item.mtime)
-            self._record(
-                message.result, message.cause, not message.journaled, size_mtime=size_mtime
-            )
+            self._file_done(message)
         elif isinstance(message, Ready):
             self._idle.append(message.executor)
         elif isinstance(message, BatchDone):
@@ -474,6 +467,14 @@ class Coordinator(msgspec.Struct, dict=True):
                 self.hooks.log(message.level, message.text)
             else:
                 self._event(message.level, message.text)
+
+    def _file_done(self, message: FileDone) -> None:
+        if message.cause is Cause.INTERRUPTED:
+            # The executor stopped when told to; the run knows why.
+            message.result.reason = self._unsent_reason()
+        item = self._book.file_done(message.executor, message.result.path)
+        size_mtime = None if item is None else (item.size, item.mtime)
+        self._record(message.result, message.cause, not message.journaled, size_mtime=size_mtime)
 
     def _ended(self, executor: int, stats: WorkerStats | None) -> None:
         self._live.discard(executor)

@@ -170,12 +170,15 @@ class State(Enum):
 
 
 _HELD = (State.STORED.value, State.WARNING.value)  # the destination holds the instance
+# The same, as outcomes: `in` a tuple compares members by identity first.
+_HELD_OUTCOMES = (Outcome.STORED, Outcome.WARNING)
 
 # Attempts add up across sessions. A stored outcome records what the
 # destination now holds (held_*). A *skipped* outcome (interrupted, a
 # duplicate) of a version the destination holds leaves the row as that
 # outcome said: the destination still has it, and a rerun skips it.
 _FORGET_COERCIONS = "DELETE FROM coercions WHERE dir = ? AND name = ?"
+_ANY_COERCION = "SELECT 1 FROM coercions LIMIT 1"
 _RECORD_COERCION = """
 INSERT OR REPLACE INTO coercions (dir, name, keyword, original, new, session_id, at)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -419,9 +422,26 @@ _COUNT_UP = (
 
 
 def split(path: str) -> tuple[str, str]:
-    """(directory, name): the inventory's key for a path."""
-    directory, name = os.path.split(path)
+    """(directory, name): the inventory's key for a path, as os.path.split gives them.
+
+    Written out for str, without posixpath's fspath and separator lookups:
+    a file's key is taken several times on its way (walk, claim, outcome),
+    and at a million files each microsecond is a second of CPU.
+    """
+    cut = path.rfind("/") + 1
+    directory, name = path[:cut], path[cut:]
+    if directory and directory != "/" * len(directory):
+        directory = directory.rstrip("/")
     return directory, name
+
+
+def join(directory: str, name: str) -> str:
+    """The path of an inventory key, as os.path.join gives it (see split)."""
+    if name.startswith("/"):
+        return name
+    if not directory or directory.endswith("/"):
+        return directory + name
+    return f"{directory}/{name}"
 
 
 class Inventory:
@@ -600,11 +620,22 @@ class Inventory:
     def add_pending(self, files: Sequence[Pending]) -> None:
         """Record files to send this session, in one transaction."""
         now = time.time()
+        session = self.session_id
+        self._add_pending([(*split(f.path), f.size, f.mtime, now, now, session) for f in files])
+
+    def add_pending_in(self, directory: str, found: Sequence[tuple[str, int, float]]) -> None:
+        """Record (name, size, mtime) files of one directory to send, in one transaction.
+
+        The walk's form of add_pending: its files come as names in a
+        directory, and are recorded so, without a path built and split again.
+        """
+        now = time.time()
+        session = self.session_id
+        self._add_pending([(directory, *file, now, now, session) for file in found])
+
+    def _add_pending(self, rows: Sequence[tuple[str, str, int, float, float, float, str]]) -> None:
         with self._writing():
-            self._transaction(
-                _PENDING,
-                [(*split(f.path), f.size, f.mtime, now, now, self.session_id) for f in files],
-            )
+            self._transaction(_PENDING, rows)
 
     # ------------------------------------------------------------ dispatch
 
@@ -632,19 +663,18 @@ class Inventory:
         try:
             taken: list[Pending] = []
             total = 0
-            for directory, name, size, mtime in self._db.execute(query, arguments).fetchall():
+            rows = self._db.execute(query, arguments).fetchall()
+            for directory, name, size, mtime in rows:
                 if total + size > max_bytes and (taken or not alone):
                     break
                 total += size
-                taken.append(Pending(os.path.join(directory, name), size, mtime))
+                taken.append(Pending(join(directory, name), size, mtime))
             if taken:
                 # The rows taken are the first ones of the pending index in
                 # order, so one range UPDATE (in SQLite, not a call per row)
                 # covers exactly them.
-                self._db.execute(
-                    TAKE_RANGE,
-                    (self.session_id, *split(taken[0].path), *split(taken[-1].path)),
-                )
+                first, last = rows[0], rows[len(taken) - 1]
+                self._db.execute(TAKE_RANGE, (self.session_id, *first[:2], *last[:2]))
         except BaseException:
             self._rollback()
             raise
@@ -694,7 +724,7 @@ class Inventory:
             if not rows:
                 return
             for directory, name, size, mtime in rows:
-                yield Pending(os.path.join(directory, name), size, mtime)
+                yield Pending(join(directory, name), size, mtime)
             after = (rows[-1][0], rows[-1][1])
 
     # ------------------------------------------------------------ before sending
@@ -720,19 +750,19 @@ class Inventory:
         try:
             # One query for the batch's UIDs, not one per file.
             holders = self._holders({i.sop_instance_uid for i in infos}, resume)
+            claims: list[tuple[object, ...]] = []
             for info in infos:
                 directory, name = split(info.path)
                 others = [
                     h for h in holders.get(info.sop_instance_uid, ()) if h != (directory, name)
                 ]
                 if others:
-                    duplicates[info.path] = os.path.join(*others[0])
+                    duplicates[info.path] = join(*others[0])
                     continue
                 # In flight from here on: a later file of the batch with
                 # this UID is its duplicate.
                 holders.setdefault(info.sop_instance_uid, []).append((directory, name))
-                self._db.execute(
-                    _CLAIM,
+                claims.append(
                     (
                         directory,
                         name,
@@ -747,10 +777,13 @@ class Inventory:
                         now,
                         now,
                         self.session_id,
-                    ),
+                    )
                 )
                 if info.study_instance_uid:
                     studies.setdefault(info.study_instance_uid, info)
+            # One call for the batch: which files are duplicates was settled
+            # above, from the holders read first and the claims made so far.
+            self._db.executemany(_CLAIM, claims)
             self._db.executemany(
                 _STUDY,
                 [
@@ -801,7 +834,7 @@ class Inventory:
         rows = [self._outcome_row(r, s, m, now) for r, s, m in outcomes]
         # Every instance stored replaces what the destination held, so what was
         # changed in that one goes, coerced this time or not.
-        held = [r for r, _, _ in outcomes if r.outcome.value in _HELD]
+        held = [r for r, _, _ in outcomes if r.outcome in _HELD_OUTCOMES]
         coerced = [r for r in held if r.coerced]
         with self._writing():
             if not held:
@@ -811,7 +844,13 @@ class Inventory:
             self._begin()
             try:
                 self._db.executemany(_RECORD, rows)
-                self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in held])
+                # With no coercion recorded at all (no --coerce in this
+                # journal's life) there is nothing to forget, and one query
+                # says so for the batch. Asked after the first write, when
+                # this transaction holds the write lock: no other process can
+                # record a coercion between the answer and the commit.
+                if coerced or self._db.execute(_ANY_COERCION).fetchone() is not None:
+                    self._db.executemany(_FORGET_COERCIONS, [split(r.path) for r in held])
                 self._db.executemany(
                     _RECORD_COERCION,
                     [
@@ -836,24 +875,22 @@ class Inventory:
     def _outcome_row(
         self, result: FileResult, size: int, mtime: float, now: float
     ) -> tuple[object, ...]:
-        held = result.outcome.value in _HELD
+        state = result.outcome.value
+        held = result.outcome in _HELD_OUTCOMES
         return (
             *split(result.path),
             size,
             mtime,
             result.sop_class_uid,
             result.sop_instance_uid,
-            result.outcome.value,
+            state,
             result.status,
             result.reason,
             result.attempts,
             now,
             now,
             self.session_id,
-            size if held else None,
-            mtime if held else None,
-            result.outcome.value if held else None,
-            self.rules if held else None,
+            *((size, mtime, state, self.rules) if held else (None, None, None, None)),
         )
 
     def _transaction(

@@ -91,7 +91,7 @@ class Walker:
                     row = self._inventory.known_path(os.path.join(directory, name))
                     if row is not None:
                         held_versions.add((name, row.size, row.mtime))
-        pending: list[Pending] = []
+        pending: list[tuple[str, int, float]] = []  # (name, size, mtime)
         held = 0
         self.walk.found += len(names)
         # One stat a file, compiled (see _walk_py): at a million files on a
@@ -111,11 +111,11 @@ class Walker:
                 continue
             size, mtime = status
             # Held, and unchanged since: same size and mtime as the version stored.
-            if (name, size, mtime) in held_versions:
+            if held_versions and (name, size, mtime) in held_versions:
                 held += 1
                 continue
-            pending.append(Pending(os.path.join(directory, name), size, mtime))
-        self._inventory.add_pending(pending)
+            pending.append((name, size, mtime))
+        self._inventory.add_pending_in(directory, pending)
         self.walk.pending += len(pending)
         if held:
             self.walk.already_stored += held

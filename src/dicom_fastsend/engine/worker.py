@@ -522,12 +522,18 @@ class Worker:
                 self._report(info, _unsent(info, INTERRUPTED_REASON, 0))
             return
         self._plan_for(infos)
-        plans = self.plans
+        # The planned association of each SOP class (the first that carries
+        # it, as association_for says), found once per class for the batch:
+        # the plans hold until the next one.
+        carrying: dict[str, int] = {}
+        for index, contexts in enumerate(self.plans):
+            for context in contexts:
+                carrying.setdefault(context.abstract_syntax, index)
 
         # Files whose SOP class lives in the open association go first, so a
         # batch switches associations as rarely as possible.
         def order(info: FileInfo) -> tuple[int, int]:
-            index = association_for(plans, info.sop_class_uid)
+            index = carrying[info.sop_class_uid]
             return (0 if index == self.plan_index else 1, index)
 
         files = sorted(infos, key=order)
@@ -543,7 +549,7 @@ class Worker:
                 for rest in files[position:]:
                     self._report(rest, _unsent(rest, INTERRUPTED_REASON, 0))
                 return
-            index = association_for(plans, info.sop_class_uid)
+            index = carrying[info.sop_class_uid]
             if self.outstanding and self.plan_index != index:
                 self._drain(unavailable)  # its responses come on the open association
             if index in unavailable:

@@ -41,8 +41,8 @@ from dicom_fastsend.io.header import FileInfo, HeaderError, read_header
 def implementation(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    # header.py imported scan_elements from hotpath; swap it so every test runs on both.
-    monkeypatch.setattr(header, "scan_elements", request.param.scan_elements)
+    # header.py imported scan_values from hotpath; swap it so every test runs on both.
+    monkeypatch.setattr(header, "scan_values", request.param.scan_values)
     yield
 
 

@@ -634,6 +634,192 @@ def test_scan_elements_rejects_bad_arguments(impl: ModuleType) -> None:
     assert impl.scan_elements(b"abc", 3, True, True, (), ALL_TAGS) == ({}, 3)
 
 
+# ---- decoded values (scan_values, PS3.5 6.2) ----------------------------------------
+
+
+def _element(tag: int, vr: str, value: bytes, explicit_vr: bool, little_endian: bool) -> bytes:
+    """One element with a 16-bit length (explicit VR) or a 32-bit one (implicit, PS3.5 7.1)."""
+    order = "<" if little_endian else ">"
+    head = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF)
+    if explicit_vr:
+        return head + vr.encode() + struct.pack(order + "H", len(value)) + value
+    return head + struct.pack(order + "I", len(value)) + value
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("value", "as_ui", "as_text"),
+    [
+        (b"1.2.840.10008.1.2.1\x00", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1"),
+        (b"1.2 \x00 \x00", "1.2", "1.2"),  # NULs and spaces mixed, all stripped
+        (b" 1.2", " 1.2", " 1.2"),  # leading spaces are kept
+        (b"1\x002\x00", "1\x002", "1\x002"),  # only trailing padding goes
+        (b"\x00 \x00 ", None, ""),  # padding only: empty
+        (b"", None, ""),
+        (b"Caf\xc3\xa9 ", None, "Caf\u00e9"),  # UTF-8; not ASCII, so no UID
+        (b"Caf\xe9", None, "Caf\u00e9"),  # not UTF-8: Latin-1
+        (b"\xed\xa0\x80", None, "\u00ed\u00a0\u0080"),  # an encoded surrogate is not UTF-8
+        (b"\x7f", "\x7f", "\x7f"),
+    ],
+)
+def test_scan_values_golden(
+    impl: ModuleType, value: bytes, as_ui: str | None, as_text: str
+) -> None:
+    for explicit_vr, little_endian in ((True, True), (False, True), (True, False)):
+        data = (
+            _element(0x00080016, "UI", b"1.2\x00", explicit_vr, little_endian)
+            + _element(0x00100010, "PN", value, explicit_vr, little_endian)
+            + _element(0x00100020, "LO", b"ID ", explicit_vr, little_endian)
+        )
+        ui_tags = (0x00100010, 0x00080016, 0x00080018)
+        text_tags = (0x00100010, 0x00100020, 0x00100030)
+        assert impl.scan_values(
+            data, 0, explicit_vr, little_endian, ui_tags, text_tags, ALL_TAGS
+        ) == ((as_ui, "1.2", None), (as_text, "ID", ""), len(data))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_scan_values_stops_like_scan_elements_and_keeps_the_last_repeat(
+    impl: ModuleType,
+) -> None:
+    data = (
+        _element(0x00080016, "UI", b"1.1\x00", True, True)
+        + _element(0x00080016, "UI", b"1.2\x00", True, True)
+        + _element(0x00100010, "PN", b"A^B ", True, True)
+    )
+    stop = len(data) - 12
+    assert impl.scan_values(data, 0, True, True, (0x00080016,), (0x00100010,), 0x0008FFFF) == (
+        ("1.2",),
+        ("",),
+        stop,
+    )
+    assert impl.scan_elements(data, 0, True, True, (), 0x0008FFFF)[1] == stop
+    # Tags outside 0..0xffffffff are never found; an empty request still walks.
+    assert impl.scan_values(data, 0, True, True, (-1, 1 << 32), (1 << 40,), ALL_TAGS) == (
+        (None, None),
+        ("",),
+        len(data),
+    )
+    assert impl.scan_values(data, 24, True, True, (), (), ALL_TAGS) == ((), (), len(data))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_scan_values_rejects_like_scan_elements(impl: ModuleType) -> None:
+    with pytest.raises(ValueError, match="offset 5 is outside"):
+        impl.scan_values(b"abc", 5, True, True, (), (), ALL_TAGS)
+    with pytest.raises(ValueError, match="stop tag"):
+        impl.scan_values(b"abc", 0, True, True, (), (), ALL_TAGS + 1)
+    with pytest.raises(ElementScanError, match="says 4 bytes, only 2 remain"):
+        impl.scan_values(
+            b"\x08\x00\x16\x00UI\x04\x001.", 0, True, True, (0x00080016,), (), ALL_TAGS
+        )
+    # Not C-contiguous: the compiled module falls back to the twin's memoryview and its error.
+    with pytest.raises(TypeError, match="C-contiguous"):
+        impl.scan_values(memoryview(b"abcd")[::2], 0, True, True, (), (), ALL_TAGS)
+    with pytest.raises(TypeError, match="bytes-like object is required"):
+        impl.scan_values("text", 0, True, True, (), (), ALL_TAGS)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_scan_values_reads_mmap_and_other_buffers_without_holding_them(
+    impl: ModuleType, tmp_path: Any
+) -> None:
+    data = PYDICOM_FILES[2].values[0]
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(data)
+    wanted = ((0x00020010, 0x00020003), ())
+    expected = ("1.2.840.10008.1.2.1", "1.2.826.0.1.3680043.8.498.1"), ()
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    assert impl.scan_values(mapped, 132, True, True, *wanted, 0x0002FFFF)[:2] == expected
+    mapped.close()  # BufferError here would mean the scan kept an export alive
+    grown = bytearray(data)
+    for buffer, offset in (
+        (grown, 132),
+        (memoryview(data)[100:], 32),
+        (memoryview(data).cast("H"), 132),  # read as bytes, as the twin's cast("B") does
+    ):
+        assert impl.scan_values(buffer, offset, True, True, *wanted, 0x0002FFFF)[:2] == expected
+    grown.extend(b"\x00\x00")  # BufferError here: an export of the bytearray still held
+
+
+# A value's bytes: padding, ASCII, UTF-8, Latin-1 and broken UTF-8 in pieces.
+value_bytes = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [b"\x00", b" ", b"1.2.840", b"\xc3\xa9", b"\xc3", b"\xff", b"\xed\xa0\x80", b"\x80"]
+        ),
+        st.binary(max_size=4),
+    ),
+    max_size=6,
+).map(b"".join)
+VALUE_TAGS = [0x00080016, 0x00080018, 0x00080020, 0x00100010, 0x00100020, 0x0020000D]
+
+
+@st.composite
+def value_data_sets(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
+    explicit_vr, little_endian = draw(st.booleans()), draw(st.booleans())
+    # Sorted as a writer would; repeats and absent tags included.
+    tags = sorted(draw(st.lists(st.sampled_from(VALUE_TAGS), max_size=8)))
+    data = b"".join(
+        _element(tag, draw(st.sampled_from(["UI", "LO", "PN"])), draw(value_bytes), explicit_vr,
+                 little_endian)
+        for tag in tags
+    )  # fmt: skip
+    return data, explicit_vr, little_endian
+
+
+# Up to 24 tags in all: more than the compiled module keeps on its stack (16).
+wanted_tags = st.lists(
+    st.one_of(st.sampled_from(VALUE_TAGS), st.integers(-1, 1 << 33)), max_size=12
+)
+
+
+@settings(max_examples=1000)
+@given(
+    case=value_data_sets(),
+    ui_tags=wanted_tags,
+    text_tags=wanted_tags,
+    stop_tag=st.one_of(st.just(ALL_TAGS), st.sampled_from(VALUE_TAGS)),
+)
+def test_scan_values_implementations_agree(
+    case: tuple[bytes, bool, bool], ui_tags: list[int], text_tags: list[int], stop_tag: int
+) -> None:
+    data, explicit_vr, little_endian = case
+    args = (data, 0, explicit_vr, little_endian, tuple(ui_tags), tuple(text_tags), stop_tag)
+    result = c.scan_values(*args)
+    assert result == py.scan_values(*args)
+    assert len(result[0]) == len(ui_tags) and len(result[1]) == len(text_tags)
+    assert result[2] == c.scan_elements(data, 0, explicit_vr, little_endian, (), stop_tag)[1]
+
+
+@settings(max_examples=500)
+@given(
+    data=st.one_of(st.binary(max_size=80), element_like),
+    offset=st.integers(0, 4),
+    explicit_vr=st.booleans(),
+    little_endian=st.booleans(),
+    stop_tag=st.one_of(st.just(ALL_TAGS), st.integers(0, ALL_TAGS)),
+)
+def test_scan_values_implementations_agree_on_garbage(
+    data: bytes, offset: int, explicit_vr: bool, little_endian: bool, stop_tag: int
+) -> None:
+    offset = min(offset, len(data))
+    args = (data, offset, explicit_vr, little_endian, (0x00080016,), (0x00081140,), stop_tag)
+    assert _outcome(c.scan_values, *args) == _outcome(py.scan_values, *args)
+
+
+@settings(max_examples=300)
+@given(case=mutated_files())
+def test_scan_values_implementations_agree_on_damaged_files(
+    case: tuple[bytes, bool, bool],
+) -> None:
+    data, explicit_vr, little_endian = case
+    uids = (0x00080016, 0x00080018, 0x0020000D)
+    args = (data, 132, explicit_vr, little_endian, uids, (0x00100010, 0x00100020), ALL_TAGS)
+    assert _outcome(c.scan_values, *args) == _outcome(py.scan_values, *args)
+
+
 def test_compiled_and_pure_export_the_same_api() -> None:
     imported = {"struct", "ElementScanError", "PDUError", "Final", "NamedTuple", "TYPE_CHECKING"}
     public = {name for name in dir(py) if not name.startswith("_")} - imported - {"annotations"}

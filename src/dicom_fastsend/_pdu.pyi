@@ -36,6 +36,15 @@ def scan_elements(
     wanted: tuple[int, ...],
     stop_tag: int,
 ) -> tuple[dict[int, tuple[int, int]], int]: ...
+def scan_values(
+    buf: Buffer,
+    offset: int,
+    explicit_vr: bool,
+    little_endian: bool,
+    ui_tags: tuple[int, ...],
+    text_tags: tuple[int, ...],
+    stop_tag: int,
+) -> tuple[tuple[str | None, ...], tuple[str, ...], int]: ...
 def c_store_rq_pdus(
     presentation_context_id: int,
     message_id: int,

@@ -8,7 +8,11 @@ and errors. Error messages and offsets match ``_pdu_py`` exactly, because the
 tests compare the two on arbitrary input.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -484,6 +488,160 @@ def scan_elements(buf, offset, explicit_vr, little_endian, wanted, stop_tag):
         return found, walk.size
     finally:
         free(wanted_tags)
+
+
+cdef struct WantedValue:
+    uint32_t tag
+    bint usable  # False for a tag outside 0..0xffffffff, which can never match
+    Py_ssize_t start  # -1 while the element has not been found
+    Py_ssize_t stop
+
+
+cdef enum:
+    # scan_values keeps this many wanted tags on the stack; more are malloc'ed.
+    _LOCAL_WANTED = 16
+
+
+cdef inline bint _is_ascii(const unsigned char* data, Py_ssize_t length) noexcept nogil:
+    cdef Py_ssize_t index
+    for index in range(length):
+        if data[index] >= 0x80:
+            return False
+    return True
+
+
+cdef inline Py_ssize_t _stripped_stop(
+    const unsigned char* data, Py_ssize_t start, Py_ssize_t stop
+) noexcept nogil:
+    # PS3.5 6.2: values are padded to even length, UI with a NUL and text with
+    # a space; writers also leave either kind, so both are stripped.
+    while stop > start and (data[stop - 1] == 0 or data[stop - 1] == 0x20):
+        stop -= 1
+    return stop
+
+
+cdef object _ui_value(const unsigned char* data, const WantedValue* wanted):
+    if wanted.start < 0:
+        return None
+    cdef Py_ssize_t stop = _stripped_stop(data, wanted.start, wanted.stop)
+    if stop == wanted.start or not _is_ascii(data + wanted.start, stop - wanted.start):
+        return None
+    return PyUnicode_DecodeASCII(<const char*>data + wanted.start, stop - wanted.start, NULL)
+
+
+cdef object _text_value(const unsigned char* data, const WantedValue* wanted):
+    if wanted.start < 0:
+        return ""
+    cdef Py_ssize_t stop = _stripped_stop(data, wanted.start, wanted.stop)
+    cdef const char* text = <const char*>data + wanted.start
+    cdef Py_ssize_t length = stop - wanted.start
+    if _is_ascii(data + wanted.start, length):
+        return PyUnicode_DecodeASCII(text, length, NULL)
+    try:
+        return PyUnicode_DecodeUTF8(text, length, NULL)
+    except UnicodeDecodeError:
+        return PyUnicode_DecodeLatin1(text, length, NULL)
+
+
+def scan_values(buf, offset, explicit_vr, little_endian, ui_tags, text_tags, stop_tag):
+    """``scan_elements`` for ``ui_tags`` and ``text_tags``, decoded (see _pdu_py).
+
+    One walk over the buffer that records each wanted element's span in a C
+    array, then one Python object per value: no dict, no (offset, length)
+    tuples, no bytes copies.
+    """
+    # The twin's order of checks: the tags, the stop tag, the buffer, the offset.
+    cdef tuple ui_tuple = tuple(ui_tags)
+    cdef tuple text_tuple = tuple(text_tags)
+    if not 0 <= stop_tag <= 0xFFFFFFFF:
+        raise ValueError(f"stop tag must be 0..0xffffffff, got {stop_tag}")
+    # The buffer protocol straight, not memoryview(buf).cast("B") as scan_elements:
+    # two memoryviews and a typed view cost about as much as decoding four
+    # values. Anything PyBUF_SIMPLE refuses goes the twin's way, for its errors.
+    cdef Py_buffer buffer
+    cdef bint held = False
+    cdef const unsigned char[:] view
+    cdef Walk walk
+    try:
+        PyObject_GetBuffer(buf, &buffer, PyBUF_SIMPLE)
+    except Exception:
+        view = memoryview(buf).cast("B")
+        walk.size = view.shape[0]
+        walk.data = &view[0] if walk.size > 0 else NULL
+    else:
+        held = True
+        walk.size = buffer.len
+        walk.data = <const unsigned char*>buffer.buf
+    try:
+        return _scan_values(
+            &walk, offset, explicit_vr, little_endian, ui_tuple, text_tuple, stop_tag
+        )
+    finally:
+        # Held to the end, as the typed view would be: a bytearray cannot be
+        # resized nor an mmap closed under the walk.
+        if held:
+            PyBuffer_Release(&buffer)
+
+
+cdef tuple _scan_values(
+    const Walk* walk, object offset, object explicit_vr, object little_endian, tuple ui_tuple,
+    tuple text_tuple, object stop_tag,
+):
+    """scan_values's walk and decoding over a buffer held by its caller."""
+    cdef Py_ssize_t ui_count = len(ui_tuple)
+    cdef Py_ssize_t wanted_count = ui_count + len(text_tuple)
+    if not 0 <= offset <= walk.size:
+        raise ValueError(f"offset {offset} is outside the buffer (0..{walk.size})")
+    cdef uint32_t stop = stop_tag
+    cdef bint explicit = bool(explicit_vr)
+    cdef bint little = bool(little_endian)
+    cdef WantedValue local[_LOCAL_WANTED]
+    cdef WantedValue* wanted = local
+    if wanted_count > _LOCAL_WANTED:
+        wanted = <WantedValue*>malloc(wanted_count * sizeof(WantedValue))
+        if wanted == NULL:
+            raise MemoryError()
+    cdef Py_ssize_t index, position = offset, following, value_position
+    cdef uint32_t tag
+    cdef ElementHeader header
+    cdef tuple ui_values, text_values
+    cdef object value
+    try:
+        for index in range(wanted_count):
+            candidate = ui_tuple[index] if index < ui_count else text_tuple[index - ui_count]
+            wanted[index].usable = 0 <= candidate <= 0xFFFFFFFF
+            wanted[index].tag = candidate if wanted[index].usable else 0
+            wanted[index].start = -1
+            wanted[index].stop = -1
+        while position < walk.size:
+            _read_tag(walk, position, little, &tag)
+            if tag > stop:
+                break
+            _read_header(walk, position, explicit, little, &header)
+            following = _skip_value(walk, &header, position, explicit, little, 0)
+            # No break on a match: a tag may be asked for as UI and as text.
+            for index in range(wanted_count):
+                if wanted[index].usable and wanted[index].tag == tag:
+                    value_position = position + header.header_length
+                    wanted[index].start = value_position
+                    wanted[index].stop = following
+            position = following
+        else:
+            position = walk.size
+        ui_values = PyTuple_New(ui_count)
+        for index in range(ui_count):
+            value = _ui_value(walk.data, &wanted[index])
+            Py_INCREF(value)
+            PyTuple_SET_ITEM(ui_values, index, value)
+        text_values = PyTuple_New(wanted_count - ui_count)
+        for index in range(ui_count, wanted_count):
+            value = _text_value(walk.data, &wanted[index])
+            Py_INCREF(value)
+            PyTuple_SET_ITEM(text_values, index - ui_count, value)
+        return ui_values, text_values, position
+    finally:
+        if wanted != local:
+            free(wanted)
 
 
 # ---- the per-file C-STORE path: command sets straight to and from P-DATA-TF PDUs ----

@@ -12,7 +12,8 @@ Three jobs:
   for one ``sendmsg`` per PDU.
 * Splitting a received P-DATA-TF variable field into its PDV items.
 * Walking the top-level data elements of a data set (PS3.5 7.1) to find a few
-  values without building a pydicom Dataset.
+  values without building a pydicom Dataset, and decoding the UIDs and short
+  texts among them.
 """
 
 from __future__ import annotations
@@ -419,6 +420,70 @@ def scan_elements(
                 found[tag] = (value_position, following - value_position)
             position = following
         return found, walker.size
+
+
+def _stripped_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> bytes | None:
+    """The value of ``tag`` without its trailing NULs and spaces; None if it was not found.
+
+    PS3.5 6.2: values are padded to even length, UI with a NUL and text with
+    a space; writers also leave either kind, so both are stripped.
+    """
+    entry = found.get(tag)
+    if entry is None:
+        return None
+    value_offset, value_length = entry
+    return bytes(view[value_offset : value_offset + value_length]).rstrip(b"\x00 ")
+
+
+def scan_values(
+    buf: Buffer,
+    offset: int,
+    explicit_vr: bool,
+    little_endian: bool,
+    ui_tags: tuple[int, ...],
+    text_tags: tuple[int, ...],
+    stop_tag: int,
+) -> tuple[tuple[str | None, ...], tuple[str, ...], int]:
+    """``scan_elements`` for ``ui_tags`` and ``text_tags``, returning their decoded values.
+
+    Returns ``(ui_values, text_values, end_offset)``, the values in the order
+    of the tags, end_offset and errors as ``scan_elements``'s. Each value
+    loses its trailing NULs and spaces (PS3.5 6.2), then:
+
+    * a UI value is decoded as ASCII; an absent tag, an empty value or one
+      that is not ASCII gives None;
+    * a text value (LO, PN, SH, DA, TM...) is decoded as UTF-8, or Latin-1
+      when it is not UTF-8 (Latin-1 never fails); an absent tag gives "".
+      The Specific Character Set is not applied: these values only label
+      reports and order studies.
+
+    Like ``scan_elements``, the last of repeated top-level elements wins.
+    """
+    found, end = scan_elements(
+        buf, offset, explicit_vr, little_endian, (*ui_tags, *text_tags), stop_tag
+    )
+    with memoryview(buf) as base, base.cast("B") as view:
+        ui_values: list[str | None] = []
+        for tag in ui_tags:
+            raw = _stripped_value(view, found, tag)
+            if not raw:
+                ui_values.append(None)
+                continue
+            try:
+                ui_values.append(raw.decode("ascii"))
+            except UnicodeDecodeError:
+                ui_values.append(None)
+        text_values: list[str] = []
+        for tag in text_tags:
+            raw = _stripped_value(view, found, tag)
+            if raw is None:
+                text_values.append("")
+                continue
+            try:
+                text_values.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                text_values.append(raw.decode("latin-1"))
+        return tuple(ui_values), tuple(text_values), end
 
 
 def fragment_pdata_prefixed(

@@ -2,9 +2,10 @@
 
 ``read_header`` reads the file's head (or maps the whole file), walks the File
 Meta Information (PS3.10 7.1) and then every top-level element of the data set
-with the hot path's ``scan_elements``. Walking to the end, not stopping after (0020,000D), is
-deliberate: a file cut off inside its pixel data is caught here, while
-indexing, instead of as a failed C-STORE halfway through a migration.
+with the hot path's ``scan_values``, which also decodes the UIDs and texts it
+finds. Walking to the end, not stopping after (0020,000D), is deliberate: a
+file cut off inside its pixel data is caught here, while indexing, instead of
+as a failed C-STORE halfway through a migration.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import os
 import stat
 import zlib
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 from ..errors import ElementScanError
-from ..protocol.hotpath import scan_elements
+from ..protocol.hotpath import scan_values
 from ..protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -50,6 +51,8 @@ STUDY_TIME: Final = 0x00080030
 ACCESSION_NUMBER: Final = 0x00080050
 PATIENT_NAME: Final = 0x00100010
 PATIENT_ID: Final = 0x00100020
+# _read_mapped unpacks scan_values' results in the orders of _META_WANTED,
+# _DATA_SET_UIDS and _STUDY_TEXT.
 _STUDY_TEXT: Final = (PATIENT_ID, PATIENT_NAME, ACCESSION_NUMBER, STUDY_DATE, STUDY_TIME)
 
 _META_WANTED: Final = (
@@ -63,12 +66,13 @@ _DATA_SET_UIDS: Final = (
     STUDY_INSTANCE_UID,
     SERIES_INSTANCE_UID,
 )
-_DATA_SET_WANTED: Final = (*_DATA_SET_UIDS, *_STUDY_TEXT)
 PIXEL_DATA: Final = 0x7FE00010
 # Bytes read first. Headers up to the pixel data nearly always fit; when the
 # pixel data then ends exactly at the end of the file, the walk is complete
 # without mapping the file (mapping and unmapping cost about a third of a scan).
 HEAD_LENGTH: Final = 16384
+# scan_values' decoded values: the UIDs (None when absent), then the texts ("" when absent).
+_Values: TypeAlias = tuple[tuple[str | None, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,36 +112,6 @@ class HeaderError(Exception):
         self.reason = reason
 
 
-def _ui_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> str | None:
-    """A UI value (PS3.5 6.2: padded with NUL to even length; spaces tolerated) or None."""
-    if tag not in found:
-        return None
-    value_offset, value_length = found[tag]
-    raw = bytes(view[value_offset : value_offset + value_length]).rstrip(b"\x00 ")
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return text or None
-
-
-def _text_value(view: memoryview, found: dict[int, tuple[int, int]], tag: int) -> str:
-    """A short text value (LO, PN, SH, DA, TM), "" when absent.
-
-    PS3.5 6.2: padded with a space to even length. The Specific Character Set
-    is not applied: UTF-8 is tried, then Latin-1, which never fails; these
-    values only label reports and order studies.
-    """
-    if tag not in found:
-        return ""
-    value_offset, value_length = found[tag]
-    raw = bytes(view[value_offset : value_offset + value_length]).rstrip(b"\x00 ")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
 def _looks_like_raw_data_set(view: memoryview) -> bool | None:
     """Explicit VR (True), implicit VR (False), or not a data set (None).
 
@@ -156,13 +130,13 @@ def _looks_like_raw_data_set(view: memoryview) -> bool | None:
 
 def _scan_to_end(
     path: str, view: memoryview, offset: int, explicit_vr: bool, little_endian: bool
-) -> dict[int, tuple[int, int]]:
+) -> _Values:
     """Walk the whole data set, tolerating fewer than 8 stray bytes at its end."""
     try:
-        found, _ = scan_elements(
-            view, offset, explicit_vr, little_endian, _DATA_SET_WANTED, _WHOLE_DATA_SET
+        uids, texts, _ = scan_values(
+            view, offset, explicit_vr, little_endian, _DATA_SET_UIDS, _STUDY_TEXT, _WHOLE_DATA_SET
         )
-        return found
+        return uids, texts
     except ElementScanError as error:
         # Some writers pad files with a few bytes (odd length fixes, stray NULs)
         # that cannot be an element header; everything before them is intact.
@@ -171,12 +145,18 @@ def _scan_to_end(
         cut = error.offset
     with view[:cut] as intact:
         try:
-            found, _ = scan_elements(
-                intact, offset, explicit_vr, little_endian, _DATA_SET_WANTED, _WHOLE_DATA_SET
+            uids, texts, _ = scan_values(
+                intact,
+                offset,
+                explicit_vr,
+                little_endian,
+                _DATA_SET_UIDS,
+                _STUDY_TEXT,
+                _WHOLE_DATA_SET,
             )
         except ElementScanError as error:
             raise _unreadable(path, error) from error
-    return found
+    return uids, texts
 
 
 class _NeedWholeFile(Exception):
@@ -185,7 +165,7 @@ class _NeedWholeFile(Exception):
 
 def _scan_head(
     view: memoryview, offset: int, explicit_vr: bool, little_endian: bool, size: int
-) -> dict[int, tuple[int, int]]:
+) -> _Values:
     """The walk of ``_scan_to_end``, from the first ``view.nbytes`` bytes of a longer file.
 
     It succeeds only when every element before the pixel data lies in the
@@ -197,8 +177,8 @@ def _scan_head(
     if not little_endian:
         raise _NeedWholeFile
     try:
-        found, position = scan_elements(
-            view, offset, explicit_vr, little_endian, _DATA_SET_WANTED, PIXEL_DATA - 1
+        uids, texts, position = scan_values(
+            view, offset, explicit_vr, little_endian, _DATA_SET_UIDS, _STUDY_TEXT, PIXEL_DATA - 1
         )
     except ElementScanError as error:
         raise _NeedWholeFile from error
@@ -216,7 +196,7 @@ def _scan_head(
         length = int.from_bytes(header[header_length - 4 :], "little")
     if position + header_length + length != size:  # undefined length (FFFFFFFF) too
         raise _NeedWholeFile
-    return found
+    return uids, texts
 
 
 def _unreadable(path: str, error: ElementScanError) -> HeaderError:
@@ -234,9 +214,12 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
     if view.nbytes >= _META_START and bytes(view[_PREAMBLE_LENGTH:_META_START]) == _PREFIX:
         try:
             # PS3.10 7.1: the File Meta Information is always Explicit VR Little Endian.
-            meta, dataset_offset = scan_elements(
-                view, _META_START, True, True, _META_WANTED, _META_STOP_TAG
-            )
+            # PS3.5 6.2 UI values: None when absent, empty or not ASCII.
+            (
+                (media_storage_sop_class, media_storage_sop_instance, transfer_syntax),
+                _,
+                dataset_offset,
+            ) = scan_values(view, _META_START, True, True, _META_WANTED, (), _META_STOP_TAG)
         except ElementScanError as error:
             if head:
                 raise _NeedWholeFile from error
@@ -245,7 +228,6 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
                 "unreadable",
                 f"damaged File Meta Information (group 0002, PS3.10 7.1): {error}",
             ) from error
-        media_storage_sop_class = _ui_value(view, meta, MEDIA_STORAGE_SOP_CLASS_UID)
         if media_storage_sop_class == MEDIA_STORAGE_DIRECTORY_STORAGE:
             raise HeaderError(
                 path,
@@ -253,7 +235,6 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
                 "DICOMDIR (Media Storage Directory Storage): an index of other files,"
                 " not an instance to send",
             )
-        transfer_syntax = _ui_value(view, meta, TRANSFER_SYNTAX_UID)
         if transfer_syntax is None:
             raise HeaderError(
                 path,
@@ -261,7 +242,6 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
                 "no Transfer Syntax UID (0002,0010) in the File Meta Information, so the"
                 " data set cannot be decoded",
             )
-        media_storage_sop_instance = _ui_value(view, meta, MEDIA_STORAGE_SOP_INSTANCE_UID)
     else:
         explicit = _looks_like_raw_data_set(view)
         if explicit is None:
@@ -284,23 +264,22 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
                 path, "unreadable", f"deflated data set cannot be inflated: {error}"
             ) from error
         with memoryview(inflated) as data_set:
-            found = _scan_to_end(path, data_set, 0, True, True)
-            uids = {tag: _ui_value(data_set, found, tag) for tag in _DATA_SET_UIDS}
-            texts = {tag: _text_value(data_set, found, tag) for tag in _STUDY_TEXT}
+            uids, texts = _scan_to_end(path, data_set, 0, True, True)
     else:
         explicit_vr = transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN
         little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
         if head:
-            found = _scan_head(view, dataset_offset, explicit_vr, little_endian, size)
+            uids, texts = _scan_head(view, dataset_offset, explicit_vr, little_endian, size)
         else:
-            found = _scan_to_end(path, view, dataset_offset, explicit_vr, little_endian)
-        uids = {tag: _ui_value(view, found, tag) for tag in _DATA_SET_UIDS}
-        texts = {tag: _text_value(view, found, tag) for tag in _STUDY_TEXT}
+            uids, texts = _scan_to_end(path, view, dataset_offset, explicit_vr, little_endian)
 
     # The data set is what gets stored; the meta copies it (PS3.10 7.1) and is
     # only a fallback when the data set lacks the element.
-    sop_class = uids[SOP_CLASS_UID] or media_storage_sop_class
-    sop_instance = uids[SOP_INSTANCE_UID] or media_storage_sop_instance
+    sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid = uids
+    # Texts (PS3.5 6.2, Specific Character Set not applied): UTF-8, else Latin-1; "" when absent.
+    patient_id, patient_name, accession_number, study_date, study_time = texts
+    sop_class = sop_class_uid or media_storage_sop_class
+    sop_instance = sop_instance_uid or media_storage_sop_instance
     if sop_class == MEDIA_STORAGE_DIRECTORY_STORAGE:
         raise HeaderError(path, "dicomdir", "DICOMDIR: an index of other files, not an instance")
     if sop_class is None:
@@ -324,14 +303,14 @@ def _read_mapped(path: str, view: memoryview, size: int, mtime: float) -> FileIn
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
         transfer_syntax_uid=transfer_syntax,
-        study_instance_uid=uids[STUDY_INSTANCE_UID] or "",
+        study_instance_uid=study_instance_uid or "",
         dataset_offset=dataset_offset,
-        series_instance_uid=uids[SERIES_INSTANCE_UID] or "",
-        patient_id=texts[PATIENT_ID],
-        patient_name=texts[PATIENT_NAME],
-        accession_number=texts[ACCESSION_NUMBER],
-        study_date=texts[STUDY_DATE],
-        study_time=texts[STUDY_TIME],
+        series_instance_uid=series_instance_uid or "",
+        patient_id=patient_id,
+        patient_name=patient_name,
+        accession_number=accession_number,
+        study_date=study_date,
+        study_time=study_time,
     )
 
 

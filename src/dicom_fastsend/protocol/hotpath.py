@@ -30,6 +30,7 @@ fragment_pdata = impl.fragment_pdata
 fragment_pdata_prefixed = impl.fragment_pdata_prefixed
 parse_pdvs = impl.parse_pdvs
 scan_elements = impl.scan_elements
+scan_values = impl.scan_values
 c_store_rq_pdus = impl.c_store_rq_pdus
 parse_command_pdus = impl.parse_command_pdus
 
@@ -47,4 +48,5 @@ __all__ = [
     "parse_command_pdus",
     "parse_pdvs",
     "scan_elements",
+    "scan_values",
 ]

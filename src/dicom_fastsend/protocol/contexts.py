@@ -148,6 +148,9 @@ class AcceptedContexts:
             # syntaxes; anything else is ignored rather than trusted.
             if request and answer.accepted and answer.transfer_syntax in request.transfer_syntaxes:
                 self._accepted.setdefault((request.abstract_syntax, answer.transfer_syntax), pc_id)
+        # select's answers so far: an association carries many files of few
+        # (SOP class, transfer syntax) pairs, and the answer never changes.
+        self._selected: dict[tuple[str, str], Selection] = {}
 
     @property
     def accepted_count(self) -> int:
@@ -163,6 +166,13 @@ class AcceptedContexts:
         answers each proposed context on its own (PS3.8 9.3.3.2), so any
         subset of them may be accepted.
         """
+        key = (sop_class, transfer_syntax)
+        selection = self._selected.get(key)
+        if selection is None:
+            selection = self._selected[key] = self._select(sop_class, transfer_syntax)
+        return selection
+
+    def _select(self, sop_class: str, transfer_syntax: str) -> Selection:
         candidates = transfer_syntaxes_for(transfer_syntax, self._transcode)
         for candidate in candidates:
             pc_id = self._accepted.get((sop_class, candidate))

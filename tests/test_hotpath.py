@@ -590,14 +590,18 @@ element_like = st.lists(
 ).map(b"".join)
 
 
+# Arguments of a walk over bytes that are mostly not a data set.
+GARBAGE_WALK = {
+    "data": st.one_of(st.binary(max_size=80), element_like),
+    "offset": st.integers(0, 4),
+    "explicit_vr": st.booleans(),
+    "little_endian": st.booleans(),
+    "stop_tag": st.one_of(st.just(ALL_TAGS), st.integers(0, ALL_TAGS)),
+}
+
+
 @settings(max_examples=1000)
-@given(
-    data=st.one_of(st.binary(max_size=80), element_like),
-    offset=st.integers(0, 4),
-    explicit_vr=st.booleans(),
-    little_endian=st.booleans(),
-    stop_tag=st.one_of(st.just(ALL_TAGS), st.integers(0, ALL_TAGS)),
-)
+@given(**GARBAGE_WALK)
 def test_scan_elements_implementations_agree_on_garbage(
     data: bytes, offset: int, explicit_vr: bool, little_endian: bool, stop_tag: int
 ) -> None:
@@ -794,13 +798,7 @@ def test_scan_values_implementations_agree(
 
 
 @settings(max_examples=500)
-@given(
-    data=st.one_of(st.binary(max_size=80), element_like),
-    offset=st.integers(0, 4),
-    explicit_vr=st.booleans(),
-    little_endian=st.booleans(),
-    stop_tag=st.one_of(st.just(ALL_TAGS), st.integers(0, ALL_TAGS)),
-)
+@given(**GARBAGE_WALK)
 def test_scan_values_implementations_agree_on_garbage(
     data: bytes, offset: int, explicit_vr: bool, little_endian: bool, stop_tag: int
 ) -> None:

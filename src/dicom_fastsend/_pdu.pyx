@@ -592,6 +592,9 @@ cdef tuple _scan_values(
     cdef Py_ssize_t wanted_count = ui_count + len(text_tuple)
     if not 0 <= offset <= walk.size:
         raise ValueError(f"offset {offset} is outside the buffer (0..{walk.size})")
+    # Every argument converted before the malloc below: a conversion that
+    # raises after it would leak the array (the try that frees it starts later).
+    cdef Py_ssize_t position = offset
     cdef uint32_t stop = stop_tag
     cdef bint explicit = bool(explicit_vr)
     cdef bint little = bool(little_endian)
@@ -601,7 +604,7 @@ cdef tuple _scan_values(
         wanted = <WantedValue*>malloc(wanted_count * sizeof(WantedValue))
         if wanted == NULL:
             raise MemoryError()
-    cdef Py_ssize_t index, position = offset, following, value_position
+    cdef Py_ssize_t index, following, value_position
     cdef uint32_t tag
     cdef ElementHeader header
     cdef tuple ui_values, text_values

@@ -77,15 +77,24 @@ class ProgressBar:
 
             # No monitor thread: the coordinator forks workers and must have no threads.
             tqdm.monitor_interval = 0
+            # mininterval=0: when to redraw is decided here (REDRAW_SECONDS),
+            # and tqdm's own 0.1 s gate on another clock would skip some.
             self.bar = tqdm(
-                total=0, unit="file", file=self.stream, dynamic_ncols=True, smoothing=0.1
+                total=0,
+                unit="file",
+                file=self.stream,
+                dynamic_ncols=True,
+                smoothing=0.1,
+                mininterval=0,
+                miniters=1,
             )
         self.bar.total += files
 
     def advance(self, files: int) -> None:
         """Files done without a result each (skipped as already stored)."""
         if self.bar is not None:
-            self.bar.update(files)
+            self._unshown += files
+            self._redraw_if_due()
 
     REDRAW_SECONDS = 0.1
 
@@ -94,6 +103,9 @@ class ProgressBar:
             return
         self._bytes += result.bytes_sent
         self._unshown += 1
+        self._redraw_if_due()
+
+    def _redraw_if_due(self) -> None:
         now = time.monotonic()
         if now - self._shown >= self.REDRAW_SECONDS:
             self._shown = now
@@ -148,9 +160,7 @@ class SessionLog:
         millisecond = time.time_ns() // 1_000_000
         if millisecond != self._millisecond:
             self._millisecond = millisecond
-            self._stamp = dt.datetime.fromtimestamp(millisecond / 1000, dt.UTC).isoformat(
-                timespec="milliseconds"
-            )
+            self._stamp = _timestamp(millisecond / 1000)
         self._file.write(f"{self._stamp} {_LEVELS.get(level) or f'{level.upper():<7}'} {message}\n")
         now = time.monotonic()
         if level != "info" or now - self._flushed >= self.FLUSH_INTERVAL:

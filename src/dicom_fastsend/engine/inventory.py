@@ -956,7 +956,7 @@ class Inventory:
             sql += " AND session_id = ?"
             arguments.append(session_id)
         for row in self._db.execute(sql + " ORDER BY dir, name", arguments):
-            yield Row(os.path.join(row[0], row[1]), *row[2:])
+            yield Row(join(row[0], row[1]), *row[2:])
 
     def stored(self) -> dict[str, Known]:
         """Paths the destination holds, with their size and mtime then (small inventories)."""
@@ -964,7 +964,7 @@ class Inventory:
             "SELECT dir, name, held_size, held_mtime, held_outcome FROM files"
             " WHERE held_size IS NOT NULL"
         )
-        return {os.path.join(d, n): Known(s, m, o) for d, n, s, m, o in rows}
+        return {join(d, n): Known(s, m, o) for d, n, s, m, o in rows}
 
     # ------------------------------------------------------------ verification
 
@@ -978,7 +978,7 @@ class Inventory:
         else:
             rows = self._db.execute(_SESSION_STORED + _HELD_ORDER, (session_id,))
         for directory, name, *rest in rows.fetchall():
-            yield HeldInstance(os.path.join(directory, name), *rest)
+            yield HeldInstance(join(directory, name), *rest)
 
     def held_by_study(
         self, session_id: str | None = None
